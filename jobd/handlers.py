@@ -1,0 +1,123 @@
+"""What a handler is: `Handler`, the `@handler` decorator, and the `JobContext` it receives."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from jobd.durations import parse_duration
+from jobd.job import JSON, Progress
+
+HandlerFunction = Callable[["JobContext"], Awaitable[JSON]]
+PayloadValidator = Callable[[JSON], None]
+ProgressSink = Callable[[Progress], Awaitable[None]]
+
+_TYPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A job type and the coroutine function that runs its jobs.
+
+    `queue`, `timeout` (seconds) and `max_attempts` are defaults: the request and
+    `[handlers."TYPE"]` in the config both win over them. `validate` checks a payload
+    at submit: it raises `jobd.InvalidJob` (with `field=`), `ValueError` or `TypeError`
+    to refuse it. `plugin` is filled in by the plugin host: the distribution's name.
+    """
+
+    type: str
+    function: HandlerFunction
+    queue: str | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    validate: PayloadValidator | None = None
+    plugin: str = ""
+
+    async def __call__(self, job: JobContext) -> JSON:
+        return await self.function(job)
+
+    def with_plugin(self, plugin: str) -> Handler:
+        return dataclasses.replace(self, plugin=plugin)
+
+
+def handler(
+    type: str,
+    *,
+    queue: str | None = None,
+    timeout: float | str | None = None,
+    max_attempts: int | None = None,
+    validate: PayloadValidator | None = None,
+) -> Callable[[HandlerFunction], Handler]:
+    """Declare an async function as the handler of job type `type`.
+
+    `timeout` takes seconds or a duration string ("5m"); return the function from
+    your plugin's `jobd_handlers` hook to register it.
+    """
+    if not _TYPE_NAME.match(type):
+        raise ValueError(f"invalid job type {type!r}: use letters, digits and . _ : -")
+    seconds = None if timeout is None else parse_duration(timeout)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+
+    def decorate(function: HandlerFunction) -> Handler:
+        return Handler(type, function, queue, seconds, max_attempts, validate)
+
+    return decorate
+
+
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger that adds the job's fields to every record it writes."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = dict(self.extra or {})
+        extra.update(kwargs.get("extra") or {})
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+
+class JobContext:
+    """What a handler sees of the job it runs."""
+
+    __slots__ = ("id", "type", "queue", "payload", "attempt", "max_attempts", "created_at", "log", "_progress")
+
+    def __init__(
+        self,
+        *,
+        id: uuid.UUID,
+        type: str,
+        queue: str,
+        payload: JSON,
+        attempt: int,
+        max_attempts: int,
+        created_at: datetime,
+        progress: ProgressSink,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.queue = queue
+        self.payload = payload
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.created_at = created_at
+        self._progress = progress
+        fields = {"job_id": str(id), "type": type, "queue": queue, "attempt": attempt}
+        self.log = JobLogger(logger or logging.getLogger(f"jobd.job.{type}"), fields)
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        """Record how far the job has come (0..1) and, optionally, what it is doing."""
+        if not isinstance(fraction, int | float) or not math.isfinite(fraction):
+            raise ValueError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError("progress message must be a string or None")
+        await self._progress(Progress(min(max(float(fraction), 0.0), 1.0), message))
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.type} {self.id} attempt {self.attempt}/{self.max_attempts}>"

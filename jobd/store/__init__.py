@@ -1,0 +1,199 @@
+"""The storage boundary: the `Store` protocol every store implements, and its values.
+
+The engine knows only this protocol; `open_store` in `jobd.store.factory` picks an
+implementation from the config's URL. Every method is one round trip to the store
+(one thread hop, one transaction), whatever the number of rows it touches.
+
+Rules every implementation keeps (the conformance suite in tests/ checks them):
+- Claim order: priority descending, then run_at ascending, then submission order.
+- A job's state changes only as `jobd.job.TRANSITIONS` allows.
+- Completions are fenced: a completion applies only while the job is `running`
+  under the same `owner` and `attempts` as the claim that produced it.
+- No psycopg or sqlite3 exception crosses this boundary: a store that cannot be
+  reached raises `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import trio
+
+from jobd.job import JSON, Job, JobState, Progress
+
+WakeCallback = Callable[[str], None]
+"""Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert; every option already resolved by the engine."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    payload: JSON
+    priority: int
+    run_at: datetime
+    max_attempts: int
+    timeout: float | None
+    key: str | None
+    created_at: datetime
+
+    @property
+    def state(self) -> JobState:
+        """`scheduled` when run_at is after created_at, else `pending`."""
+        return JobState.SCHEDULED if self.run_at > self.created_at else JobState.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    job: Job
+    created: bool  # False: a live job with the same key was returned instead
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"  # -> completed, with `result`
+    RETRIED = "retried"  # -> scheduled at `run_at`, with `error`
+    FAILED = "failed"  # -> failed, with `error`
+    CANCELLED = "cancelled"  # -> cancelled, with `error`
+    REQUEUED = "requeued"  # -> pending, the attempt given back (attempts - 1): graceful shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of one attempt, fenced by the claim's owner and attempt number."""
+
+    job_id: uuid.UUID
+    owner: str
+    attempt: int
+    outcome: Outcome
+    result: JSON = None
+    error: str | None = None
+    run_at: datetime | None = None  # for RETRIED
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSlots:
+    """How many jobs of `queue` a claim may take."""
+
+    queue: str
+    free: int  # this daemon's free slots for the queue
+    global_limit: int | None = None  # running jobs allowed across all daemons (shared stores)
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: Sequence[Job]
+    next: str | None  # cursor for the following page, None at the end
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    state: JobState | None = None
+    type: str | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    job: Job  # as it is after the rescue
+    owner: str  # the owner whose lease expired
+
+
+QueueCounts = Mapping[str, Mapping[JobState, int]]
+"""Jobs per queue per state; a queue with no jobs may be absent, a state with none may be 0 or absent."""
+
+
+class Store(Protocol):
+    """Durable job storage."""
+
+    shared: bool
+    """True when several daemons may use the store at once (their leases matter)."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date. Raises `StoreUnavailable`."""
+
+    async def close(self) -> None:
+        """Release every connection and thread. Safe to call twice."""
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise `StoreUnavailable` otherwise."""
+
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
+        """Insert all, or none on error, in order; one result per item.
+
+        An item whose `key` matches a job that is not finished (including an earlier
+        item of the same batch) is not inserted: its result holds that job, created=False.
+        """
+
+    async def get_job(self, job_id: uuid.UUID) -> Job | None: ...
+
+    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+        """Newest submitted first. `after` is a cursor from an earlier page; a cursor that
+        is not one raises ValueError."""
+
+    async def claim_jobs(
+        self, owner: str, slots: Sequence[QueueSlots], now: datetime, lease_until: datetime
+    ) -> list[Job]:
+        """Move pending jobs of the given queues to `running`, in claim order.
+
+        Takes at most `slot.free` jobs per queue and, where `global_limit` is set, only
+        as many as keep that queue's running jobs (all owners) within it. Skips paused
+        queues. Each claimed job: attempts + 1, started_at = now, owned by `owner`
+        until `lease_until`, progress cleared. Returns them as they are now.
+        """
+
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
+        """Apply each completion that is still fenced-in; None for one that was not
+        (the job was rescued, re-claimed or is gone). Sets finished_at on final states."""
+
+    async def renew_leases(self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime) -> set[uuid.UUID]:
+        """Extend the leases of `owner`'s running jobs; return the ids still owned."""
+
+    async def set_progress(self, job_id: uuid.UUID, owner: str, attempt: int, progress: Progress, now: datetime) -> bool:
+        """Record progress while the attempt is still fenced-in; False otherwise."""
+
+    async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
+        """Cancel: a waiting job becomes `cancelled` at once; a running one is marked
+        cancel-requested and returned still `running` (its owner finishes the cancel).
+        Raises `JobNotFound`, or `IllegalTransition` for a finished job."""
+
+    async def cancel_requests(self, owner: str) -> set[uuid.UUID]:
+        """Ids of `owner`'s running jobs on which a cancel was requested."""
+
+    async def retry_job(self, job_id: uuid.UUID, now: datetime) -> Job:
+        """A `failed` or `cancelled` job back to `pending`, attempts 0, run_at now.
+        Raises `JobNotFound` or `IllegalTransition`."""
+
+    async def promote_due_jobs(self, now: datetime) -> datetime | None:
+        """`scheduled` jobs whose run_at <= now become `pending`; returns the earliest
+        run_at still scheduled, or None."""
+
+    async def rescue_jobs(self, now: datetime, *, all_running: bool = False) -> list[Rescued]:
+        """Running jobs whose lease expired before `now` (every running job, with
+        `all_running`, for a store only this daemon uses, at start) are rescued: to
+        `cancelled` if a cancel was requested, `failed` if that attempt was the last,
+        else `pending`. `last_error` says the lease expired and whose it was."""
+
+    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+        """Delete up to `limit` jobs in each given finished state that finished before its
+        time; return how many were deleted."""
+
+    async def count_jobs(self) -> QueueCounts:
+        """Jobs per queue and state."""
+
+    async def set_queue_paused(self, queue: str, paused: bool) -> None: ...
+
+    async def paused_queues(self) -> frozenset[str]: ...
+
+    async def listen(self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled, calling `wake` when another daemon changed something.
+
+        A store only one daemon uses reports started and sleeps forever.
+        """
