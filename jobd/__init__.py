@@ -1,6 +1,11 @@
-"""jobd: a background-job daemon. This module is the plugin author's and application's API."""
+"""jobd: a background-job daemon. This module is the plugin author's and application's API.
 
-from jobd.client import Client
+`Client`, `hookimpl` and `submit` load on first use, so that `jobd-ctl` starts without
+importing pluggy or psycopg.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from jobd.errors import (
     ApiError,
     ConfigError,
@@ -14,10 +19,13 @@ from jobd.errors import (
     Retry,
 )
 from jobd.handlers import Handler, JobContext, handler
-from jobd.hookspecs import hookimpl
 from jobd.job import Job, JobState, Progress
-from jobd.transactional import submit
 from jobd.version import __version__
+
+if TYPE_CHECKING:
+    from jobd.client import Client
+    from jobd.hookspecs import hookimpl
+    from jobd.transactional import submit
 
 __all__ = [
     "ApiError",
@@ -41,3 +49,19 @@ __all__ = [
     "hookimpl",
     "submit",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from jobd.client import Client
+
+        return Client
+    if name == "hookimpl":
+        from jobd.hookspecs import hookimpl
+
+        return hookimpl
+    if name == "submit":
+        from jobd.transactional import submit
+
+        return submit
+    raise AttributeError(f"module 'jobd' has no attribute {name!r}")

@@ -22,7 +22,12 @@ def _validate_sleep(payload: JSON) -> None:
     if not isinstance(payload, dict):
         raise InvalidJob('payload must be an object such as {"seconds": 5}', field="payload")
     seconds = payload.get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise InvalidJob("must be a number of seconds >= 0", field="payload.seconds")
 
 

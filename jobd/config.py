@@ -166,7 +166,9 @@ def default_store_url(env: Mapping[str, str], uid: int) -> str:
     elif uid == 0:
         base = Path("/var/lib/jobd")
     else:
-        state_home = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/state")
+        state_home = env.get("XDG_STATE_HOME") or str(
+            Path(env.get("HOME", "~")).expanduser() / ".local/state"
+        )
         base = Path(state_home) / "jobd"
     return f"sqlite://{base.absolute()}/jobd.db"
 
@@ -263,8 +265,7 @@ def parse_config(
     for name in queues:
         _check_name(name, f"queues.{name}", where)
     plugins = {
-        name: MappingProxyType(dict(table))
-        for name, table in _named_tables(raw, "plugins", where).items()
+        name: MappingProxyType(dict(table)) for name, table in _named_tables(raw, "plugins", where).items()
     }
     return Config(
         **sections,

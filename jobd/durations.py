@@ -36,9 +36,7 @@ def _parse_text(text: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
     if not text or position != len(text):
-        raise ValueError(
-            f"expected a duration such as '500ms', '30s', '5m', '1h30m' or '7d', got {text!r}"
-        )
+        raise ValueError(f"expected a duration such as '500ms', '30s', '5m', '1h30m' or '7d', got {text!r}")
     return total
 
 

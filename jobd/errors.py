@@ -9,6 +9,7 @@
     ├── KeyInUse                 a retry would give a second unfinished job the same key        409
     ├── InvalidJob               a submitted job is wrong (.field, .index)         422
     │   └── PayloadTooLarge      its payload is over `api.max_payload_bytes`       413
+    ├── BadRequest               a malformed request: bad JSON, bad query (.field) 400
     ├── StoreUnavailable         the store cannot be reached right now             503
     ├── ShuttingDown             the daemon is stopping                            503
     └── ApiError                 the client side: the daemon answered with an error (.status)
@@ -122,6 +123,17 @@ class PayloadTooLarge(InvalidJob):
     code = "payload_too_large"
 
 
+class BadRequest(JobdError):
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field} if self.field else {}
+
+
 class StoreUnavailable(JobdError):
     code = "store_unavailable"
 
@@ -149,7 +161,7 @@ class DaemonUnreachable(ApiError):
         self.socket = socket
 
 
-class HandlerSignal(Exception):  # noqa: N818 - a signal, not an error
+class HandlerSignal(Exception):
     """Raised by a handler to choose its job's outcome."""
 
 

@@ -85,7 +85,17 @@ class JobLogger(logging.LoggerAdapter[logging.Logger]):
 class JobContext:
     """What a handler sees of the job it runs."""
 
-    __slots__ = ("id", "type", "queue", "payload", "attempt", "max_attempts", "created_at", "log", "_progress")
+    __slots__ = (
+        "_progress",
+        "attempt",
+        "created_at",
+        "id",
+        "log",
+        "max_attempts",
+        "payload",
+        "queue",
+        "type",
+    )
 
     def __init__(
         self,

@@ -149,9 +149,7 @@ class Job:
             finished_at=parse_optional_time(data.get("finished_at")),
             last_error=data.get("last_error"),
             result=data.get("result"),
-            progress=Progress(float(progress["fraction"]), progress.get("message"))
-            if progress
-            else None,
+            progress=Progress(float(progress["fraction"]), progress.get("message")) if progress else None,
             key=data.get("key"),
         )
 

@@ -60,19 +60,38 @@ def _throwaway_cluster() -> Iterator[str | None]:
         shutil.chown(base, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     data, port = base / "data", _free_port()
-    subprocess.run([*run_as, str(bin_dir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(bin_dir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)],
+        check=True,
+        capture_output=True,
+    )
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=on"
-    subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l",
-                    str(base / "log"), "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *run_as,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(base / "log"),
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE test")
         yield f"postgresql://postgres@127.0.0.1:{port}/test"
     finally:
-        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -91,7 +110,9 @@ def postgres_url() -> Iterator[str]:
         return
     with _throwaway_cluster() as url:
         if url is None:
-            message = "no PostgreSQL: set JOBD_TEST_POSTGRES_URL, run one on 127.0.0.1:5432, or install initdb"
+            message = (
+                "no PostgreSQL: set JOBD_TEST_POSTGRES_URL, run one on 127.0.0.1:5432, or install initdb"
+            )
             if required:
                 pytest.fail(message)
             pytest.skip(message)

@@ -139,24 +139,29 @@ class Store(Protocol):
         is not one raises ValueError."""
 
     async def claim_jobs(
-        self, owner: str, slots: Sequence[QueueSlots], now: datetime, lease_until: datetime
+        self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
     ) -> list[Job]:
         """Move pending jobs of the given queues to `running`, in claim order.
 
-        Takes at most `slot.free` jobs per queue and, where `global_limit` is set, only
-        as many as keep that queue's running jobs (all owners) within it. Skips paused
+        Takes at most `limit` jobs in all, the first in claim order across the queues;
+        at most `slot.free` of each queue; and, where `global_limit` is set, only as
+        many as keep that queue's running jobs (all owners) within it. Skips paused
         queues. Each claimed job: attempts + 1, started_at = now, owned by `owner`
-        until `lease_until`, progress cleared. Returns them as they are now.
+        until `lease_until`, progress cleared. Returns them in claim order.
         """
 
     async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
         """Apply each completion that is still fenced-in; None for one that was not
         (the job was rescued, re-claimed or is gone). Sets finished_at on final states."""
 
-    async def renew_leases(self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime) -> set[uuid.UUID]:
+    async def renew_leases(
+        self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
+    ) -> set[uuid.UUID]:
         """Extend the leases of `owner`'s running jobs; return the ids still owned."""
 
-    async def set_progress(self, job_id: uuid.UUID, owner: str, attempt: int, progress: Progress, now: datetime) -> bool:
+    async def set_progress(
+        self, job_id: uuid.UUID, owner: str, attempt: int, progress: Progress, now: datetime
+    ) -> bool:
         """Record progress while the attempt is still fenced-in; False otherwise."""
 
     async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
@@ -192,7 +197,9 @@ class Store(Protocol):
 
     async def paused_queues(self) -> frozenset[str]: ...
 
-    async def listen(self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def listen(
+        self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until cancelled, calling `wake` when another daemon changed something.
 
         A store only one daemon uses reports started and sleeps forever.

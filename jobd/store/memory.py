@@ -67,7 +67,9 @@ class MemoryStore:
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         results: list[Inserted] = []
         live_keys = {
-            row.job.key: row.job for row in self._rows.values() if row.job.key and row.job.state not in FINISHED_STATES
+            row.job.key: row.job
+            for row in self._rows.values()
+            if row.job.key and row.job.state not in FINISHED_STATES
         }
         for new in jobs:
             if new.key is not None and new.key in live_keys:
@@ -118,10 +120,10 @@ class MemoryStore:
         return JobPage([row.job for row in page], str(page[-1].sequence) if more and page else None)
 
     async def claim_jobs(
-        self, owner: str, slots: Sequence[QueueSlots], now: datetime, lease_until: datetime
+        self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
     ) -> list[Job]:
-        claimed: list[Job] = []
         running = self._running_per_queue()
+        candidates: list[_Row] = []
         for slot in slots:
             if slot.queue in self._paused:
                 continue
@@ -131,21 +133,27 @@ class MemoryStore:
             if allowed <= 0:
                 continue
             ready = sorted(
-                (r for r in self._rows.values() if r.job.queue == slot.queue and r.job.state == JobState.PENDING),
+                (
+                    r
+                    for r in self._rows.values()
+                    if r.job.queue == slot.queue and r.job.state == JobState.PENDING
+                ),
                 key=_Row.sort_key,
             )
-            for row in ready[:allowed]:
-                row.job = dataclasses.replace(
-                    row.job,
-                    state=next_state(row.job.id, row.job.state, Action.CLAIM),
-                    attempts=row.job.attempts + 1,
-                    started_at=now,
-                    updated_at=now,
-                    progress=None,
-                )
-                row.owner, row.lease_until, row.cancel_requested = owner, lease_until, False
-                claimed.append(row.job)
-        claimed.sort(key=lambda job: self._rows[job.id].sort_key())
+            candidates.extend(ready[:allowed])
+        candidates.sort(key=_Row.sort_key)
+        claimed: list[Job] = []
+        for row in candidates[: max(limit, 0)]:
+            row.job = dataclasses.replace(
+                row.job,
+                state=next_state(row.job.id, row.job.state, Action.CLAIM),
+                attempts=row.job.attempts + 1,
+                started_at=now,
+                updated_at=now,
+                progress=None,
+            )
+            row.owner, row.lease_until, row.cancel_requested = owner, lease_until, False
+            claimed.append(row.job)
         return claimed
 
     def _running_per_queue(self) -> dict[str, int]:
@@ -157,7 +165,12 @@ class MemoryStore:
 
     def _fenced(self, job_id: uuid.UUID, owner: str, attempt: int) -> _Row | None:
         row = self._rows.get(job_id)
-        if row is None or row.job.state != JobState.RUNNING or row.owner != owner or row.job.attempts != attempt:
+        if (
+            row is None
+            or row.job.state != JobState.RUNNING
+            or row.owner != owner
+            or row.job.attempts != attempt
+        ):
             return None
         return row
 
@@ -175,14 +188,18 @@ class MemoryStore:
             elif completion.outcome == Outcome.RETRIED:
                 job = dataclasses.replace(job, last_error=completion.error, run_at=completion.run_at or now)
             elif completion.outcome == Outcome.REQUEUED:
-                job = dataclasses.replace(job, attempts=job.attempts - 1, run_at=now, last_error=completion.error)
+                job = dataclasses.replace(
+                    job, attempts=job.attempts - 1, run_at=now, last_error=completion.error
+                )
             else:
                 job = dataclasses.replace(job, last_error=completion.error, finished_at=now)
             row.job, row.owner, row.lease_until, row.cancel_requested = job, None, None, False
             results.append(job)
         return results
 
-    async def renew_leases(self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime) -> set[uuid.UUID]:
+    async def renew_leases(
+        self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
+    ) -> set[uuid.UUID]:
         kept: set[uuid.UUID] = set()
         for job_id in job_ids:
             row = self._rows.get(job_id)
@@ -313,7 +330,9 @@ class MemoryStore:
     async def paused_queues(self) -> frozenset[str]:
         return frozenset(self._paused)
 
-    async def listen(self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def listen(
+        self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         await trio.sleep_forever()
 

@@ -1,0 +1,244 @@
+"""The composition root: builds every part, starts each service in order, handles signals.
+
+Order of start: control socket (so health answers at once, `degraded` until the store
+is open) -> store, with retries for a shared store -> rescue of orphaned jobs ->
+plugins' lifespans -> maintenance, store listener, worker pool -> READY=1.
+Shutdown runs it backwards: stop claiming, drain the pool, exit the lifespans, stop
+serving, close the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from functools import partial
+
+import trio
+
+from jobd import http, systemd
+from jobd.api import make_handler
+from jobd.config import Config, load_config
+from jobd.errors import JobdError, StoreUnavailable
+from jobd.job import JobState
+from jobd.logs import set_level
+from jobd.maintenance import Maintenance
+from jobd.metrics import Metrics
+from jobd.plugins import PluginHost
+from jobd.service import JobService
+from jobd.settings import LiveSettings, build_settings
+from jobd.store import Store
+from jobd.store.factory import create_store, describe
+from jobd.version import __version__
+from jobd.worker import JobWatch, WorkerPool, utc_now
+
+STORE_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+STATUS_INTERVAL = 5.0
+
+log = logging.getLogger("jobd.daemon")
+
+
+class StartupError(JobdError):
+    code = "startup_error"
+
+
+class Daemon:
+    def __init__(self, config: Config, host: PluginHost, config_path: str | None) -> None:
+        self._config_path = config_path
+        self._host = host
+        self.live = LiveSettings(build_settings(config, host.configure(config)))
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.metrics = Metrics(__version__)
+        self.store: Store = create_store(config.store)
+        self.watch = JobWatch()
+        self.pool = WorkerPool(
+            self.store, self.live, self.metrics, self.watch, owner=self.owner, clock=utc_now
+        )
+        self.maintenance = Maintenance(self.store, self.live, self.pool, self.metrics, utc_now)
+        self.service = JobService(
+            self.store, self.live, self.pool, self.maintenance, self.metrics, self.watch, utc_now
+        )
+        self._stop_requested = trio.Event()
+        self._signals_seen = 0
+
+    @property
+    def config(self) -> Config:
+        return self.live.current.config
+
+    async def run(self) -> None:
+        config = self.config
+        listeners = self._control_listeners()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._handle_signals)
+            await nursery.start(
+                partial(http.serve, listeners, make_handler(self.service), limits=self._limits)
+            )
+            if config.metrics.listen:
+                metrics_listeners = await http.bind_tcp(config.metrics.listen)
+                await nursery.start(
+                    partial(http.serve, metrics_listeners, self._serve_metrics, limits=self._limits)
+                )
+            await nursery.start(systemd.run_watchdog)
+            log.info(
+                "jobd %s listening on %s, store %s",
+                __version__,
+                config.api.socket,
+                describe(config.store.url),
+                extra={"owner": self.owner},
+            )
+            if await self._open_store():
+                await self._run_engine()
+            nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self.store.close()
+        log.info("jobd stopped")
+
+    def _limits(self) -> http.Limits:
+        api = self.config.api
+        return http.Limits(
+            max_body_bytes=api.max_request_bytes,
+            request_timeout=api.request_timeout,
+            max_connections=api.max_connections,
+        )
+
+    def _control_listeners(self) -> list[trio.SocketListener]:
+        fds = systemd.listen_fds()
+        if fds:
+            log.info("using %d socket(s) passed by the service manager", len(fds))
+            return [http.listener_from_fd(fd) for fd in fds]
+        api = self.config.api
+        return [http.bind_unix_socket(api.socket, int(api.socket_mode, 8), api.socket_group)]
+
+    async def _open_store(self) -> bool:
+        """Open the store, retrying a shared store until it answers; False if stopped first."""
+        failures = 0
+        with trio.CancelScope() as scope:
+            self._cancel_store_wait = scope
+            while True:
+                try:
+                    await self.store.open()
+                    break
+                except StoreUnavailable as error:
+                    if not self.store.shared:
+                        raise StartupError(
+                            f"cannot open the store {describe(self.config.store.url)}: {error}"
+                        ) from None
+                    delay = STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS) - 1)]
+                    failures += 1
+                    log.warning("the store is unavailable (%s); retrying in %gs", error, delay)
+                    systemd.notify_status(f"waiting for the store: {error}")
+                    await trio.sleep(delay)
+        if scope.cancelled_caught:
+            return False
+        self.service.store_ready = True
+        await self.maintenance.rescue_orphans()
+        return True
+
+    _cancel_store_wait: trio.CancelScope | None = None
+
+    async def _run_engine(self) -> None:
+        async with contextlib.AsyncExitStack() as lifespans:
+            for lifespan in self._host.lifespans():
+                await lifespans.enter_async_context(lifespan)
+            async with trio.open_nursery() as background:
+                await background.start(self.maintenance.run)
+                await background.start(self.store.listen, self._on_store_event)
+                async with trio.open_nursery() as engine:
+                    await engine.start(self._run_pool)
+                    await self.maintenance.refresh_gauges()
+                    systemd.notify_ready(self._status_line())
+                    log.info(
+                        "ready: %d handlers, concurrency %d",
+                        len(self.live.current.registry.handlers),
+                        self.pool.capacity,
+                    )
+                    background.start_soon(self._report_status)
+                background.cancel_scope.cancel()
+
+    async def _run_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.pool.run(grace=self._grace, task_status=task_status)
+
+    def _grace(self) -> float:
+        return 0.0 if self._signals_seen > 1 else self.config.daemon.shutdown_timeout
+
+    def _on_store_event(self, event: str) -> None:
+        if event == "cancel":
+            self.pool.check_cancels()
+        else:
+            self.pool.wake()
+            self.maintenance.schedule_changed()
+
+    async def _serve_metrics(self, request: http.Request) -> http.Response:
+        if request.path != "/metrics":
+            return http.error_response(404, "not_found", f"no such path: {request.path}")
+        body, content_type = self.service.metrics()
+        return http.Response(200, body, content_type)
+
+    async def _report_status(self) -> None:
+        while True:
+            await trio.sleep(STATUS_INTERVAL)
+            with contextlib.suppress(StoreUnavailable):
+                await self.maintenance.refresh_gauges()
+            systemd.notify_status(self._status_line())
+
+    def _status_line(self) -> str:
+        counts = self.maintenance.counts
+        pending = sum(states.get(JobState.PENDING, 0) for states in counts.values())
+        scheduled = sum(states.get(JobState.SCHEDULED, 0) for states in counts.values())
+        return f"running {self.pool.busy}/{self.pool.capacity} jobs; {pending} pending, {scheduled} scheduled"
+
+    # -- signals ------------------------------------------------------------------------
+
+    async def _handle_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    self.stop(signal.Signals(signum).name)
+
+    def stop(self, why: str) -> None:
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            log.warning("%s again: cancelling the running jobs now", why)
+            self.pool.request_stop(immediately=True)
+            return
+        log.info("%s: stopping; running jobs have %gs to finish", why, self.config.daemon.shutdown_timeout)
+        systemd.notify_stopping()
+        self.service.stopping = True
+        self.pool.request_stop()
+        if self._cancel_store_wait is not None:
+            self._cancel_store_wait.cancel()
+
+    async def reload(self) -> None:
+        """Re-read the config; a bad one is refused and the old one stays in force."""
+        systemd.notify_reloading()
+        old = self.config
+        try:
+            config = load_config(self._config_path)
+            registry = self._host.configure(config)
+        except JobdError as error:
+            log.error("reload refused, keeping the old config: %s", error)
+            self._host.configure(old)
+        else:
+            for what, before, after in (
+                ("store.url", old.store.url, config.store.url),
+                ("api.socket", old.api.socket, config.api.socket),
+                ("metrics.listen", old.metrics.listen, config.metrics.listen),
+            ):
+                if before != after:
+                    log.warning("%s changed; it takes effect at the next restart", what)
+            self.live.current = build_settings(config, registry)
+            set_level(config.daemon.log_level)
+            self.pool.wake()
+            log.info("config reloaded from %s", config.source or "the built-in defaults")
+        systemd.notify_ready(self._status_line())
+
+
+def run(config: Config, host: PluginHost, config_path: str | None) -> None:
+    """Run the daemon until it is stopped; raises JobdError for a failed start."""
+    daemon = Daemon(config, host, config_path)
+    trio.run(daemon.run)

@@ -1,0 +1,141 @@
+"""Background upkeep of the store, each a small loop: promote due jobs, rescue expired
+leases, prune finished jobs, refresh the queue gauges."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import trio
+import trio.lowlevel
+
+from jobd.errors import StoreUnavailable
+from jobd.job import JobState
+from jobd.metrics import Metrics
+from jobd.settings import LiveSettings
+from jobd.store import QueueCounts, Rescued, Store
+from jobd.worker import Clock, WorkerPool
+
+PRUNE_INTERVAL = 60.0
+PRUNE_BATCH = 10_000
+GAUGE_INTERVAL = 5.0
+
+log = logging.getLogger("jobd.maintenance")
+
+
+class Maintenance:
+    def __init__(
+        self, store: Store, live: LiveSettings, pool: WorkerPool, metrics: Metrics, clock: Clock
+    ) -> None:
+        self._store = store
+        self._live = live
+        self._pool = pool
+        self._metrics = metrics
+        self._clock = clock
+        self._schedule_changed = trio.Event()
+        self.counts: QueueCounts = {}
+
+    def schedule_changed(self) -> None:
+        """A job was scheduled for later: the promoter may need to wake sooner."""
+        self._schedule_changed.set()
+
+    async def rescue_orphans(self) -> None:
+        """At start: for a store no other daemon uses, every `running` job is an orphan
+        of this daemon's previous life (it was killed), so rescue them all now."""
+        rescued = await self._store.rescue_jobs(self._clock(), all_running=not self._store.shared)
+        self._report_rescued(rescued)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._promote_due)
+            nursery.start_soon(self._every, "rescue expired leases", self._lease_check_interval, self._rescue)
+            nursery.start_soon(self._every, "prune finished jobs", lambda: PRUNE_INTERVAL, self._prune)
+            nursery.start_soon(
+                self._every, "refresh queue gauges", lambda: GAUGE_INTERVAL, self.refresh_gauges
+            )
+            task_status.started()
+
+    def _lease_check_interval(self) -> float:
+        return max(self._live.current.config.workers.lease / 2, 0.1)
+
+    async def _every(
+        self, what: str, interval: Callable[[], float], step: Callable[[], Awaitable[None]]
+    ) -> None:
+        failing = False
+        while True:
+            try:
+                await step()
+                failing = False
+            except StoreUnavailable as error:
+                if not failing:
+                    log.warning("cannot %s, the store is unavailable: %s", what, error)
+                failing = True
+            await trio.sleep(interval())
+
+    async def _promote_due(self) -> None:
+        failing = False
+        while True:
+            self._schedule_changed = event = trio.Event()
+            poll = self._live.current.config.workers.poll_interval
+            try:
+                next_run_at = await self._store.promote_due_jobs(self._clock())
+                failing = False
+            except StoreUnavailable as error:
+                if not failing:
+                    log.warning("cannot promote due jobs, the store is unavailable: %s", error)
+                failing, next_run_at = True, None
+            self._pool.wake()
+            wait = poll
+            if next_run_at is not None:
+                wait = min(poll, max((next_run_at - self._clock()).total_seconds(), 0.0))
+            with trio.move_on_after(wait):
+                await event.wait()
+
+    async def _rescue(self) -> None:
+        self._report_rescued(await self._store.rescue_jobs(self._clock()))
+
+    def _report_rescued(self, rescued: list[Rescued]) -> None:
+        for item in rescued:
+            job = item.job
+            log.warning(
+                "job %s rescued from %s: now %s",
+                job.id,
+                item.owner,
+                job.state.value,
+                extra={
+                    "job_id": str(job.id),
+                    "type": job.type,
+                    "queue": job.queue,
+                    "attempt": job.attempts,
+                    "outcome": "rescued",
+                },
+            )
+            if job.state.finished:
+                self._metrics.job_finished(job.queue, job.type, job.state.value, None)
+        if rescued:
+            self._pool.wake()
+
+    async def _prune(self) -> None:
+        retention = self._live.current.config.retention
+        now = self._clock()
+        before = {
+            JobState.COMPLETED: now - timedelta(seconds=retention.completed),
+            JobState.FAILED: now - timedelta(seconds=retention.failed),
+            JobState.CANCELLED: now - timedelta(seconds=retention.cancelled),
+        }
+        while True:
+            deleted = await self._store.prune_jobs(before, PRUNE_BATCH)
+            if deleted:
+                log.info("pruned %d finished jobs", deleted)
+            if deleted < PRUNE_BATCH:
+                return
+            await trio.lowlevel.checkpoint()  # let other work in between large batches
+
+    async def refresh_gauges(self) -> None:
+        """Queue depths for the metrics and the status line: one query, cached."""
+        self.counts = await self._store.count_jobs()
+        self._metrics.set_queue_counts(
+            {queue: {state.value: n for state, n in states.items()} for queue, states in self.counts.items()}
+        )
+        self._metrics.set_workers(self._pool.busy, self._pool.capacity)

@@ -1,0 +1,367 @@
+"""The operations the control API offers, on top of the store, the settings and the pool.
+
+Every request body is validated here, field by field, before anything is stored:
+a bad field is an `InvalidJob` naming it, so the API can answer 422 precisely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import trio
+
+from jobd.durations import parse_duration
+from jobd.errors import (
+    BadRequest,
+    InvalidJob,
+    JobNotFound,
+    PayloadTooLarge,
+    QueueNotFound,
+    ShuttingDown,
+    StoreUnavailable,
+)
+from jobd.job import FINISHED_STATES, Job, JobState, parse_time
+from jobd.maintenance import Maintenance
+from jobd.metrics import Metrics
+from jobd.settings import LiveSettings, Settings
+from jobd.store import Inserted, JobFilter, JobPage, NewJob, Store
+from jobd.version import __version__
+from jobd.worker import Clock, JobWatch, WorkerPool
+
+JOB_FIELDS = frozenset(
+    {"type", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "timeout", "key"}
+)
+MAX_BATCH = 10_000
+MAX_PRIORITY = 2**31 - 1
+MAX_ATTEMPTS = 1000
+MAX_KEY_LENGTH = 255
+MAX_WAIT = 3600.0
+HEALTH_TIMEOUT = 2.0
+REMOTE_WAIT_POLL = 1.0  # how often a long poll re-reads a job another daemon may finish
+
+
+class JobService:
+    def __init__(
+        self,
+        store: Store,
+        live: LiveSettings,
+        pool: WorkerPool,
+        maintenance: Maintenance,
+        metrics: Metrics,
+        watch: JobWatch,
+        clock: Clock,
+    ) -> None:
+        self._opened_store = store
+        self._live = live
+        self._pool = pool
+        self._maintenance = maintenance
+        self._metrics = metrics
+        self._watch = watch
+        self._clock = clock
+        self.stopping = False
+        self.store_ready = False  # the daemon opens the store after it starts listening
+
+    @property
+    def _store(self) -> Store:
+        if not self.store_ready:
+            raise StoreUnavailable("the store is not open yet")
+        return self._opened_store
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self._live.current.config.api.max_request_bytes
+
+    # -- submitting ---------------------------------------------------------------------
+
+    async def submit(self, body: object) -> Inserted:
+        self._check_running()
+        new = self._new_job(body, self._clock(), self._live.current)
+        [inserted] = await self._store.insert_jobs([new])
+        self._after_insert([inserted])
+        return inserted
+
+    async def submit_batch(self, body: object) -> list[Inserted]:
+        self._check_running()
+        if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
+            raise InvalidJob('the body must be {"jobs": [...]}', field="jobs")
+        items = body["jobs"]
+        if not items:
+            raise InvalidJob("the batch holds no jobs", field="jobs")
+        if len(items) > MAX_BATCH:
+            raise InvalidJob(f"a batch holds at most {MAX_BATCH} jobs, got {len(items)}", field="jobs")
+        now, settings = self._clock(), self._live.current
+        new_jobs = []
+        for index, item in enumerate(items):
+            try:
+                new_jobs.append(self._new_job(item, now, settings))
+            except InvalidJob as error:
+                raise error.at_index(index) from None
+        inserted = await self._store.insert_jobs(new_jobs)
+        self._after_insert(inserted)
+        return inserted
+
+    def _check_running(self) -> None:
+        if self.stopping:
+            raise ShuttingDown("jobd is shutting down and accepts no new jobs")
+
+    def _after_insert(self, inserted: Sequence[Inserted]) -> None:
+        created = [item.job for item in inserted if item.created]
+        for job in created:
+            self._metrics.job_submitted(job.queue, job.type)
+        if any(job.state == JobState.PENDING for job in created):
+            self._pool.wake()
+        if any(job.state == JobState.SCHEDULED for job in created):
+            self._maintenance.schedule_changed()
+
+    def _new_job(self, body: object, now: datetime, settings: Settings) -> NewJob:
+        if not isinstance(body, dict):
+            raise InvalidJob("a job must be a JSON object")
+        unknown = sorted(set(body) - JOB_FIELDS)
+        if unknown:
+            raise InvalidJob(
+                f"unknown field {unknown[0]!r} (known: {', '.join(sorted(JOB_FIELDS))})", field=unknown[0]
+            )
+        job_type = body.get("type")
+        if not isinstance(job_type, str) or not job_type:
+            raise InvalidJob("type is required and must be a non-empty string", field="type")
+        handler = settings.handler(job_type)
+        config = settings.config
+        if handler is None and not config.api.accept_unknown_types:
+            raise InvalidJob(f"unknown job type {job_type!r}: no loaded plugin handles it", field="type")
+        payload = body.get("payload")
+        size = len(json.dumps(payload, ensure_ascii=False).encode())
+        if size > config.api.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload is {size} bytes, over the limit of {config.api.max_payload_bytes}", field="payload"
+            )
+        if handler is not None and handler.validate is not None:
+            _validate_payload(handler.validate, payload)
+        defaults = settings.type_defaults(job_type)
+        queue = _optional(body, "queue", str) or defaults.queue
+        if queue not in settings.queues:
+            raise InvalidJob(f"unknown queue {queue!r} (known: {', '.join(settings.queues)})", field="queue")
+        priority = _optional(body, "priority", int)
+        if priority is not None and not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidJob(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}", field="priority")
+        max_attempts = _optional(body, "max_attempts", int)
+        if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS:
+            raise InvalidJob(f"max_attempts must be between 1 and {MAX_ATTEMPTS}", field="max_attempts")
+        timeout = _optional_seconds(body, "timeout")
+        if timeout is not None and timeout <= 0:
+            raise InvalidJob("timeout must be more than 0 seconds", field="timeout")
+        key = _optional(body, "key", str)
+        if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
+            raise InvalidJob(f"key must be 1 to {MAX_KEY_LENGTH} characters", field="key")
+        return NewJob(
+            id=uuid.uuid4(),
+            type=job_type,
+            queue=queue,
+            payload=payload,
+            priority=priority or 0,
+            run_at=_run_at(body, now),
+            max_attempts=max_attempts or defaults.max_attempts,
+            timeout=timeout if "timeout" in body else defaults.timeout,
+            key=key,
+            created_at=now,
+        )
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        parsed = _parse_id(job_id)
+        job = await self._store.get_job(parsed)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def list(self, query: Mapping[str, str]) -> JobPage:
+        unknown = sorted(set(query) - {"state", "type", "queue", "limit", "after"})
+        if unknown:
+            raise BadRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+        state = None
+        if query.get("state"):
+            try:
+                state = JobState(query["state"])
+            except ValueError:
+                known = ", ".join(s.value for s in JobState)
+                raise BadRequest(f"state must be one of {known}", field="state") from None
+        limit_text = query.get("limit", "100")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+            raise BadRequest(
+                f"limit must be a whole number from 1 to 1000, got {limit_text!r}", field="limit"
+            )
+        search = JobFilter(state=state, type=query.get("type") or None, queue=query.get("queue") or None)
+        try:
+            return await self._store.list_jobs(search, int(limit_text), query.get("after") or None)
+        except ValueError as error:
+            raise BadRequest(str(error), field="after") from None
+
+    async def wait(self, job_id: str, timeout: str | None) -> Job:
+        seconds = MAX_WAIT if timeout is None else _parse_wait(timeout)
+        parsed = _parse_id(job_id)
+        deadline = trio.current_time() + seconds
+        while True:
+            job = await self._store.get_job(parsed)
+            if job is None:
+                raise JobNotFound(job_id)
+            remaining = deadline - trio.current_time()
+            if job.state in FINISHED_STATES or remaining <= 0:
+                return job
+            # Jobs run by another daemon sharing the store finish without a local signal.
+            poll = REMOTE_WAIT_POLL if self._store.shared else remaining
+            await self._watch.wait_changed(parsed, min(remaining, poll))
+
+    # -- changing -----------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        parsed = _parse_id(job_id)
+        job = await self._store.cancel_job(parsed, self._clock())
+        if job.state == JobState.CANCELLED:
+            self._metrics.job_finished(job.queue, job.type, "cancelled", None)
+            self._watch.changed(parsed)
+        else:
+            self._pool.cancel_running(parsed)
+        return job
+
+    async def retry(self, job_id: str) -> Job:
+        job = await self._store.retry_job(_parse_id(job_id), self._clock())
+        self._watch.changed(job.id)
+        self._pool.wake()
+        return job
+
+    async def pause(self, queue: str) -> dict[str, Any]:
+        return await self._set_paused(queue, True)
+
+    async def resume(self, queue: str) -> dict[str, Any]:
+        return await self._set_paused(queue, False)
+
+    async def _set_paused(self, queue: str, paused: bool) -> dict[str, Any]:
+        if queue not in self._live.current.queues:
+            raise QueueNotFound(queue)
+        await self._store.set_queue_paused(queue, paused)
+        self._pool.wake()
+        stats = await self.stats()
+        return {"queue": queue, **stats["queues"][queue]}
+
+    # -- observing ----------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        counts = await self._store.count_jobs()
+        paused = await self._store.paused_queues()
+        settings = self._live.current
+        queues: dict[str, Any] = {}
+        for name in sorted(set(settings.queues) | set(counts)):
+            per_state = counts.get(name, {})
+            limits = settings.queues.get(name)
+            queues[name] = {
+                **{state.value: per_state.get(state, 0) for state in JobState},
+                "paused": name in paused,
+                "concurrency": limits.concurrency if limits else 0,
+            }
+        return {"queues": queues, "workers": {"busy": self._pool.busy, "capacity": self._pool.capacity}}
+
+    def handlers(self) -> dict[str, Any]:
+        settings = self._live.current
+        items = []
+        for job_type in sorted(settings.registry.handlers):
+            handler = settings.registry.handlers[job_type]
+            defaults = settings.type_defaults(job_type)
+            items.append(
+                {
+                    "type": job_type,
+                    "plugin": handler.plugin,
+                    "queue": defaults.queue,
+                    "timeout": defaults.timeout,
+                    "max_attempts": defaults.max_attempts,
+                }
+            )
+        return {"handlers": items}
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        store_ok = False
+        with trio.move_on_after(HEALTH_TIMEOUT):
+            try:
+                await self._store.ping()  # raises at once while the store is not open
+                store_ok = True
+            except StoreUnavailable:
+                pass
+        body = {
+            "status": "ok" if store_ok else "degraded",
+            "version": __version__,
+            "store": "ok" if store_ok else "unavailable",
+            "workers": {"busy": self._pool.busy, "capacity": self._pool.capacity},
+        }
+        return store_ok, body
+
+    def metrics(self) -> tuple[bytes, str]:
+        self._metrics.set_workers(self._pool.busy, self._pool.capacity)
+        return self._metrics.render()
+
+
+def _parse_id(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise JobNotFound(job_id) from None
+
+
+def _parse_wait(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_WAIT:
+        raise BadRequest(
+            f"timeout must be a number of seconds from 0 to {MAX_WAIT:g}, got {text!r}", field="timeout"
+        )
+    return seconds
+
+
+def _optional(body: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "a whole number" if kind is int else "a string"
+        raise InvalidJob(f"{name} must be {expected}, got {value!r}", field=name)
+    return value
+
+
+def _optional_seconds(body: Mapping[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise InvalidJob(f"{name}: {error}", field=name) from None
+
+
+def _run_at(body: Mapping[str, Any], now: datetime) -> datetime:
+    if body.get("run_at") is not None and body.get("delay") is not None:
+        raise InvalidJob("give run_at or delay, not both", field="delay")
+    if body.get("run_at") is not None:
+        text = body["run_at"]
+        if not isinstance(text, str):
+            raise InvalidJob("run_at must be an RFC 3339 time such as 2026-01-31T12:00:00Z", field="run_at")
+        try:
+            run_at = parse_time(text)
+        except ValueError:
+            raise InvalidJob(f"run_at is not an RFC 3339 time: {text!r}", field="run_at") from None
+        return max(run_at, now)
+    delay = _optional_seconds(body, "delay")
+    return now + timedelta(seconds=delay) if delay else now
+
+
+def _validate_payload(validate: Any, payload: Any) -> None:
+    try:
+        validate(payload)
+    except InvalidJob:
+        raise
+    except (ValueError, TypeError, KeyError) as error:
+        raise InvalidJob(f"payload refused: {error}", field="payload") from None

@@ -1,0 +1,417 @@
+"""The worker pool: claim -> run under the job's timeout -> outcome -> batched completion.
+
+One `WorkerPool` per daemon. Its nursery owns every running job; a dispatcher claims
+jobs in batches whenever there are free slots and something may be waiting; one
+completer commits outcomes in batches; a lease keeper renews the leases of running
+jobs and cancels any job this daemon no longer owns.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+from jobd.errors import Fail, Retry, StoreUnavailable
+from jobd.handlers import JobContext
+from jobd.job import JSON, Job, Progress
+from jobd.metrics import Metrics
+from jobd.settings import LiveSettings
+from jobd.store import Completion, Outcome, QueueSlots, Store
+
+Clock = Callable[[], datetime]
+COMPLETION_BATCH = 500
+CANCEL_POLL_INTERVAL = 0.5
+STORE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+log = logging.getLogger("jobd.worker")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobWatch:
+    """Wakes the tasks waiting for a given job to change (the API's long poll)."""
+
+    def __init__(self) -> None:
+        self._events: dict[uuid.UUID, trio.Event] = {}
+
+    def changed(self, job_id: uuid.UUID) -> None:
+        event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait_changed(self, job_id: uuid.UUID, timeout: float) -> None:
+        """Return when `job_id` changes on this daemon, or after `timeout` seconds."""
+        event = self._events.setdefault(job_id, trio.Event())
+        with trio.move_on_after(timeout):
+            await event.wait()
+
+
+@dataclass(eq=False)
+class _Running:
+    job: Job
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    stop_reason: str | None = None  # why this daemon stopped the handler, if it did
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    completion: Completion
+    job: Job
+    duration: float
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: Store,
+        live: LiveSettings,
+        metrics: Metrics,
+        watch: JobWatch,
+        *,
+        owner: str,
+        clock: Clock = utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._live = live
+        self._metrics = metrics
+        self._watch = watch
+        self.owner = owner
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._running: dict[uuid.UUID, _Running] = {}
+        self._busy_by_queue: collections.Counter[str] = collections.Counter()
+        self._changed = trio.Event()
+        self._stopping = False
+        self._grace_scope = trio.CancelScope()
+        self._cancel_check = trio.Event()
+        send, receive = trio.open_memory_channel[_Finished](math.inf)
+        self._finished_send, self._finished_receive = send, receive
+
+    # -- what others may ask of the pool ------------------------------------------------
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    @property
+    def capacity(self) -> int:
+        return self._live.current.config.workers.concurrency
+
+    def busy_in(self, queue: str) -> int:
+        return self._busy_by_queue[queue]
+
+    def wake(self) -> None:
+        """Something may be claimable: look now rather than at the next poll."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def check_cancels(self) -> None:
+        """A cancel may have been requested for a job this daemon runs (another daemon's API)."""
+        self._cancel_check.set()
+
+    def cancel_running(self, job_id: uuid.UUID) -> bool:
+        """Cancel the handler of `job_id` if it runs here; its job ends `cancelled`."""
+        running = self._running.get(job_id)
+        if running is None:
+            return False
+        running.stop("cancelled")
+        return True
+
+    def request_stop(self, *, immediately: bool = False) -> None:
+        """Stop claiming; `run` then lets running jobs finish for the grace period,
+        or, `immediately`, cancels and requeues them now."""
+        self._stopping = True
+        if immediately:
+            self._grace_scope.cancel()
+        self.wake()
+
+    # -- the pool's life ----------------------------------------------------------------
+
+    async def run(
+        self, *, grace: Callable[[], float], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until `request_stop`, then drain: running jobs get `grace()` seconds to
+        finish, the rest are cancelled and requeued, and every outcome is committed."""
+        async with trio.open_nursery() as services:
+            services.start_soon(self._keep_leases)
+            if self._store.shared:
+                services.start_soon(self._watch_cancels)
+            async with trio.open_nursery() as completer:
+                completer.start_soon(self._complete_batches)
+                async with trio.open_nursery() as jobs:
+                    task_status.started()
+                    await self._dispatch(jobs)
+                    self._grace_scope.deadline = trio.current_time() + grace()
+                    with self._grace_scope:
+                        await self._wait_idle()
+                    for running in list(self._running.values()):
+                        running.stop("shutdown")
+                # Every job has ended: the completer commits what is left, then returns.
+                await self._finished_send.aclose()
+            services.cancel_scope.cancel()
+
+    async def _wait_idle(self) -> None:
+        while self._running:
+            event = self._changed
+            await event.wait()
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def _free_slots(self) -> tuple[list[QueueSlots], int]:
+        settings = self._live.current
+        limit = settings.config.workers.concurrency - len(self._running)
+        slots = [
+            QueueSlots(name, limits.concurrency - self._busy_by_queue[name], limits.global_concurrency)
+            for name, limits in settings.queues.items()
+            if limits.concurrency > self._busy_by_queue[name]
+        ]
+        return slots, limit
+
+    async def _dispatch(self, jobs: trio.Nursery) -> None:
+        failures = 0
+        while not self._stopping:
+            event = self._changed
+            slots, limit = self._free_slots()
+            if slots and limit > 0:
+                now = self._clock()
+                lease_until = now + timedelta(seconds=self._live.current.config.workers.lease)
+                try:
+                    claimed = await self._store.claim_jobs(self.owner, slots, limit, now, lease_until)
+                except StoreUnavailable as error:
+                    failures += 1
+                    delay = STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS)) - 1]
+                    if failures == 1:
+                        log.warning("cannot claim jobs, the store is unavailable: %s", error)
+                    await trio.sleep(delay)
+                    continue
+                if failures:
+                    log.info("the store is back; claiming again")
+                    failures = 0
+                for job in claimed:
+                    self._start(jobs, job, now)
+                if claimed:
+                    continue
+            with trio.move_on_after(self._live.current.config.workers.poll_interval):
+                await event.wait()
+
+    def _start(self, jobs: trio.Nursery, job: Job, now: datetime) -> None:
+        running = _Running(job)
+        self._running[job.id] = running
+        self._busy_by_queue[job.queue] += 1
+        self._metrics.job_started(job.queue, max((now - job.run_at).total_seconds(), 0.0))
+        jobs.start_soon(self._run_job, running, name=f"job {job.type} {job.id}")
+
+    # -- running one job ----------------------------------------------------------------
+
+    async def _run_job(self, running: _Running) -> None:
+        job = running.job
+        started = trio.current_time()
+        try:
+            outcome, result, error, run_at = await self._attempt(running)
+        finally:
+            del self._running[job.id]
+            self._busy_by_queue[job.queue] -= 1
+            self.wake()
+        duration = trio.current_time() - started
+        if outcome is None:  # the lease was lost: another daemon owns the job now
+            log.warning(
+                "job %s stopped: %s", job.id, running.stop_reason, extra=_job_fields(job, "lost", duration)
+            )
+            return
+        completion = Completion(job.id, self.owner, job.attempts, outcome, result, error, run_at)
+        self._finished_send.send_nowait(_Finished(completion, job, duration))
+
+    async def _attempt(self, running: _Running) -> tuple[Outcome | None, JSON, str | None, datetime | None]:
+        """Run the handler once; say what became of the attempt."""
+        job = running.job
+        settings = self._live.current
+        handler = settings.handler(job.type)
+        timed_out = False
+        try:
+            with running.scope:
+                if handler is None:
+                    raise LookupError(f"no handler for job type {job.type!r} on this daemon")
+                context = JobContext(
+                    id=job.id,
+                    type=job.type,
+                    queue=job.queue,
+                    payload=job.payload,
+                    attempt=job.attempts,
+                    max_attempts=job.max_attempts,
+                    created_at=job.created_at,
+                    progress=lambda progress: self._record_progress(job, progress),
+                )
+                with trio.move_on_after(math.inf if job.timeout is None else job.timeout) as deadline:
+                    result = await handler(context)
+                timed_out = deadline.cancel_called
+                if not timed_out:
+                    return Outcome.COMPLETED, _checked_result(result), None, None
+        except Retry as signal:
+            return self._after_failure(
+                job, f"retry requested: {signal.reason}" if signal.reason else "retry requested", signal.delay
+            )
+        except Fail as signal:
+            return Outcome.FAILED, None, f"failed: {signal.reason}", None
+        except Exception as error:
+            log.warning(
+                "job %s attempt %d raised %r",
+                job.id,
+                job.attempts,
+                error,
+                exc_info=True,
+                extra=_job_fields(job, "error", None),
+            )
+            return self._after_failure(job, f"{type(error).__name__}: {error}", None)
+        if timed_out:
+            return self._after_failure(job, f"timed out after {job.timeout:g}s", None)
+        if running.stop_reason == "cancelled":
+            return Outcome.CANCELLED, None, "cancelled while running", None
+        if running.stop_reason == "shutdown":
+            return Outcome.REQUEUED, None, "interrupted by a shutdown; requeued", None
+        return None, None, None, None
+
+    def _after_failure(
+        self, job: Job, error: str, delay: float | None
+    ) -> tuple[Outcome, JSON, str, datetime | None]:
+        if job.attempts >= job.max_attempts:
+            return (
+                Outcome.FAILED,
+                None,
+                f"{error} (attempt {job.attempts} of {job.max_attempts}, no more left)",
+                None,
+            )
+        if delay is None:
+            delay = self._live.current.type_defaults(job.type).retry.delay(job.attempts, self._rng)
+        return Outcome.RETRIED, None, error, self._clock() + timedelta(seconds=delay)
+
+    async def _record_progress(self, job: Job, progress: Progress) -> None:
+        try:
+            await self._store.set_progress(job.id, self.owner, job.attempts, progress, self._clock())
+        except StoreUnavailable as error:  # progress is advisory: the job goes on
+            log.warning("could not record progress of job %s: %s", job.id, error)
+        self._watch.changed(job.id)
+
+    # -- completing ---------------------------------------------------------------------
+
+    async def _complete_batches(self) -> None:
+        async with self._finished_receive as receive:
+            async for first in receive:
+                batch = [first]
+                while len(batch) < COMPLETION_BATCH:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Finished]) -> None:
+        failures = 0
+        while True:
+            try:
+                stored = await self._store.complete_jobs([item.completion for item in batch], self._clock())
+                break
+            except StoreUnavailable as error:
+                # The outcomes stay in memory until the store is back; if this daemon
+                # dies meanwhile, the expired leases get the jobs run again.
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "cannot record %d job outcomes yet, the store is unavailable: %s", len(batch), error
+                    )
+                await trio.sleep(STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS)) - 1])
+        for item, job in zip(batch, stored, strict=True):
+            self._report(item, job)
+
+    def _report(self, item: _Finished, stored: Job | None) -> None:
+        job, completion = item.job, item.completion
+        if stored is None:
+            log.warning(
+                "job %s: outcome %s of attempt %d discarded, the job is no longer this daemon's",
+                job.id,
+                completion.outcome,
+                completion.attempt,
+                extra=_job_fields(job, "fenced", item.duration),
+            )
+            return
+        self._watch.changed(job.id)
+        if completion.outcome == Outcome.REQUEUED:
+            log.info("job %s requeued by shutdown", job.id, extra=_job_fields(job, "requeued", item.duration))
+            return
+        self._metrics.job_finished(job.queue, job.type, completion.outcome.value, item.duration)
+        level = logging.INFO if completion.outcome == Outcome.COMPLETED else logging.WARNING
+        message = "job %s %s" + (": %s" if completion.error else "")
+        args = (job.id, completion.outcome.value, *((completion.error,) if completion.error else ()))
+        log.log(level, message, *args, extra=_job_fields(job, completion.outcome.value, item.duration))
+
+    # -- leases and remote cancels --------------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        while True:
+            lease = self._live.current.config.workers.lease
+            await trio.sleep(lease / 3)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                kept = await self._store.renew_leases(
+                    self.owner, ids, self._clock() + timedelta(seconds=lease)
+                )
+            except StoreUnavailable as error:
+                log.warning("cannot renew the leases of %d running jobs: %s", len(ids), error)
+                continue
+            for job_id in set(ids) - kept:
+                running = self._running.get(job_id)
+                if running is not None:
+                    running.stop("its lease was lost: the job was rescued or cancelled elsewhere")
+
+    async def _watch_cancels(self) -> None:
+        while True:
+            with trio.move_on_after(CANCEL_POLL_INTERVAL):
+                await self._cancel_check.wait()
+            self._cancel_check = trio.Event()
+            if not self._running:
+                continue
+            try:
+                requested = await self._store.cancel_requests(self.owner)
+            except StoreUnavailable:
+                continue
+            for job_id in requested:
+                self.cancel_running(job_id)
+
+
+def _checked_result(result: JSON) -> JSON:
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"the handler's result is not JSON: {error}") from None
+    return result
+
+
+def _job_fields(job: Job, outcome: str, duration: float | None) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "job_id": str(job.id),
+        "type": job.type,
+        "queue": job.queue,
+        "attempt": job.attempts,
+        "outcome": outcome,
+    }
+    if duration is not None:
+        fields["duration"] = round(duration, 6)
+    return fields

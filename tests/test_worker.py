@@ -1,0 +1,406 @@
+"""The engine on a virtual clock: claiming, limits, retries, timeouts, cancels, shutdown, leases.
+
+Everything runs in one Trio run on `MockClock(autojump_threshold=0)` against the memory
+store, so seconds of back-off and timeouts take microseconds and nothing depends on luck.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import jobd
+from jobd import builtins
+from jobd.config import Config, parse_config
+from jobd.handlers import Handler, JobContext
+from jobd.job import Job, JobState
+from jobd.maintenance import Maintenance
+from jobd.metrics import Metrics
+from jobd.plugins import Registry
+from jobd.service import JobService
+from jobd.settings import LiveSettings, build_settings
+from jobd.store import NewJob
+from jobd.store.memory import MemoryStore
+from jobd.worker import JobWatch, WorkerPool
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def virtual_now() -> datetime:
+    return EPOCH + timedelta(seconds=trio.current_time())
+
+
+@dataclass
+class Engine:
+    store: MemoryStore
+    live: LiveSettings
+    pool: WorkerPool
+    service: JobService
+    maintenance: Maintenance
+    metrics: Metrics
+    started: list[str] = field(default_factory=list)
+
+    async def submit(self, job_type: str, payload: Any = None, **options: Any) -> Job:
+        inserted = await self.service.submit({"type": job_type, "payload": payload, **options})
+        return inserted.job
+
+    async def wait(self, job: Job, timeout: float = 3600) -> Job:
+        return await self.service.wait(str(job.id), str(timeout))
+
+
+def make_registry(*handlers: Handler) -> Registry:
+    found = {h.type: h.with_plugin("tests") for h in (*builtins.jobd_handlers(), *handlers)}
+    return Registry(found)
+
+
+@asynccontextmanager
+async def running_engine(
+    *handlers: Handler, config: dict[str, Any] | None = None, store: MemoryStore | None = None
+) -> AsyncIterator[Engine]:
+    raw = {"store": {"url": "memory:"}, "retry": {"jitter": False}, **(config or {})}
+    settings = build_settings(parse_config(raw, env={}, uid=1000), make_registry(*handlers))
+    live = LiveSettings(settings)
+    store = store or MemoryStore()
+    metrics = Metrics("test")
+    watch = JobWatch()
+    pool = WorkerPool(store, live, metrics, watch, owner="test-owner", clock=virtual_now)
+    maintenance = Maintenance(store, live, pool, metrics, virtual_now)
+    service = JobService(store, live, pool, maintenance, metrics, watch, virtual_now)
+    service.store_ready = True
+    engine = Engine(store, live, pool, service, maintenance, metrics)
+    await maintenance.rescue_orphans()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(maintenance.run)
+        await nursery.start(lambda task_status: pool.run(grace=lambda: 5.0, task_status=task_status))
+        yield engine
+        pool.request_stop()
+        # pool.run returns once drained; then stop maintenance
+        while pool.busy:
+            await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+
+
+def handler_of(job_type: str, function: Callable[[JobContext], Awaitable[Any]], **options: Any) -> Handler:
+    return jobd.handler(job_type, **options)(function)
+
+
+@pytest.fixture
+def autojump(autojump_clock: trio.testing.MockClock) -> trio.testing.MockClock:
+    return autojump_clock
+
+
+async def test_a_submitted_job_runs_and_completes(autojump: object) -> None:
+    async with running_engine() as engine:
+        job = await engine.submit("jobd.noop", {"hello": ["world", 1]})
+        assert job.state == JobState.PENDING
+        done = await engine.wait(job)
+        assert done.state == JobState.COMPLETED
+        assert done.result == {"hello": ["world", 1]}
+        assert done.attempts == 1
+        assert done.started_at is not None and done.finished_at is not None
+
+
+async def test_a_woken_worker_starts_a_job_without_waiting_for_a_poll(autojump: object) -> None:
+    started: list[float] = []
+
+    async def record(job: JobContext) -> None:
+        started.append(trio.current_time())
+
+    async with running_engine(
+        handler_of("t.record", record), config={"workers": {"poll_interval": "1h"}}
+    ) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        submitted_at = trio.current_time()
+        await engine.wait(await engine.submit("t.record"))
+        assert started and started[0] - submitted_at < 0.001
+
+
+async def test_global_and_queue_concurrency_are_never_exceeded(autojump: object) -> None:
+    running: dict[str, int] = {"all": 0, "slow": 0}
+    peak: dict[str, int] = {"all": 0, "slow": 0}
+
+    async def work(job: JobContext) -> None:
+        keys = ["all", "slow"] if job.queue == "slow" else ["all"]
+        for key in keys:
+            running[key] += 1
+            peak[key] = max(peak[key], running[key])
+        await trio.sleep(1 + (hash(job.id) % 7) / 10)
+        for key in keys:
+            running[key] -= 1
+
+    config = {"workers": {"concurrency": 5}, "queues": {"slow": {"concurrency": 2}}}
+    async with running_engine(handler_of("t.work", work), config=config) as engine:
+        jobs = [await engine.submit("t.work", queue="slow" if i % 2 else "default") for i in range(60)]
+        for job in jobs:
+            assert (await engine.wait(job)).state == JobState.COMPLETED
+    assert peak == {"all": 5, "slow": 2}
+
+
+async def test_claim_order_is_priority_then_run_at_then_submission(autojump: object) -> None:
+    order: list[str] = []
+
+    async def record(job: JobContext) -> None:
+        order.append(job.payload)
+
+    async with running_engine(handler_of("t.rec", record), config={"workers": {"concurrency": 1}}) as engine:
+        await engine.service.pause("default")
+        jobs = [
+            await engine.submit("t.rec", "low-1", priority=-1),
+            await engine.submit("t.rec", "mid-1"),
+            await engine.submit("t.rec", "high", priority=5),
+            await engine.submit("t.rec", "mid-2"),
+            await engine.submit("t.rec", "low-2", priority=-1),
+        ]
+        await trio.sleep(5)
+        assert order == []  # paused: accepted, not started
+        await engine.service.resume("default")
+        for job in jobs:
+            await engine.wait(job)
+    assert order == ["high", "mid-1", "mid-2", "low-1", "low-2"]
+
+
+async def test_a_delayed_job_starts_when_due_and_not_before(autojump: object) -> None:
+    started: list[float] = []
+
+    async def record(job: JobContext) -> None:
+        started.append(trio.current_time())
+
+    async with running_engine(handler_of("t.rec", record)) as engine:
+        t0 = trio.current_time()
+        job = await engine.submit("t.rec", delay="90s")
+        assert job.state == JobState.SCHEDULED
+        await trio.sleep(89)
+        assert started == []
+        assert (await engine.store.get_job(job.id)).state == JobState.SCHEDULED  # type: ignore[union-attr]
+        done = await engine.wait(job)
+        assert done.state == JobState.COMPLETED
+        assert 90 <= started[0] - t0 < 90.01
+
+
+async def test_failures_back_off_exponentially_then_succeed(autojump: object) -> None:
+    attempts: list[tuple[int, float]] = []
+
+    async def flaky(job: JobContext) -> str:
+        attempts.append((job.attempt, trio.current_time()))
+        if job.attempt < 4:
+            raise RuntimeError(f"boom {job.attempt}")
+        return "ok"
+
+    config = {"retry": {"base_delay": "2s", "max_delay": "5s", "jitter": False}}
+    async with running_engine(handler_of("t.flaky", flaky, max_attempts=5), config=config) as engine:
+        done = await engine.wait(await engine.submit("t.flaky"))
+    assert done.state == JobState.COMPLETED and done.result == "ok" and done.attempts == 4
+    assert done.last_error == "RuntimeError: boom 3"
+    gaps = [round(b[1] - a[1], 3) for a, b in zip(attempts, attempts[1:])]
+    assert [n for n, _ in attempts] == [1, 2, 3, 4]
+    assert gaps == [2.0, 4.0, 5.0]  # 2s, 4s, then capped at 5s
+
+
+async def test_retry_fail_and_exhaustion(autojump: object) -> None:
+    async def asks_retry(job: JobContext) -> None:
+        raise jobd.Retry(delay=30, reason="not yet")
+
+    async def gives_up(job: JobContext) -> None:
+        raise jobd.Fail("bad input")
+
+    handlers = (handler_of("t.retry", asks_retry, max_attempts=2), handler_of("t.fail", gives_up))
+    async with running_engine(*handlers) as engine:
+        t0 = trio.current_time()
+        retried = await engine.wait(await engine.submit("t.retry"))
+        assert retried.state == JobState.FAILED
+        assert retried.attempts == 2
+        assert "not yet" in (retried.last_error or "") and "no more left" in (retried.last_error or "")
+        assert trio.current_time() - t0 >= 30  # the asked-for delay was honoured
+        failed = await engine.wait(await engine.submit("t.fail"))
+        assert failed.state == JobState.FAILED and failed.attempts == 1
+        assert failed.last_error == "failed: bad input"
+
+
+async def test_a_job_past_its_timeout_is_cancelled_and_retried(autojump: object) -> None:
+    async def slow(job: JobContext) -> None:
+        await trio.sleep(100)
+
+    async with running_engine(handler_of("t.slow", slow, timeout="10s")) as engine:
+        t0 = trio.current_time()
+        job = await engine.submit("t.slow", max_attempts=2)
+        assert job.timeout == 10
+        done = await engine.wait(job)
+        assert done.state == JobState.FAILED
+        assert "timed out after 10s" in (done.last_error or "")
+        assert trio.current_time() - t0 < 100  # never ran the full 100 s
+
+
+async def test_request_options_win_over_config_and_decorator(autojump: object) -> None:
+    async def noop(job: JobContext) -> None:
+        return None
+
+    config = {"handlers": {"t.opts": {"queue": "special", "max_attempts": 7}}}
+    async with running_engine(
+        handler_of("t.opts", noop, queue="other", timeout=3, max_attempts=2), config=config
+    ) as e:
+        from_config = await e.submit("t.opts")
+        assert (from_config.queue, from_config.max_attempts, from_config.timeout) == ("special", 7, 3)
+        from_request = await e.submit("t.opts", queue="default", max_attempts=1, timeout=9)
+        assert (from_request.queue, from_request.max_attempts, from_request.timeout) == ("default", 1, 9)
+
+
+async def test_cancel_a_waiting_job_finalises_it_at_once(autojump: object) -> None:
+    async with running_engine() as engine:
+        job = await engine.submit("jobd.noop", delay=60)
+        cancelled = await engine.service.cancel(str(job.id))
+        assert cancelled.state == JobState.CANCELLED and cancelled.finished_at is not None
+        await trio.sleep(120)
+        assert (await engine.service.get(str(job.id))).state == JobState.CANCELLED
+        with pytest.raises(jobd.IllegalTransition):
+            await engine.service.cancel(str(job.id))
+
+
+async def test_cancel_a_running_job_cancels_its_handler_within_a_second(autojump: object) -> None:
+    handler_cancelled = trio.Event()
+
+    async def long(job: JobContext) -> None:
+        try:
+            await trio.sleep(3600)
+        finally:
+            handler_cancelled.set()
+
+    async with running_engine(handler_of("t.long", long)) as engine:
+        job = await engine.submit("t.long")
+        while (await engine.service.get(str(job.id))).state != JobState.RUNNING:
+            await trio.sleep(0.01)
+        t0 = trio.current_time()
+        answer = await engine.service.cancel(str(job.id))
+        assert answer.state in (JobState.RUNNING, JobState.CANCELLED)
+        done = await engine.wait(job)
+        assert handler_cancelled.is_set()
+        assert done.state == JobState.CANCELLED
+        assert done.last_error == "cancelled while running"
+        assert trio.current_time() - t0 < 1
+
+
+async def test_graceful_shutdown_finishes_short_jobs_and_requeues_long_ones(autojump: object) -> None:
+    store = MemoryStore()
+
+    async def sleeps(job: JobContext) -> None:
+        await trio.sleep(job.payload)
+
+    handler = handler_of("t.sleep", sleeps)
+    async with running_engine(handler, store=store) as engine:
+        short = await engine.submit("t.sleep", 2)
+        long = await engine.submit("t.sleep", 60)
+        await trio.sleep(0.5)
+        assert engine.pool.busy == 2
+    # running_engine stopped the pool with a 5 s grace
+    short_job = await store.get_job(short.id)
+    long_job = await store.get_job(long.id)
+    assert short_job is not None and short_job.state == JobState.COMPLETED
+    assert long_job is not None and long_job.state == JobState.PENDING
+    assert long_job.attempts == 0  # the interrupted attempt was given back
+    assert "shutdown" in (long_job.last_error or "")
+
+
+async def test_a_handler_exception_never_stops_the_pool(autojump: object) -> None:
+    async def explode(job: JobContext) -> None:
+        raise ZeroDivisionError("x")
+
+    async def bad_result(job: JobContext) -> object:
+        return object()
+
+    handlers = (
+        handler_of("t.explode", explode, max_attempts=1),
+        handler_of("t.bad", bad_result, max_attempts=1),
+    )
+    async with running_engine(*handlers) as engine:
+        assert (await engine.wait(await engine.submit("t.explode"))).state == JobState.FAILED
+        bad = await engine.wait(await engine.submit("t.bad"))
+        assert bad.state == JobState.FAILED and "not JSON" in (bad.last_error or "")
+        assert (await engine.wait(await engine.submit("jobd.noop", 1))).result == 1
+
+
+async def test_progress_is_stored_on_the_job(autojump: object) -> None:
+    seen = trio.Event()
+    go_on = trio.Event()
+
+    async def reports(job: JobContext) -> str:
+        await job.progress(0.25, "a quarter")
+        seen.set()
+        await go_on.wait()
+        return "done"
+
+    async with running_engine(handler_of("t.progress", reports)) as engine:
+        job = await engine.submit("t.progress")
+        await seen.wait()
+        during = await engine.service.get(str(job.id))
+        assert during.progress is not None and during.progress.fraction == 0.25
+        assert during.progress.message == "a quarter"
+        go_on.set()
+        assert (await engine.wait(job)).result == "done"
+
+
+async def test_a_job_whose_lease_is_lost_is_stopped_and_its_outcome_discarded(autojump: object) -> None:
+    stopped = trio.Event()
+
+    async def long(job: JobContext) -> None:
+        try:
+            await trio.sleep(3600)
+        finally:
+            stopped.set()
+
+    async with running_engine(handler_of("t.long", long), config={"workers": {"lease": "30s"}}) as engine:
+        job = await engine.submit("t.long", max_attempts=1)
+        while engine.pool.busy == 0:
+            await trio.sleep(0.01)
+        # Another daemon decides this one is dead and takes the job over.
+        rescued = await engine.store.rescue_jobs(virtual_now(), all_running=True)
+        assert [r.job.state for r in rescued] == [JobState.FAILED]
+        with trio.fail_after(30):
+            await stopped.wait()  # the lease keeper noticed within a renewal period
+        await trio.sleep(1)
+        final = await engine.store.get_job(job.id)
+        assert final is not None and final.state == JobState.FAILED
+        assert "lease expired" in (final.last_error or "")
+
+
+async def test_orphans_of_a_killed_daemon_are_rescued_at_start(autojump: object) -> None:
+    store = MemoryStore()
+    now = virtual_now()
+    new = NewJob(uuid.uuid4(), "jobd.noop", "default", 1, 0, now, 3, None, None, now)
+    last = NewJob(uuid.uuid4(), "jobd.noop", "default", 2, 0, now, 1, None, None, now)
+    await store.insert_jobs([new, last])
+    from jobd.store import QueueSlots
+
+    await store.claim_jobs("dead-daemon", [QueueSlots("default", 10)], 10, now, now + timedelta(hours=1))
+    async with running_engine(store=store) as engine:
+        assert (await engine.wait(await engine.service.get(str(new.id)))).state == JobState.COMPLETED
+        again = await engine.service.get(str(new.id))
+        assert again.attempts == 2  # the killed attempt counted, then it ran again
+        lost = await engine.service.get(str(last.id))
+        assert lost.state == JobState.FAILED and "dead-daemon" in (lost.last_error or "")
+
+
+async def test_retry_of_a_failed_job_runs_it_again(autojump: object) -> None:
+    calls: list[int] = []
+
+    async def once_bad(job: JobContext) -> None:
+        calls.append(job.attempt)
+        if len(calls) == 1:
+            raise jobd.Fail("first time")
+
+    async with running_engine(handler_of("t.once", once_bad)) as engine:
+        failed = await engine.wait(await engine.submit("t.once"))
+        assert failed.state == JobState.FAILED
+        again = await engine.service.retry(str(failed.id))
+        assert again.state == JobState.PENDING and again.attempts == 0
+        done = await engine.wait(again)
+        assert done.state == JobState.COMPLETED and done.attempts == 1
+        with pytest.raises(jobd.IllegalTransition):
+            await engine.service.retry(str(failed.id))
