@@ -5,16 +5,22 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
+import tomli_w
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -139,3 +145,128 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("JOBD_") and name not in ("JOBD_TEST_POSTGRES_URL", "JOBD_REQUIRE_POSTGRES"):
             monkeypatch.delenv(name)
+
+
+# -- the daemon as a process ------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+JOBD = [str(BIN / "jobd")]  # the installed console scripts, as a user runs them
+JOBD_CTL = [str(BIN / "jobd-ctl")]
+START_DEADLINE = 30.0
+
+
+class DaemonProcess:
+    """One `jobd run` on a private socket and state directory; restartable."""
+
+    def __init__(self, directory: Path, config: dict[str, Any], env: dict[str, str]) -> None:
+        self.directory = directory
+        self.socket = str(directory / "jobd.sock")
+        self.config_path = directory / "jobd.toml"
+        tables = {"store": {"url": f"sqlite://{directory}/jobd.db"}, "metrics": {"listen": ""}}
+        for section, values in config.items():
+            tables.setdefault(section, {}).update(values)
+        tables.setdefault("api", {})["socket"] = self.socket
+        tables.setdefault("daemon", {}).setdefault("shutdown_timeout", "5s")
+        self.config_path.write_text(tomli_w.dumps(tables))
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "jobd.log"
+        self.starts = 0
+
+    def start(self, wait: bool = True) -> None:
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log.write(f"--- start {self.starts} ---\n".encode())
+        log.flush()
+        self.process = subprocess.Popen([*JOBD, "run", "--config", str(self.config_path)], stdout=log,
+                                        stderr=log, env=self.env)
+        log.close()
+        if wait:
+            self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_DEADLINE
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"jobd exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with self.http() as client:
+                    if client.get("/v1/health").status_code == 200:
+                        return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"jobd did not become healthy in {START_DEADLINE}s:\n{self.log()}")
+
+    def http(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://jobd",
+                            timeout=timeout)
+
+    def ctl(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*JOBD_CTL, "--socket", self.socket, *args], capture_output=True, text=True,
+                              input=input, timeout=timeout, env=self.env)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait_exit()
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.signal(signal.SIGTERM)
+        return self.wait_exit()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: AF_UNIX socket paths are limited to 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="jd-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_daemon(short_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start `jobd` processes: `start_daemon(config={...}, env={...})`; all stopped after the test."""
+    daemons: list[DaemonProcess] = []
+
+    def start(config: dict[str, Any] | None = None, env: dict[str, str] | None = None, *,
+              name: str = "d", wait: bool = True) -> DaemonProcess:
+        directory = short_dir / name
+        directory.mkdir(exist_ok=True)
+        daemon = DaemonProcess(directory, config or {}, env or {})
+        daemons.append(daemon)
+        daemon.start(wait=wait)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "the condition") -> Any:
+    """Poll `condition` until it returns something true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -1,0 +1,377 @@
+"""`Client`: the synchronous, typed client of the control API, over the daemon's Unix socket.
+
+Applications and `jobd-ctl` both use it. No httpx exception leaves this module: an error
+answer becomes `ApiError` (with the API's `code`), and a daemon that cannot be reached at
+all becomes `DaemonUnreachable`. Like `jobd-ctl`, it imports neither trio nor a database
+driver, so it stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import stat
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from jobd.errors import ApiError, DaemonUnreachable
+from jobd.job import JSON, Job, JobState, format_time
+
+DEFAULT_TIMEOUT = 30.0
+LONGEST_POLL = 600.0  # well within what the daemon accepts for one long poll (an hour)
+
+_CONNECT_REASONS = {
+    errno.ENOENT: "the socket file does not exist",
+    errno.ECONNREFUSED: "connection refused: nothing listens on the socket",
+    errno.EACCES: "permission denied on the socket",
+    errno.ENOTSOCK: "the path is not a socket",
+}
+
+
+def resolve_socket(socket: str | None = None) -> str:
+    """`socket`, else `$JOBD_SOCKET`, else the socket the daemon's config names.
+
+    The last step reads the config exactly as the daemon does (`$JOBD_CONFIG`,
+    /etc/jobd/jobd.toml, `JOBD_API_SOCKET`, the zero-config default) and so may raise
+    `ConfigError`.
+    """
+    if socket:
+        return socket
+    if os.environ.get("JOBD_SOCKET"):
+        return os.environ["JOBD_SOCKET"]
+    # Imported here: only this fallback needs the config module.
+    from jobd.config import load_config
+
+    return load_config().api.socket
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What a submit did: the job, and whether it was created (False: a live job with the same key)."""
+
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of a job listing; `next` is the cursor for the following page, None at the end."""
+
+    jobs: tuple[Job, ...]
+    next: str | None
+
+
+class Client:
+    """A connection to a jobd daemon's control socket.
+
+    `timeout` bounds every request (seconds). `wait` long-polls in slices no longer than
+    `timeout`, so waiting for a long job never trips it. Use it as a context manager, or
+    call `close()`.
+    """
+
+    def __init__(self, socket: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        self.socket = resolve_socket(socket)
+        self.timeout = timeout
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.socket),
+            base_url="http://jobd",
+            timeout=timeout,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        type: str,
+        payload: JSON = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> Job:
+        """Submit one job; with a `key` already held by an unfinished job, that job is returned."""
+        return self.submit_result(
+            type,
+            payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            key=key,
+        ).job
+
+    def submit_result(
+        self,
+        type: str,
+        payload: JSON = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> Submitted:
+        """Like `submit`, and also tells whether the job was created (201) or found by its key (200)."""
+        options: dict[str, JSON] = {
+            "queue": queue,
+            "priority": priority,
+            "delay": delay,
+            "run_at": format_time(run_at),
+            "max_attempts": max_attempts,
+            "timeout": timeout,
+            "key": key,
+        }
+        body = {"type": type, "payload": payload}
+        body.update({name: value for name, value in options.items() if value is not None})
+        response = self._request("POST", "/v1/jobs", body=body)
+        return Submitted(_job(_json(response)), created=response.status_code == 201)
+
+    def submit_many(self, items: Sequence[Mapping[str, JSON]]) -> builtins.list[Job]:
+        """Submit jobs all or nothing; each item is a `POST /v1/jobs` body (`run_at` as RFC 3339)."""
+        body = {"jobs": [dict(item) for item in items]}
+        return _jobs(_json(self._request("POST", "/v1/jobs/batch", body=body)))
+
+    def get(self, id: uuid.UUID | str) -> Job:
+        return _job(_json(self._request("GET", f"/v1/jobs/{_job_id(id)}")))
+
+    def list(
+        self,
+        *,
+        state: JobState | str | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> builtins.list[Job]:
+        """One page of jobs, newest first; `list_page` also gives the cursor of the next page."""
+        return builtins.list(
+            self.list_page(state=state, type=type, queue=queue, limit=limit, after=after).jobs
+        )
+
+    def list_page(
+        self,
+        *,
+        state: JobState | str | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> JobPage:
+        filters = {"state": state, "type": type, "queue": queue, "limit": limit, "after": after}
+        params = {name: str(value) for name, value in filters.items() if value is not None}
+        body = _json(self._request("GET", "/v1/jobs", params=params))
+        cursor = body.get("next")
+        return JobPage(jobs=tuple(_jobs(body)), next=None if cursor is None else str(cursor))
+
+    def cancel(self, id: uuid.UUID | str) -> Job:
+        return _job(_json(self._request("POST", f"/v1/jobs/{_job_id(id)}/cancel")))
+
+    def retry(self, id: uuid.UUID | str) -> Job:
+        return _job(_json(self._request("POST", f"/v1/jobs/{_job_id(id)}/retry")))
+
+    def wait(self, id: uuid.UUID | str, timeout: float | None = None) -> Job:
+        """The job once finished, or as it stands when `timeout` seconds ran out (None: no limit).
+
+        Check `job.state.finished` to tell the two apart.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must not be negative, got {timeout!r}")
+        path = f"/v1/jobs/{_job_id(id)}/wait"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = self.timeout if deadline is None else max(0.0, deadline - time.monotonic())
+            # Each long poll lasts at most `self.timeout`; the HTTP timeout gets as much again
+            # on top, so a daemon answering a little late is not taken for a dead one.
+            poll = min(remaining, self.timeout, LONGEST_POLL)
+            response = self._request(
+                "GET", path, params={"timeout": _seconds(poll)}, timeout=poll + self.timeout
+            )
+            job = _job(_json(response))
+            if job.state.finished or (deadline is not None and time.monotonic() >= deadline):
+                return job
+
+    # -- the daemon -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per-queue counts, pause flags and concurrency, and the workers' load."""
+        return _json(self._request("GET", "/v1/stats"))
+
+    def handlers(self) -> dict[str, Any]:
+        """`{"handlers": [{"type", "plugin", "queue", "timeout", "max_attempts"}, ...]}`."""
+        return _json(self._request("GET", "/v1/handlers"))
+
+    def health(self) -> dict[str, Any]:
+        """The daemon's health; a degraded daemon (503 with a `status`) is an answer, not an error."""
+        return _json(self._request("GET", "/v1/health", accept_degraded=True))
+
+    def pause(self, queue: str) -> dict[str, Any]:
+        """Stop starting jobs of `queue`, on every daemon sharing the store; returns its stats."""
+        return _json(self._request("POST", f"/v1/queues/{quote(queue, safe='')}/pause"))
+
+    def resume(self, queue: str) -> dict[str, Any]:
+        return _json(self._request("POST", f"/v1/queues/{quote(queue, safe='')}/resume"))
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: JSON = None,
+        timeout: float | None = None,
+        accept_degraded: bool = False,
+    ) -> httpx.Response:
+        request_timeout = self.timeout if timeout is None else timeout
+        try:
+            response = self._http.request(
+                method,
+                path,
+                params=params,
+                json=body,
+                timeout=request_timeout,
+            )
+        except httpx.TimeoutException as error:
+            raise DaemonUnreachable(self.socket, f"no answer within {_seconds(request_timeout)}s") from error
+        except httpx.TransportError as error:
+            raise DaemonUnreachable(self.socket, _connect_reason(error, self.socket)) from error
+        except httpx.HTTPError as error:
+            raise ApiError(0, "client_error", f"{method} {path}: {error}") from error
+        if response.is_success:
+            return response
+        if accept_degraded and response.status_code == 503 and _is_status_body(response):
+            return response
+        raise _api_error(response)
+
+
+def _job_id(value: uuid.UUID | str) -> str:
+    """The id as it goes into a path; a malformed one is refused before any request."""
+    try:
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+    except ValueError:
+        raise ValueError(f"not a job id (a UUID): {value!r}") from None
+
+
+def _seconds(value: float) -> str:
+    """Seconds for a query string or a message: milliseconds kept, no float noise."""
+    return format(round(value, 3), "g")
+
+
+def _connect_reason(error: httpx.TransportError, path: str) -> str:
+    number = os_errno(error)
+    if number == errno.ECONNREFUSED and not _is_socket(path):
+        # Connecting to a file that is not a socket is refused too: say what is wrong.
+        number = errno.ENOTSOCK
+    if number in _CONNECT_REASONS:
+        return _CONNECT_REASONS[number]
+    return str(error) or type(error).__name__
+
+
+def os_errno(error: BaseException) -> int | None:
+    """The errno of the operating-system error behind `error`, if there is one."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return cause.errno
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(
+            response.status_code,
+            "invalid_response",
+            f"{response.request.method} {response.request.url.path}: the answer is not a JSON object",
+        )
+    return body
+
+
+def _job(body: Mapping[str, Any]) -> Job:
+    try:
+        return Job.from_json(body)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ApiError(0, "invalid_response", f"the daemon's answer is not a job: {error!r}") from error
+
+
+def _jobs(body: Mapping[str, Any]) -> builtins.list[Job]:
+    items = body.get("jobs")
+    if not isinstance(items, builtins.list):
+        raise ApiError(0, "invalid_response", "the daemon's answer has no list of jobs")
+    return [_job(item) for item in items]
+
+
+def _is_status_body(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "status" in body
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    """The contract's `{"error": {"code", "message", "details"}}`, or the best reading of another body."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        code = error.get("code")
+        message = error.get("message")
+        details = error.get("details")
+        return ApiError(
+            status,
+            code if isinstance(code, str) and code else f"http_{status}",
+            message if isinstance(message, str) and message else response.reason_phrase,
+            details if isinstance(details, dict) else None,
+        )
+    text = response.text.strip()
+    message = f"HTTP {status} {response.reason_phrase}" + (f": {text[:200]}" if text else "")
+    return ApiError(status, f"http_{status}", message)

@@ -1,0 +1,50 @@
+"""Handlers for jobd's process-level tests, loaded through the `jobd` entry-point group."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+import jobd
+
+_config: dict[str, Any] = {}
+
+
+def _validate(payload: Any) -> None:
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        raise jobd.InvalidJob("must be a string", field="payload.text")
+
+
+@jobd.handler("testplugin.echo", queue="tests", validate=_validate)
+async def echo(job: jobd.JobContext) -> dict[str, Any]:
+    await job.progress(1.0, "echoed")
+    return {"echo": job.payload["text"], "attempt": job.attempt, "greeting": _config.get("greeting")}
+
+
+@jobd.handler("testplugin.flaky", max_attempts=3)
+async def flaky(job: jobd.JobContext) -> str:
+    """Fails every attempt but the last."""
+    if job.attempt < job.max_attempts:
+        raise jobd.Retry(delay=0.05, reason=f"attempt {job.attempt} fails on purpose")
+    return "finally"
+
+
+@jobd.handler("testplugin.stubborn")
+async def stubborn(job: jobd.JobContext) -> str:
+    """Sleeps without end unless cancelled."""
+    await trio.sleep_forever()
+    return "never"
+
+
+@jobd.hookimpl
+def jobd_configure(config: Mapping[str, Any]) -> None:
+    unknown = set(config) - {"greeting"}
+    if unknown:
+        raise jobd.ConfigError("unknown key", key=sorted(unknown)[0])
+    _config.clear()
+    _config.update(config)
+
+
+@jobd.hookimpl
+def jobd_handlers() -> list[jobd.Handler]:
+    return [echo, flaky, stubborn]
