@@ -61,8 +61,9 @@ class Daemon:
         self.service = JobService(
             self.store, self.live, self.pool, self.maintenance, self.metrics, self.watch, utc_now
         )
-        self._stop_requested = trio.Event()
         self._signals_seen = 0
+        self._cancel_store_wait: trio.CancelScope | None = None
+        self._listening_on = ""
 
     @property
     def config(self) -> Config:
@@ -85,7 +86,7 @@ class Daemon:
             log.info(
                 "jobd %s listening on %s, store %s",
                 __version__,
-                config.api.socket,
+                self._listening_on,
                 describe(config.store.url),
                 extra={"owner": self.owner},
             )
@@ -107,9 +108,10 @@ class Daemon:
     def _control_listeners(self) -> list[trio.SocketListener]:
         fds = systemd.listen_fds()
         if fds:
-            log.info("using %d socket(s) passed by the service manager", len(fds))
+            self._listening_on = f"{len(fds)} socket(s) passed by the service manager"
             return [http.listener_from_fd(fd) for fd in fds]
         api = self.config.api
+        self._listening_on = api.socket
         return [http.bind_unix_socket(api.socket, int(api.socket_mode, 8), api.socket_group)]
 
     async def _open_store(self) -> bool:
@@ -133,11 +135,9 @@ class Daemon:
                     await trio.sleep(delay)
         if scope.cancelled_caught:
             return False
-        self.service.store_ready = True
+        self.service.mark_store_ready()
         await self.maintenance.rescue_orphans()
         return True
-
-    _cancel_store_wait: trio.CancelScope | None = None
 
     async def _run_engine(self) -> None:
         async with contextlib.AsyncExitStack() as lifespans:

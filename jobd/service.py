@@ -42,6 +42,7 @@ MAX_ATTEMPTS = 1000
 MAX_KEY_LENGTH = 255
 MAX_WAIT = 3600.0
 HEALTH_TIMEOUT = 2.0
+STORE_OPEN_WAIT = 5.0
 REMOTE_WAIT_POLL = 1.0  # how often a long poll re-reads a job another daemon may finish
 
 
@@ -64,12 +65,19 @@ class JobService:
         self._watch = watch
         self._clock = clock
         self.stopping = False
-        self.store_ready = False  # the daemon opens the store after it starts listening
+        self._store_ready = trio.Event()  # the daemon opens the store after it starts listening
 
-    @property
-    def _store(self) -> Store:
-        if not self.store_ready:
-            raise StoreUnavailable("the store is not open yet")
+    def mark_store_ready(self) -> None:
+        self._store_ready.set()
+
+    async def _ready_store(self) -> Store:
+        """The store, once the daemon has opened it. A request that comes in while it is
+        opening (socket activation connects clients early) waits a little for it."""
+        if not self._store_ready.is_set():
+            with trio.move_on_after(STORE_OPEN_WAIT):
+                await self._store_ready.wait()
+            if not self._store_ready.is_set():
+                raise StoreUnavailable("the store is not open yet")
         return self._opened_store
 
     @property
@@ -81,7 +89,8 @@ class JobService:
     async def submit(self, body: object) -> Inserted:
         self._check_running()
         new = self._new_job(body, self._clock(), self._live.current)
-        [inserted] = await self._store.insert_jobs([new])
+        store = await self._ready_store()
+        [inserted] = await store.insert_jobs([new])
         self._after_insert([inserted])
         return inserted
 
@@ -101,7 +110,8 @@ class JobService:
                 new_jobs.append(self._new_job(item, now, settings))
             except InvalidJob as error:
                 raise error.at_index(index) from None
-        inserted = await self._store.insert_jobs(new_jobs)
+        store = await self._ready_store()
+        inserted = await store.insert_jobs(new_jobs)
         self._after_insert(inserted)
         return inserted
 
@@ -174,7 +184,8 @@ class JobService:
 
     async def get(self, job_id: str) -> Job:
         parsed = _parse_id(job_id)
-        job = await self._store.get_job(parsed)
+        store = await self._ready_store()
+        job = await store.get_job(parsed)
         if job is None:
             raise JobNotFound(job_id)
         return job
@@ -196,8 +207,9 @@ class JobService:
                 f"limit must be a whole number from 1 to 1000, got {limit_text!r}", field="limit"
             )
         search = JobFilter(state=state, type=query.get("type") or None, queue=query.get("queue") or None)
+        store = await self._ready_store()
         try:
-            return await self._store.list_jobs(search, int(limit_text), query.get("after") or None)
+            return await store.list_jobs(search, int(limit_text), query.get("after") or None)
         except ValueError as error:
             raise BadRequest(str(error), field="after") from None
 
@@ -205,22 +217,24 @@ class JobService:
         seconds = MAX_WAIT if timeout is None else _parse_wait(timeout)
         parsed = _parse_id(job_id)
         deadline = trio.current_time() + seconds
+        store = await self._ready_store()
         while True:
-            job = await self._store.get_job(parsed)
+            job = await store.get_job(parsed)
             if job is None:
                 raise JobNotFound(job_id)
             remaining = deadline - trio.current_time()
             if job.state in FINISHED_STATES or remaining <= 0:
                 return job
             # Jobs run by another daemon sharing the store finish without a local signal.
-            poll = REMOTE_WAIT_POLL if self._store.shared else remaining
+            poll = REMOTE_WAIT_POLL if store.shared else remaining
             await self._watch.wait_changed(parsed, min(remaining, poll))
 
     # -- changing -----------------------------------------------------------------------
 
     async def cancel(self, job_id: str) -> Job:
         parsed = _parse_id(job_id)
-        job = await self._store.cancel_job(parsed, self._clock())
+        store = await self._ready_store()
+        job = await store.cancel_job(parsed, self._clock())
         if job.state == JobState.CANCELLED:
             self._metrics.job_finished(job.queue, job.type, "cancelled", None)
             self._watch.changed(parsed)
@@ -229,7 +243,8 @@ class JobService:
         return job
 
     async def retry(self, job_id: str) -> Job:
-        job = await self._store.retry_job(_parse_id(job_id), self._clock())
+        store = await self._ready_store()
+        job = await store.retry_job(_parse_id(job_id), self._clock())
         self._watch.changed(job.id)
         self._pool.wake()
         return job
@@ -243,7 +258,8 @@ class JobService:
     async def _set_paused(self, queue: str, paused: bool) -> dict[str, Any]:
         if queue not in self._live.current.queues:
             raise QueueNotFound(queue)
-        await self._store.set_queue_paused(queue, paused)
+        store = await self._ready_store()
+        await store.set_queue_paused(queue, paused)
         self._pool.wake()
         stats = await self.stats()
         return {"queue": queue, **stats["queues"][queue]}
@@ -251,8 +267,9 @@ class JobService:
     # -- observing ----------------------------------------------------------------------
 
     async def stats(self) -> dict[str, Any]:
-        counts = await self._store.count_jobs()
-        paused = await self._store.paused_queues()
+        store = await self._ready_store()
+        counts = await store.count_jobs()
+        paused = await store.paused_queues()
         settings = self._live.current
         queues: dict[str, Any] = {}
         for name in sorted(set(settings.queues) | set(counts)):
@@ -284,12 +301,13 @@ class JobService:
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         store_ok = False
-        with trio.move_on_after(HEALTH_TIMEOUT):
-            try:
-                await self._store.ping()  # raises at once while the store is not open
-                store_ok = True
-            except StoreUnavailable:
-                pass
+        if self._store_ready.is_set():
+            with trio.move_on_after(HEALTH_TIMEOUT):
+                try:
+                    await self._opened_store.ping()
+                    store_ok = True
+                except StoreUnavailable:
+                    pass
         body = {
             "status": "ok" if store_ok else "degraded",
             "version": __version__,

@@ -74,7 +74,7 @@ async def running_engine(
     pool = WorkerPool(store, live, metrics, watch, owner="test-owner", clock=virtual_now)
     maintenance = Maintenance(store, live, pool, metrics, virtual_now)
     service = JobService(store, live, pool, maintenance, metrics, watch, virtual_now)
-    service.store_ready = True
+    service.mark_store_ready()
     engine = Engine(store, live, pool, service, maintenance, metrics)
     await maintenance.rescue_orphans()
     async with trio.open_nursery() as nursery:

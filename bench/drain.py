@@ -1,0 +1,169 @@
+"""Benchmark: how fast a jobd daemon drains no-op jobs, and how soon it starts one.
+
+    .venv/bin/python bench/drain.py --store sqlite --jobs 20000 --concurrency 50
+    .venv/bin/python bench/drain.py --store postgres --postgres-url postgresql://postgres@127.0.0.1/test
+    .venv/bin/python bench/drain.py --store sqlite --daemons 1 --latency-samples 300
+
+Runs the real `jobd` program(s) on a private socket and measures from the client side:
+- submit: jobs/s through `POST /v1/jobs/batch` (1,000 per request) into a paused queue,
+  and the latency of single `POST /v1/jobs` requests;
+- drain: jobs/s from `resume` until every job is completed (polling `GET /v1/stats`);
+- enqueue->start: the job's `started_at` minus the moment the client sent its submit, on
+  an idle daemon (same host, same clock), p50/p99.
+This is a benchmark, not a test: it asserts nothing and prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tomli_w
+
+BIN = Path(sys.executable).parent
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)]
+
+
+class Daemon:
+    def __init__(self, directory: Path, store_url: str, concurrency: int, name: str) -> None:
+        self.socket = str(directory / f"{name}.sock")
+        config = {
+            "store": {"url": store_url},
+            "api": {"socket": self.socket},
+            "metrics": {"listen": ""},
+            "daemon": {"log_level": "warning"},
+            "workers": {"concurrency": concurrency},
+            "queues": {"default": {"concurrency": concurrency}},
+        }
+        path = directory / f"{name}.toml"
+        path.write_text(tomli_w.dumps(config))
+        self.log = open(directory / f"{name}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen([str(BIN / "jobd"), "run", "--config", str(path)],
+                                        stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with self.client() as client:
+                    if client.get("/v1/health").status_code == 200:
+                        return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise SystemExit(f"jobd did not start; see {directory}/{name}.log")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://jobd", timeout=120)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        self.log.close()
+
+
+def drain(daemons: list[Daemon], jobs: int) -> dict[str, float]:
+    with daemons[0].client() as client:
+        client.post("/v1/queues/default/pause").raise_for_status()
+        started = time.perf_counter()
+        for offset in range(0, jobs, 1000):
+            batch = [{"type": "jobd.noop", "payload": i} for i in range(offset, min(offset + 1000, jobs))]
+            client.post("/v1/jobs/batch", json={"jobs": batch}).raise_for_status()
+        submit_seconds = time.perf_counter() - started
+        baseline = client.get("/v1/stats").json()["queues"]["default"]["completed"]
+        started = time.perf_counter()
+        client.post("/v1/queues/default/resume").raise_for_status()
+        for daemon in daemons[1:]:  # other daemons learn of the resume at their next poll: nudge them
+            with daemon.client() as other:
+                other.post("/v1/queues/default/resume").raise_for_status()
+        while True:
+            done = client.get("/v1/stats").json()["queues"]["default"]["completed"] - baseline
+            if done >= jobs:
+                break
+            time.sleep(0.02)
+        drain_seconds = time.perf_counter() - started
+    return {"submit_jobs_per_s": jobs / submit_seconds, "drain_jobs_per_s": jobs / drain_seconds,
+            "drain_seconds": drain_seconds}
+
+
+def latency(daemon: Daemon, samples: int) -> dict[str, float]:
+    submit_ms: list[float] = []
+    start_ms: list[float] = []
+    with daemon.client() as client:
+        ids = []
+        for i in range(samples + 20):
+            time.sleep(0.01)  # an idle daemon: the previous job has finished
+            sent = time.time()
+            before = time.perf_counter()
+            answer = client.post("/v1/jobs", json={"type": "jobd.noop", "payload": i})
+            took = time.perf_counter() - before
+            answer.raise_for_status()
+            if i >= 20:  # warm-up
+                submit_ms.append(took * 1000)
+                ids.append((answer.json()["id"], sent))
+        for job_id, sent in ids:
+            job = client.get(f"/v1/jobs/{job_id}/wait", params={"timeout": "30"}).json()
+            started_at = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00")).timestamp()
+            start_ms.append((started_at - sent) * 1000)
+    return {
+        "submit_p50_ms": statistics.median(submit_ms),
+        "submit_p99_ms": percentile(submit_ms, 0.99),
+        "enqueue_to_start_p50_ms": statistics.median(start_ms),
+        "enqueue_to_start_p99_ms": percentile(start_ms, 0.99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", choices=["memory", "sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--postgres-url", default=os.environ.get("JOBD_TEST_POSTGRES_URL",
+                                                                  "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--daemons", type=int, default=1)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="jobd-bench-", dir="/tmp"))
+    if args.store == "memory":
+        if args.daemons != 1:
+            raise SystemExit("the memory store serves one daemon only")
+        url = "memory:"
+    elif args.store == "sqlite":
+        if args.daemons != 1:
+            raise SystemExit("an SQLite store serves one daemon only")
+        url = f"sqlite://{directory}/jobd.db"
+    else:
+        url = args.postgres_url
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:  # start from an empty queue
+            conn.execute("DROP TABLE IF EXISTS jobs, queues, schema_migrations CASCADE")
+    daemons = [Daemon(directory, url, args.concurrency, f"d{i}") for i in range(args.daemons)]
+    try:
+        results: dict[str, Any] = {"store": args.store, "daemons": args.daemons, "jobs": args.jobs,
+                                   "concurrency": args.concurrency}
+        results.update(drain(daemons, args.jobs))
+        if args.latency_samples:
+            results.update(latency(daemons[0], args.latency_samples))
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    for key, value in results.items():
+        print(f"{key:26} {value:.2f}" if isinstance(value, float) else f"{key:26} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""A small HTTP/1.1 server on h11 and Trio listeners, and the sockets it listens on.
+
+What it guarantees, whatever the client does:
+- keep-alive, `Content-Length` and chunked request bodies, `Expect: 100-continue`;
+- a body over `Limits.max_body_bytes` is answered 413 without being read;
+- malformed HTTP, or a body cut short, is answered 400 while an answer can still be sent;
+- a request must arrive whole within `Limits.request_timeout` of its first byte (else 408),
+  and an idle keep-alive connection is closed after the same time;
+- a handler that raises gets a 500 and a logged traceback; the server carries on.
+
+Connections beyond `Limits.max_connections` are not refused: they wait, unaccepted, in the
+listening socket's backlog until a connection ends. A local client of the control socket then
+sees a slow answer rather than an error, and the server's file descriptors stay bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+import trio
+
+from jobd.errors import ConfigError
+
+log = logging.getLogger("jobd.http")
+
+_RECEIVE_SIZE = 64 * 1024
+_LINGER_SECONDS = 2.0  # after an error answer, how long unread input is drained before closing
+_LINGER_BYTES = 1024 * 1024
+_ACCEPT_RETRY_SECONDS = 0.1
+_PROBE_TIMEOUT = 1.0
+# accept() errors that mean "out of resources for now", not "the listener is broken"
+_ACCEPT_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The process at the other end of a Unix socket, as the kernel reports it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str  # as sent, e.g. "/v1/jobs?state=failed"
+    path: str  # percent-decoded, without the query
+    query: Mapping[str, str]  # a repeated name keeps its last value
+    headers: tuple[tuple[str, str], ...]  # names in lower case
+    body: bytes
+    peer: Peer | None  # None on TCP
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (any case), or None."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key == wanted), None)
+
+    def segments(self) -> tuple[str, ...]:
+        """The path's segments, each percent-decoded on its own, so "%2F" stays inside one."""
+        raw_path, _ = _split_target(self.target)
+        return tuple(unquote(part, errors="strict") for part in raw_path.split("/")[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 1024 * 1024
+    request_timeout: float = 30.0  # to send a whole request, and to stay idle between requests
+    max_connections: int = 512  # beyond it, new connections wait in the backlog
+
+
+LimitsSource = Limits | Callable[[], Limits]
+"""Fixed limits, or a function read at each request and accept (so a reload takes effect)."""
+
+
+def json_response(status: int, obj: object, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json", headers)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> Response:
+    """The one error shape: {"error": {"code", "message", "details"}}."""
+    error = {"code": code, "message": message, "details": dict(details or {})}
+    return json_response(status, {"error": error}, headers)
+
+
+async def serve(
+    listeners: list[trio.SocketListener],
+    handler: Handler,
+    *,
+    limits: LimitsSource,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `handler` on every listener until cancelled; report started once accepting."""
+    current = limits if callable(limits) else (lambda: limits)
+    slots = trio.CapacityLimiter(current().max_connections)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, handler, current, slots, nursery)
+        task_status.started()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handler: Handler,
+    current: Callable[[], Limits],
+    slots: trio.CapacityLimiter,
+    nursery: trio.Nursery,
+) -> None:
+    while True:
+        slots.total_tokens = current().max_connections
+        token = object()  # the connection's task, not this loop, gives the slot back
+        await slots.acquire_on_behalf_of(token)
+        accepted = False
+        try:
+            stream = await listener.accept()
+            accepted = True
+        except OSError as error:
+            if error.errno not in _ACCEPT_TRANSIENT:
+                raise
+            log.warning("cannot accept a connection for now: %s", error)
+            await trio.sleep(_ACCEPT_RETRY_SECONDS)
+        finally:
+            if not accepted:
+                slots.release_on_behalf_of(token)
+        if accepted:
+            nursery.start_soon(_run_connection, stream, handler, current, slots, token)
+
+
+async def _run_connection(
+    stream: trio.SocketStream,
+    handler: Handler,
+    current: Callable[[], Limits],
+    slots: trio.CapacityLimiter,
+    token: object,
+) -> None:
+    try:
+        async with stream:
+            await _Connection(stream, handler).run(current)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away; nothing left to answer
+    except Exception:
+        log.exception("connection failed")  # a bug here must not take the server down
+    finally:
+        slots.release_on_behalf_of(token)
+
+
+def _peer_of(stream: trio.SocketStream) -> Peer | None:
+    sock = stream.socket
+    if sock.family != socket.AF_UNIX:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+class _Connection:
+    """One client connection: a loop of request → handler → response."""
+
+    def __init__(self, stream: trio.SocketStream, handler: Handler) -> None:
+        self._stream = stream
+        self._handler = handler
+        self._conn = h11.Connection(h11.SERVER)
+        self._peer = _peer_of(stream)
+        self._head = False  # the current request is a HEAD: its answer carries no body
+
+    async def run(self, current: Callable[[], Limits]) -> None:
+        while True:
+            limits = current()
+            if not await self._wait_for_request(limits.request_timeout):
+                return
+            received: Request | Response | None
+            with trio.move_on_after(limits.request_timeout) as scope:
+                received = await self._receive_request(limits)
+            if scope.cancelled_caught:
+                received = error_response(
+                    408, "request_timeout", f"the request did not arrive within {limits.request_timeout:g} s"
+                )
+            if received is None:
+                return
+            if isinstance(received, Response):  # the request could not be read whole: answer, then close
+                await self._send(received, limits, close=True)
+                await self._linger()
+                return
+            if not await self._send(await self._call(received), limits, close=False):
+                return
+            if self._conn.our_state is not h11.DONE or self._conn.their_state is not h11.DONE:
+                return  # either side asked to close
+            self._conn.start_next_cycle()
+
+    async def _wait_for_request(self, timeout: float) -> bool:
+        """Wait while idle for a request's first bytes; False when it is time to close."""
+        if self._conn.trailing_data[0]:
+            return True  # a pipelined request is already buffered
+        with trio.move_on_after(timeout):
+            self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+            return True
+        return False
+
+    async def _receive_request(self, limits: Limits) -> Request | Response | None:
+        """The whole request; or the error to answer; or None when the client closed between requests."""
+        try:
+            head = await self._next_event()
+            if isinstance(head, h11.ConnectionClosed):
+                return None
+            assert isinstance(head, h11.Request)  # h11 yields nothing else first to a server
+            self._head = head.method == b"HEAD"
+            declared = _content_length(head.headers)
+            if declared is not None and declared > limits.max_body_bytes:
+                return _too_large(limits)
+            if self._conn.they_are_waiting_for_100_continue:
+                await self._send_event(h11.InformationalResponse(status_code=100, headers=[]))
+            body = bytearray()
+            while not isinstance(event := await self._next_event(), h11.EndOfMessage):
+                assert isinstance(event, h11.Data)  # nothing else comes between a Request and its end
+                body += event.data
+                if len(body) > limits.max_body_bytes:
+                    return _too_large(limits)
+        except h11.RemoteProtocolError as error:
+            return error_response(error.error_status_hint, "bad_request", f"malformed request: {error}")
+        return self._request(head, bytes(body))
+
+    def _request(self, head: h11.Request, body: bytes) -> Request | Response:
+        target = head.target.decode("ascii")  # h11 lets through only visible ASCII
+        raw_path, raw_query = _split_target(target)
+        try:
+            path = unquote(raw_path, errors="strict")
+            query = dict(parse_qsl(raw_query, keep_blank_values=True, errors="strict"))
+        except UnicodeDecodeError:
+            return error_response(400, "bad_request", f"the request target {target!r} is not UTF-8")
+        return Request(
+            method=head.method.decode("ascii"),
+            target=target,
+            path=path,
+            query=MappingProxyType(query),
+            headers=tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers),
+            body=body,
+            peer=self._peer,
+        )
+
+    async def _call(self, request: Request) -> Response:
+        try:
+            return await self._handler(request)
+        except Exception:
+            log.exception("handler failed on %s %s", request.method, request.path)
+            return error_response(500, "internal", "internal error; the daemon's log has the details")
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self._conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+
+    async def _send_event(self, event: Any) -> None:
+        data = self._conn.send(event)
+        if data:
+            await self._stream.send_all(data)
+
+    async def _send(self, response: Response, limits: Limits, *, close: bool) -> bool:
+        """Send `response` whole within the request timeout; False when it could not be."""
+        if self._conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return False  # the protocol no longer allows an answer
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            *response.headers,
+            *((("connection", "close"),) if close else ()),
+        ]
+        with trio.move_on_after(limits.request_timeout):
+            await self._send_event(h11.Response(status_code=response.status, headers=headers))
+            if not self._head:
+                await self._send_event(h11.Data(data=response.body))
+            await self._send_event(h11.EndOfMessage())
+            return True
+        return False
+
+    async def _linger(self) -> None:
+        """Close our side, then drain what the client still sends for a while.
+
+        Closing with unread input makes the kernel reset the connection, and a TCP
+        client may then lose the answer it has not read yet.
+        """
+        with trio.move_on_after(_LINGER_SECONDS):
+            await self._stream.send_eof()
+            drained = 0
+            while drained < _LINGER_BYTES:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    return
+                drained += len(data)
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """(path, query) of a request target, still percent-encoded."""
+    if target.startswith("/"):  # the usual origin form; urlsplit would read "//x/y" as a host
+        path, _, query = target.partition("?")
+        return path, query
+    parts = urlsplit(target)  # the absolute form, "http://host/path?query"
+    return parts.path, parts.query
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    # h11 has already checked that the value is a well-formed integer
+    return next((int(value) for name, value in headers if name == b"content-length"), None)
+
+
+def _too_large(limits: Limits) -> Response:
+    return error_response(
+        413,
+        "request_too_large",
+        f"the request body is over the limit of {limits.max_body_bytes} bytes",
+        {"limit": limits.max_body_bytes},
+    )
+
+
+def bind_unix_socket(path: str, mode: int, group: str) -> trio.SocketListener:
+    """Listen on a Unix socket at `path`, never taking it from a live daemon.
+
+    The parent directory is created (0755) when missing. An existing socket at `path`
+    that accepts a connection belongs to a running daemon: that is an error. One that
+    refuses is a stale leftover: it is removed. Any other kind of file is left alone,
+    and is an error. The socket is created owner-only, then given `group` (a name or
+    number; "" keeps ours) and `mode`.
+    """
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+        os.chmod(parent, 0o755)
+    gid = _group_id(group)
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening = False
+    try:
+        _bind_private(sock, path)
+        try:
+            if gid is not None:
+                os.chown(path, -1, gid)
+            os.chmod(path, mode)
+            sock.listen(socket.SOMAXCONN)
+        except OSError as error:
+            os.unlink(path)
+            if gid is not None and error.errno == errno.EPERM:
+                message = f"cannot give {path} to group {group!r}: {error.strerror}"
+                raise ConfigError(message, key="api.socket_group") from None
+            raise
+        listening = True
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {path}: {error.strerror}", key="api.socket") from None
+    finally:
+        if not listening:
+            sock.close()
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def _bind_private(sock: socket.socket, path: str) -> None:
+    """Bind with a umask that makes the socket file owner-only from its first moment."""
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+
+
+def _group_id(group: str) -> int | None:
+    if not group:
+        return None
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"no group named {group!r}", key="api.socket_group") from None
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(found.st_mode):
+        raise ConfigError(f"{path} exists and is not a socket; it was left alone", key="api.socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody listens: a leftover of a daemon that died
+            return
+        except FileNotFoundError:
+            return  # gone meanwhile
+        except (BlockingIOError, TimeoutError):
+            pass  # a listener with a full backlog: alive
+        except OSError as error:
+            raise ConfigError(f"cannot check the socket {path}: {error.strerror}", key="api.socket") from None
+    raise ConfigError(f"another jobd is already listening on {path}", key="api.socket")
+
+
+def listener_from_fd(fd: int) -> trio.SocketListener:
+    """The listening socket handed over by socket activation (systemd's `LISTEN_FDS`)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as error:
+        message = f"file descriptor {fd} from socket activation is not a socket: {error.strerror}"
+        raise ConfigError(message) from None
+    try:
+        return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    except ValueError as error:  # not a stream socket, or not listening
+        sock.detach()
+        raise ConfigError(f"file descriptor {fd} from socket activation: {error}") from None
+
+
+async def bind_tcp(address: str, key: str = "metrics.listen") -> list[trio.SocketListener]:
+    """Listen on "HOST:PORT" ("[::1]:9464" for IPv6), on every address HOST resolves to.
+
+    Port 0 picks a free port.
+    """
+    host, sep, port_text = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"{address!r} is not HOST:PORT", key=key)
+    try:
+        return await trio.open_tcp_listeners(int(port_text), host=host)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {address}: {error.strerror or error}", key=key) from None
