@@ -27,6 +27,7 @@ from jobd.errors import ApiError, DaemonUnreachable
 from jobd.job import JSON, Job, JobState, format_time
 
 DEFAULT_TIMEOUT = 30.0
+SYSTEM_SOCKET = "/run/jobd/jobd.sock"
 LONGEST_POLL = 600.0  # well within what the daemon accepts for one long poll (an hour)
 
 _CONNECT_REASONS = {
@@ -42,7 +43,8 @@ def resolve_socket(socket: str | None = None) -> str:
 
     The last step reads the config exactly as the daemon does (`$JOBD_CONFIG`,
     /etc/jobd/jobd.toml, `JOBD_API_SOCKET`, the zero-config default) and so may raise
-    `ConfigError`.
+    `ConfigError`; when that socket does not exist but the system daemon's
+    /run/jobd/jobd.sock does, it is that one.
     """
     if socket:
         return socket
@@ -51,7 +53,12 @@ def resolve_socket(socket: str | None = None) -> str:
     # Imported here: only this fallback needs the config module.
     from jobd.config import load_config
 
-    return load_config().api.socket
+    configured = load_config().api.socket
+    # A user's own default socket is absent but a system daemon listens (a packaged
+    # host, where jobd runs under systemd): talk to that one, as its group allows.
+    if not os.path.exists(configured) and os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
+    return configured
 
 
 @dataclass(frozen=True, slots=True)

@@ -454,3 +454,18 @@ def test_a_broken_config_is_reported_only_when_it_is_needed(
         Client()
     assert caught.value.file == str(config)
     assert Client("/given.sock").socket == "/given.sock"
+
+
+def test_a_missing_user_socket_falls_back_to_the_system_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobd import client as client_module
+
+    system = tmp_path / "system.sock"
+    monkeypatch.setattr(client_module, "SYSTEM_SOCKET", str(system))
+    monkeypatch.setenv("JOBD_API_SOCKET", str(tmp_path / "user.sock"))
+    monkeypatch.setenv("JOBD_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    assert client_module.resolve_socket() == str(tmp_path / "user.sock")  # neither exists: the configured one
+    system.touch()
+    assert client_module.resolve_socket() == str(system)
+    (tmp_path / "user.sock").touch()
+    assert client_module.resolve_socket() == str(tmp_path / "user.sock")
