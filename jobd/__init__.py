@@ -6,6 +6,7 @@ importing pluggy or psycopg.
 
 from typing import TYPE_CHECKING, Any
 
+from jobd.durations import parse_duration
 from jobd.errors import (
     ApiError,
     ConfigError,
@@ -47,6 +48,7 @@ __all__ = [
     "__version__",
     "handler",
     "hookimpl",
+    "parse_duration",
     "submit",
 ]
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from jobd.durations import parse_duration
+from jobd.errors import InvalidJob
 from jobd.job import JSON, Progress
 
 HandlerFunction = Callable[["JobContext"], Awaitable[JSON]]
@@ -45,6 +46,18 @@ class Handler:
 
     def with_plugin(self, plugin: str) -> Handler:
         return dataclasses.replace(self, plugin=plugin)
+
+    def check_payload(self, payload: JSON) -> None:
+        """Run `validate` as `POST /v1/jobs` does: raise `InvalidJob` naming the field,
+        `payload` itself when the validator raised ValueError, TypeError or KeyError."""
+        if self.validate is None:
+            return
+        try:
+            self.validate(payload)
+        except InvalidJob:
+            raise
+        except (ValueError, TypeError, KeyError) as error:
+            raise InvalidJob(f"payload refused: {error}", field="payload") from None
 
 
 def handler(

@@ -149,8 +149,8 @@ class JobService:
             raise PayloadTooLarge(
                 f"payload is {size} bytes, over the limit of {config.api.max_payload_bytes}", field="payload"
             )
-        if handler is not None and handler.validate is not None:
-            _validate_payload(handler.validate, payload)
+        if handler is not None:
+            handler.check_payload(payload)
         defaults = settings.type_defaults(job_type)
         queue = _optional(body, "queue", str) or defaults.queue
         if queue not in settings.queues:
@@ -374,12 +374,3 @@ def _run_at(body: Mapping[str, Any], now: datetime) -> datetime:
         return max(run_at, now)
     delay = _optional_seconds(body, "delay")
     return now + timedelta(seconds=delay) if delay else now
-
-
-def _validate_payload(validate: Any, payload: Any) -> None:
-    try:
-        validate(payload)
-    except InvalidJob:
-        raise
-    except (ValueError, TypeError, KeyError) as error:
-        raise InvalidJob(f"payload refused: {error}", field="payload") from None

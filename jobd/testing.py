@@ -1,0 +1,205 @@
+"""Test a handler without a daemon: run it against a job, check payloads and plugin config.
+
+    outcome = await run_handler(my_handler, {"argv": ["true"]})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome
+
+`run_handler` does what a worker does with one attempt: it builds a `JobContext`,
+runs the handler under the job's timeout and turns how it ended into an `Outcome`.
+`validate_payload` refuses a payload the way `POST /v1/jobs` would, and
+`configure_plugin` / `open_plugin` hand a plugin its `[plugins.NAME]` table through
+the same `PluginHost` the daemon uses, so errors read exactly as the daemon's do.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.metadata
+import json
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+import trio
+
+from jobd.config import Config
+from jobd.errors import Fail, Retry
+from jobd.handlers import Handler, JobContext
+from jobd.job import JSON, JobState, Progress
+from jobd.plugins import ENTRY_POINT_GROUP, PluginHost, Registry
+
+__all__ = [
+    "Outcome",
+    "OutcomeKind",
+    "configure_plugin",
+    "open_plugin",
+    "run_handler",
+    "validate_payload",
+]
+
+
+class OutcomeKind(enum.StrEnum):
+    """How one attempt of a job ended."""
+
+    COMPLETED = "completed"  # the handler returned a result
+    RETRY = "retry"  # it raised jobd.Retry
+    FAILED = "failed"  # it raised jobd.Fail
+    ERROR = "error"  # it raised any other exception
+    TIMED_OUT = "timed_out"  # it ran past the job's timeout and was cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did; `state` is what the daemon would make of it."""
+
+    kind: OutcomeKind
+    attempt: int
+    max_attempts: int
+    result: JSON = None  # COMPLETED: the handler's return value
+    delay: float | None = None  # RETRY: the delay asked for (None: the normal back-off)
+    reason: str = ""  # RETRY, FAILED, ERROR, TIMED_OUT: why, as `last_error` would say
+    error: Exception | None = None  # RETRY, FAILED, ERROR: the exception raised
+    progress: tuple[Progress, ...] = ()  # every `job.progress(...)` report, in order
+
+    @property
+    def state(self) -> JobState:
+        """The job's state after this attempt: completed, scheduled (another attempt) or failed."""
+        if self.kind is OutcomeKind.COMPLETED:
+            return JobState.COMPLETED
+        if self.kind is OutcomeKind.FAILED or self.attempt >= self.max_attempts:
+            return JobState.FAILED
+        return JobState.SCHEDULED
+
+
+def validate_payload(handler: Handler, payload: JSON) -> None:
+    """Check `payload` with the handler's `validate=`, as `POST /v1/jobs` does before storing.
+
+    Raises `jobd.InvalidJob` (the API's 422) with the handler's `field`, or with
+    `field="payload"` when the validator raised `ValueError`, `TypeError` or `KeyError`.
+    """
+    handler.check_payload(payload)
+
+
+async def run_handler(
+    handler: Handler,
+    payload: JSON,
+    *,
+    attempt: int = 1,
+    max_attempts: int = 3,
+    job_type: str | None = None,
+    queue: str = "default",
+    timeout: float | None = None,
+    validate: bool = True,
+    logger: logging.Logger | None = None,
+) -> Outcome:
+    """Run one attempt of a job with `payload` through `handler` and say how it ended.
+
+    `timeout` (seconds) defaults to the handler's own; with neither, the attempt may run
+    for ever, as in the daemon. With `validate` (the default) the payload is first checked
+    by `validate_payload`, so an invalid one raises `jobd.InvalidJob` like a refused submit.
+    Cancelling the caller cancels the handler, as cancelling the job would.
+    """
+    if not 1 <= attempt <= max_attempts:
+        raise ValueError(f"attempt must be from 1 to max_attempts ({max_attempts}), got {attempt}")
+    if validate:
+        validate_payload(handler, payload)
+    reports: list[Progress] = []
+
+    async def record(progress: Progress) -> None:
+        reports.append(progress)
+
+    job = JobContext(
+        id=uuid.uuid4(),
+        type=job_type or handler.type,
+        queue=queue,
+        payload=payload,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        created_at=datetime.now(UTC),
+        progress=record,
+        logger=logger,
+    )
+    limit = handler.timeout if timeout is None else timeout
+
+    def ended(kind: OutcomeKind, **fields: Any) -> Outcome:
+        return Outcome(kind, attempt, max_attempts, progress=tuple(reports), **fields)
+
+    with trio.move_on_after(math.inf if limit is None else limit) as scope:
+        try:
+            result = _checked_result(await handler(job))
+        except Retry as signal:
+            reason = f"retry requested: {signal.reason}" if signal.reason else "retry requested"
+            return ended(OutcomeKind.RETRY, delay=signal.delay, reason=reason, error=signal)
+        except Fail as signal:
+            return ended(OutcomeKind.FAILED, reason=f"failed: {signal.reason}", error=signal)
+        except Exception as error:  # any other exception backs off, as in the daemon
+            return ended(OutcomeKind.ERROR, reason=f"{type(error).__name__}: {error}", error=error)
+        return ended(OutcomeKind.COMPLETED, result=result)
+    assert scope.cancelled_caught
+    return ended(OutcomeKind.TIMED_OUT, reason=f"timed out after {limit:g}s")
+
+
+def _checked_result(result: JSON) -> JSON:
+    """The result, if the store can keep it (JSON); a TypeError otherwise, as in the worker."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"the handler's result is not JSON: {error}") from None
+    return result
+
+
+def configure_plugin(
+    module: ModuleType, table: Mapping[str, Any] | None = None, *, name: str | None = None
+) -> Registry:
+    """Load `module` as the daemon would, hand it `table` as `[plugins.NAME]`, and collect its handlers.
+
+    NAME is `name`, else the name of the installed `jobd` entry point naming `module`,
+    else the module's last dotted part. A refused table raises `jobd.ConfigError` with
+    `key="plugins.NAME.the_key"`, exactly as `jobd check` reports it. The returned
+    `Registry` holds the plugin's handlers next to the built-ins.
+    """
+    host = PluginHost()
+    plugin_name = _load(host, module, name)
+    tables = {plugin_name: dict(table)} if table is not None else {}
+    return host.configure(Config(plugins=tables))
+
+
+@asynccontextmanager
+async def open_plugin(
+    module: ModuleType, table: Mapping[str, Any] | None = None, *, name: str | None = None
+) -> AsyncIterator[Registry]:
+    """`configure_plugin`, then hold the plugin's `jobd_lifespan` open around the block.
+
+    Use it for plugins whose handlers need shared resources (a client, a pool) opened
+    by their lifespan; they are closed when the block ends.
+    """
+    host = PluginHost()
+    plugin_name = _load(host, module, name)
+    tables = {plugin_name: dict(table)} if table is not None else {}
+    registry = host.configure(Config(plugins=tables))
+    async with AsyncExitStack() as stack:
+        for lifespan in host.lifespans():
+            await stack.enter_async_context(lifespan)
+        yield registry
+
+
+def _load(host: PluginHost, module: ModuleType, name: str | None) -> str:
+    """Load the built-ins and `module` into `host`; return the plugin's name."""
+    installed = [
+        entry_point
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if entry_point.value == module.__name__ and (name is None or entry_point.name == name)
+    ]
+    if installed:
+        entry_point = installed[0]
+    else:
+        entry_point = importlib.metadata.EntryPoint(
+            name=name or module.__name__.rpartition(".")[2], value=module.__name__, group=ENTRY_POINT_GROUP
+        )
+    host.load([entry_point])
+    return entry_point.name

@@ -1,0 +1,254 @@
+"""jobd-email: the `email.send` job type sends one message over SMTP.
+
+The server, the From address and the credentials come from `[plugins.email]` (the
+password from `password_file` or `$JOBD_SMTP_PASSWORD`), never from a payload. smtplib
+blocks, so each message is sent from a worker thread, at most `CONNECTIONS` at once.
+Temporary refusals (4xx replies) and network errors are retried; permanent ones (5xx)
+fail the job.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, make_msgid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import jobd
+
+__all__ = ["Settings", "build_message", "jobd_configure", "jobd_handlers", "send", "settings"]
+
+PASSWORD_VARIABLE = "JOBD_SMTP_PASSWORD"
+CONNECTIONS = 4  # SMTP conversations at once in one daemon
+PAYLOAD_KEYS = frozenset({"to", "cc", "bcc", "subject", "text", "html", "reply_to"})
+CONFIG_KEYS = ("host", "port", "from", "starttls", "tls", "username", "password_file", "timeout")
+
+_limiter = trio.CapacityLimiter(CONNECTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """`[plugins.email]`, validated; the password is read when the table is accepted."""
+
+    host: str = "localhost"
+    port: int = 25
+    sender: str = f"jobd@{socket.gethostname()}"  # the `from` key
+    starttls: bool = False
+    tls: bool = False
+    username: str = ""
+    password: str = ""
+    timeout: float = 30.0
+
+    def __repr__(self) -> str:  # never print the password
+        return f"Settings(host={self.host!r}, port={self.port}, sender={self.sender!r}, tls={self.tls})"
+
+
+_settings = Settings()
+
+
+def settings() -> Settings:
+    """The settings in force (the last table `jobd_configure` accepted)."""
+    return _settings
+
+
+@jobd.hookimpl
+def jobd_configure(config: Mapping[str, Any]) -> None:
+    global _settings
+    _settings = _parse_settings(config)
+
+
+def _parse_settings(table: Mapping[str, Any]) -> Settings:
+    unknown = sorted(set(table) - set(CONFIG_KEYS))
+    if unknown:
+        raise jobd.ConfigError(f"unknown key (known: {', '.join(CONFIG_KEYS)})", key=unknown[0])
+    defaults = Settings()
+    host = table.get("host", defaults.host)
+    if not isinstance(host, str) or not host:
+        raise jobd.ConfigError("must be a host name or address", key="host")
+    starttls, tls = table.get("starttls", False), table.get("tls", False)
+    for key, value in (("starttls", starttls), ("tls", tls)):
+        if not isinstance(value, bool):
+            raise jobd.ConfigError("must be true or false", key=key)
+    if starttls and tls:
+        raise jobd.ConfigError("tls (implicit TLS, port 465) and starttls exclude each other", key="tls")
+    port = table.get("port", 465 if tls else 25)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise jobd.ConfigError("must be a port number from 1 to 65535", key="port")
+    sender = table.get("from", defaults.sender)
+    if not isinstance(sender, str) or _address(sender) is None:
+        example = "'jobs@example.com' or 'Jobs <jobs@example.com>'"
+        raise jobd.ConfigError(f"must be one address such as {example}", key="from")
+    try:
+        timeout = jobd.parse_duration(table.get("timeout", defaults.timeout))
+    except ValueError as error:
+        raise jobd.ConfigError(str(error), key="timeout") from None
+    if timeout <= 0:
+        raise jobd.ConfigError("must be longer than 0s", key="timeout")
+    username = table.get("username", "")
+    if not isinstance(username, str):
+        raise jobd.ConfigError("must be a string", key="username")
+    password = _read_password(table.get("password_file", ""))
+    if username and not password:
+        message = f"a username needs a password: set password_file or ${PASSWORD_VARIABLE}"
+        raise jobd.ConfigError(message, key="username")
+    return Settings(host, port, sender, starttls, tls, username, password, timeout)
+
+
+def _read_password(path: Any) -> str:
+    """The password: the file's first line, else `$JOBD_SMTP_PASSWORD`, else none."""
+    if not isinstance(path, str):
+        raise jobd.ConfigError("must be the path of a file holding the password", key="password_file")
+    if not path:
+        return os.environ.get(PASSWORD_VARIABLE, "")
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not text"
+        raise jobd.ConfigError(f"cannot read {path}: {reason}", key="password_file") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise jobd.ConfigError(f"{path} is empty", key="password_file")
+    return password
+
+
+def _address(text: str) -> str | None:
+    """The addr-spec of one address ("Name <a@b>" or "a@b"); None when it is not exactly one address."""
+    if any(char in text for char in "\r\n\0"):
+        return None
+    found = getaddresses([text])
+    if len(found) != 1:
+        return None
+    local, at, domain = found[0][1].rpartition("@")
+    return found[0][1] if at and local and domain and " " not in found[0][1] else None
+
+
+def _address_list(payload: Mapping[str, Any], field: str, *, required: bool = False) -> list[str]:
+    value = payload.get(field, [])
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise jobd.InvalidJob("must be an address or a list of addresses", field=f"payload.{field}")
+    if required and not items:
+        raise jobd.InvalidJob("needs at least one address", field=f"payload.{field}")
+    for item in items:
+        if _address(item) is None:
+            raise jobd.InvalidJob(f"{item!r} is not one email address", field=f"payload.{field}")
+    return items
+
+
+def validate(payload: Any) -> None:
+    """Refuse an `email.send` payload at submit, naming the field at fault."""
+    if not isinstance(payload, dict):
+        example = '{"to": "ops@example.com", "subject": "…", "text": "…"}'
+        raise jobd.InvalidJob(f"payload must be an object such as {example}", field="payload")
+    unknown = sorted(set(payload) - PAYLOAD_KEYS)
+    if unknown:
+        known = ", ".join(sorted(PAYLOAD_KEYS))
+        raise jobd.InvalidJob(f"unknown field (known: {known})", field=f"payload.{unknown[0]}")
+    _address_list(payload, "to", required=True)
+    for field in ("cc", "bcc", "reply_to"):
+        _address_list(payload, field)
+    subject = payload.get("subject")
+    if not isinstance(subject, str) or any(char in subject for char in "\r\n\0"):
+        raise jobd.InvalidJob("must be a one-line string", field="payload.subject")
+    for field in ("text", "html"):
+        if field in payload and not isinstance(payload[field], str):
+            raise jobd.InvalidJob("must be a string", field=f"payload.{field}")
+    if "text" not in payload and "html" not in payload:
+        raise jobd.InvalidJob("give a text body, an html body or both", field="payload.text")
+
+
+def build_message(payload: Mapping[str, Any], sender: str) -> EmailMessage:
+    """The MIME message: text and html together make multipart/alternative; Bcc never appears."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(_address_list(payload, "to"))
+    for field, header in (("cc", "Cc"), ("reply_to", "Reply-To")):
+        addresses = _address_list(payload, field)
+        if addresses:
+            message[header] = ", ".join(addresses)
+    message["Subject"] = payload["subject"]
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = make_msgid(domain=(_address(sender) or "").rpartition("@")[2])
+    text, html = payload.get("text"), payload.get("html")
+    if text is not None:
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+    else:
+        message.set_content(html, subtype="html")
+    return message
+
+
+@jobd.handler("email.send", validate=validate)
+async def send(job: jobd.JobContext) -> dict[str, Any]:
+    """Send the message; 4xx replies and network errors retry, 5xx replies fail."""
+    config = _settings
+    payload = job.payload
+    message = build_message(payload, config.sender)
+    # The envelope: To, Cc and Bcc, each address once; Bcc appears nowhere else.
+    everyone = [item for field in ("to", "cc", "bcc") for item in _address_list(payload, field)]
+    recipients = list(dict.fromkeys(_address(item) or item for item in everyone))
+    where = f"{config.host}:{config.port}"
+    try:
+        # An abandoned conversation ends on its own within `timeout`; the job does not wait for it.
+        refused = await trio.to_thread.run_sync(
+            partial(_deliver, config, message, recipients), limiter=_limiter, abandon_on_cancel=True
+        )
+    except smtplib.SMTPRecipientsRefused as error:
+        replies = {address: (code, _text(reply)) for address, (code, reply) in error.recipients.items()}
+        reason = f"{where} refused every recipient: " + "; ".join(
+            f"{address}: {code} {text}" for address, (code, text) in replies.items()
+        )
+        if any(400 <= code < 500 for code, _ in replies.values()):
+            raise jobd.Retry(reason=reason) from None
+        raise jobd.Fail(reason) from None
+    except smtplib.SMTPResponseException as error:
+        reason = f"{where} answered {error.smtp_code} {_text(error.smtp_error)}"
+        if 500 <= error.smtp_code < 600:
+            raise jobd.Fail(reason) from None
+        raise jobd.Retry(reason=reason) from None
+    except smtplib.SMTPNotSupportedError as error:
+        raise jobd.Fail(f"{where}: {error}") from None
+    except (smtplib.SMTPException, OSError) as error:  # disconnected, refused, timed out, TLS
+        raise jobd.Retry(reason=f"{where}: {type(error).__name__}: {error}") from None
+    if refused:
+        job.log.warning("%s refused some recipients: %s", where, ", ".join(sorted(refused)))
+    return {
+        "message_id": message["Message-ID"],
+        "accepted": [address for address in recipients if address not in refused],
+        "refused": {address: f"{code} {_text(reply)}" for address, (code, reply) in refused.items()},
+    }
+
+
+def _deliver(config: Settings, message: EmailMessage, recipients: list[str]) -> dict[str, tuple[int, bytes]]:
+    """One SMTP conversation (in a worker thread); returns the recipients the server refused."""
+    context = ssl.create_default_context()
+    smtp: smtplib.SMTP
+    if config.tls:
+        smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=context)
+    else:
+        smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+    with smtp:
+        if config.starttls:
+            smtp.starttls(context=context)
+        if config.username:
+            smtp.login(config.username, config.password)
+        return smtp.send_message(message, from_addr=_address(config.sender), to_addrs=recipients)
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", errors="replace") if isinstance(reply, bytes) else reply
+
+
+@jobd.hookimpl
+def jobd_handlers() -> list[jobd.Handler]:
+    return [send]

@@ -1,0 +1,334 @@
+"""jobd-email against a real SMTP server on loopback (a small sink on socketserver)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any, cast
+
+import jobd_email
+import pytest
+
+from jobd.errors import ConfigError, InvalidJob
+from jobd.testing import OutcomeKind, configure_plugin, run_handler, validate_payload
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        stored = self.data.replace(b"\r\n", b"\n")  # as a mailbox keeps it: lines end in LF
+        return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(stored))
+
+
+@dataclass
+class Sink:
+    """What the server answers (by command, or by recipient for RCPT) and what it received."""
+
+    port: int = 0
+    replies: dict[str, str] = field(default_factory=dict)  # "MAIL", "DATA", "AUTH", "GREETING" -> reply
+    recipient_replies: dict[str, str] = field(default_factory=dict)
+    silent: bool = False  # accept connections but never greet
+    received: list[Received] = field(default_factory=list)
+    logins: list[tuple[str, str]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class SmtpSession(socketserver.StreamRequestHandler):
+    sink: Sink
+
+    def reply(self, line: str) -> None:
+        self.wfile.write(line.encode() + b"\r\n")
+
+    def handle(self) -> None:
+        sink = self.sink
+        if sink.silent:
+            sink.release.wait(60)
+            return
+        self.reply(sink.replies.get("GREETING", "220 sink ESMTP"))
+        sender, recipients = "", []
+        while line := self.rfile.readline():
+            command, _, argument = line.decode().rstrip("\r\n").partition(" ")
+            verb = command.upper()
+            if verb in ("EHLO", "HELO"):
+                self.reply("250-sink\r\n250-AUTH PLAIN\r\n250 8BITMIME")
+            elif verb == "AUTH":
+                _, user, password = base64.b64decode(argument.split()[1]).decode().split("\0")
+                sink.logins.append((user, password))
+                self.reply(sink.replies.get("AUTH", "235 ok"))
+            elif verb == "MAIL":
+                sender = argument.partition(":")[2].strip().split()[0].strip("<>")
+                recipients = []
+                self.reply(sink.replies.get("MAIL", "250 ok"))
+            elif verb == "RCPT":
+                recipient = argument.partition(":")[2].strip().strip("<>")
+                answer = sink.recipient_replies.get(recipient, "250 ok")
+                if answer.startswith("250"):
+                    recipients.append(recipient)
+                self.reply(answer)
+            elif verb == "DATA":
+                self.reply("354 go on")
+                lines = []
+                while (data := self.rfile.readline()) not in (b".\r\n", b""):
+                    lines.append(data[1:] if data.startswith(b"..") else data)
+                answer = sink.replies.get("DATA", "250 queued")
+                if answer.startswith("250"):
+                    sink.received.append(Received(sender, recipients, b"".join(lines)))
+                self.reply(answer)
+            elif verb == "QUIT":
+                self.reply("221 bye")
+                return
+            else:  # RSET, NOOP and anything else
+                self.reply("250 ok")
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    state = Sink()
+    handler = type("BoundSession", (SmtpSession,), {"sink": state})
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    configure_plugin(jobd_email, {"host": "127.0.0.1", "port": state.port, "from": "Jobs <jobs@example.com>"})
+    try:
+        yield state
+    finally:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        configure_plugin(jobd_email, {})
+
+
+def configure(sink: Sink, **table: Any) -> None:
+    table = {"host": "127.0.0.1", "port": sink.port, "from": "jobs@example.com", **table}
+    configure_plugin(jobd_email, table)
+
+
+async def test_a_text_message_arrives_with_its_headers_and_envelope(sink: Sink) -> None:
+    payload = {"to": "Ops <ops@example.org>", "subject": "Disk full", "text": "Clean /var.\n"}
+    outcome = await run_handler(jobd_email.send, payload)
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    [received] = sink.received
+    assert received.sender == "jobs@example.com"
+    assert received.recipients == ["ops@example.org"]
+    message = received.message
+    assert message["From"] == "Jobs <jobs@example.com>"
+    assert message["To"] == "Ops <ops@example.org>"
+    assert message["Subject"] == "Disk full"
+    assert message["Date"]
+    assert message["Message-ID"] == outcome.result["message_id"]
+    assert outcome.result["message_id"].endswith("@example.com>")
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content() == "Clean /var.\n"
+    assert outcome.result["accepted"] == ["ops@example.org"]
+    assert outcome.result["refused"] == {}
+
+
+async def test_text_and_html_make_a_multipart_alternative(sink: Sink) -> None:
+    payload = {"to": ["a@example.org"], "subject": "Report", "text": "plain", "html": "<p>rich</p>"}
+    await run_handler(jobd_email.send, payload)
+    message = sink.received[0].message
+    assert message.get_content_type() == "multipart/alternative"
+    parts = list(message.iter_parts())
+    assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+    assert parts[0].get_content() == "plain\n"
+    assert parts[1].get_content() == "<p>rich</p>\n"
+
+
+async def test_html_alone_is_a_single_html_part(sink: Sink) -> None:
+    await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "html": "<b>hi</b>"})
+    message = sink.received[0].message
+    assert message.get_content_type() == "text/html"
+
+
+async def test_cc_and_reply_to_are_headers_and_bcc_only_the_envelope(sink: Sink) -> None:
+    payload = {
+        "to": ["a@example.org", "b@example.org"],
+        "cc": "c@example.org",
+        "bcc": ["hidden@example.org", "a@example.org"],
+        "reply_to": "help@example.com",
+        "subject": "s",
+        "text": "t",
+    }
+    outcome = await run_handler(jobd_email.send, payload)
+    received = sink.received[0]
+    assert received.recipients == ["a@example.org", "b@example.org", "c@example.org", "hidden@example.org"]
+    message = received.message
+    assert message["Cc"] == "c@example.org"
+    assert message["Reply-To"] == "help@example.com"
+    assert message["Bcc"] is None
+    assert b"hidden@example.org" not in received.data
+    assert outcome.result["accepted"] == received.recipients
+
+
+async def test_non_ascii_subject_and_body_survive(sink: Sink) -> None:
+    await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "Größe ✓", "text": "naïve café"})
+    message = sink.received[0].message
+    assert message["Subject"] == "Größe ✓"
+    assert message.get_content() == "naïve café\n"
+
+
+async def test_some_recipients_refused_completes_with_the_others(sink: Sink) -> None:
+    sink.recipient_replies["gone@example.org"] = "550 no such user"
+    payload = {"to": ["a@example.org", "gone@example.org"], "subject": "s", "text": "t"}
+    outcome = await run_handler(jobd_email.send, payload)
+    assert outcome.kind is OutcomeKind.COMPLETED
+    assert outcome.result["accepted"] == ["a@example.org"]
+    assert outcome.result["refused"] == {"gone@example.org": "550 no such user"}
+
+
+async def test_every_recipient_refused_temporarily_is_retried(sink: Sink) -> None:
+    sink.recipient_replies["a@example.org"] = "450 mailbox busy"
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "450 mailbox busy" in outcome.reason
+
+
+async def test_every_recipient_refused_permanently_fails(sink: Sink) -> None:
+    sink.recipient_replies["a@example.org"] = "550 no such user"
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "550 no such user" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("command", "reply", "kind"),
+    [
+        ("MAIL", "451 try again later", OutcomeKind.RETRY),
+        ("MAIL", "553 sender not allowed", OutcomeKind.FAILED),
+        ("DATA", "452 out of storage", OutcomeKind.RETRY),
+        ("DATA", "554 rejected as spam", OutcomeKind.FAILED),
+        ("GREETING", "421 too busy", OutcomeKind.RETRY),
+    ],
+)
+async def test_4xx_replies_retry_and_5xx_replies_fail(
+    sink: Sink, command: str, reply: str, kind: OutcomeKind
+) -> None:
+    sink.replies[command] = reply
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is kind
+    assert reply.split()[0] in outcome.reason
+    assert sink.received == []
+
+
+async def test_a_refused_connection_is_retried() -> None:
+    with socket.socket() as bound_not_listening:
+        bound_not_listening.bind(("127.0.0.1", 0))
+        configure_plugin(jobd_email, {"host": "127.0.0.1", "port": bound_not_listening.getsockname()[1]})
+        outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    configure_plugin(jobd_email, {})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "ConnectionRefusedError" in outcome.reason
+
+
+async def test_a_server_that_never_answers_times_out_and_is_retried(sink: Sink) -> None:
+    sink.silent = True
+    configure(sink, timeout="300ms")
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "timed out" in outcome.reason
+
+
+async def test_login_uses_the_password_file(sink: Sink, tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("hunter2\n")
+    configure(sink, username="mailer", password_file=str(tmp_path / "password"))
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert sink.logins == [("mailer", "hunter2")]
+
+
+async def test_login_uses_the_environment_without_a_password_file(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBD_SMTP_PASSWORD", "from-env")
+    configure(sink, username="mailer")
+    await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert sink.logins == [("mailer", "from-env")]
+    assert "from-env" not in repr(jobd_email.settings())
+
+
+async def test_refused_credentials_fail(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBD_SMTP_PASSWORD", "wrong")
+    sink.replies["AUTH"] = "535 authentication failed"
+    configure(sink, username="mailer")
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "535" in outcome.reason
+
+
+async def test_starttls_against_a_server_without_it_fails(sink: Sink) -> None:
+    configure(sink, starttls=True)
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "STARTTLS" in outcome.reason
+    assert sink.received == []
+
+
+def test_defaults_are_localhost_port_25_without_tls() -> None:
+    configure_plugin(jobd_email, {})
+    current = jobd_email.settings()
+    assert (current.host, current.port, current.tls, current.starttls) == ("localhost", 25, False, False)
+    configure_plugin(jobd_email, {"tls": True})
+    assert jobd_email.settings().port == 465
+    configure_plugin(jobd_email, {})
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ("to someone", "payload"),
+        ({"subject": "s", "text": "t"}, "payload.to"),
+        ({"to": [], "subject": "s", "text": "t"}, "payload.to"),
+        ({"to": "not an address", "subject": "s", "text": "t"}, "payload.to"),
+        ({"to": "a@example.org, b@example.org", "subject": "s", "text": "t"}, "payload.to"),
+        ({"to": "a@example.org\r\nBcc: x@example.org", "subject": "s", "text": "t"}, "payload.to"),
+        ({"to": "a@example.org", "cc": 5, "subject": "s", "text": "t"}, "payload.cc"),
+        ({"to": "a@example.org", "bcc": ["x"], "subject": "s", "text": "t"}, "payload.bcc"),
+        ({"to": "a@example.org", "reply_to": "@x", "subject": "s", "text": "t"}, "payload.reply_to"),
+        ({"to": "a@example.org", "text": "t"}, "payload.subject"),
+        ({"to": "a@example.org", "subject": "a\nBcc: x@y", "text": "t"}, "payload.subject"),
+        ({"to": "a@example.org", "subject": "s"}, "payload.text"),
+        ({"to": "a@example.org", "subject": "s", "html": 1}, "payload.html"),
+        ({"to": "a@example.org", "subject": "s", "text": "t", "from": "me@x.org"}, "payload.from"),
+    ],
+)
+def test_bad_payloads_are_refused_naming_the_field(payload: Any, field: str) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        validate_payload(jobd_email.send, payload)
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"server": "x"}, "plugins.email.server"),
+        ({"host": ""}, "plugins.email.host"),
+        ({"port": 0}, "plugins.email.port"),
+        ({"port": "25"}, "plugins.email.port"),
+        ({"from": "nobody"}, "plugins.email.from"),
+        ({"tls": True, "starttls": True}, "plugins.email.tls"),
+        ({"starttls": "yes"}, "plugins.email.starttls"),
+        ({"username": "u"}, "plugins.email.username"),
+        ({"username": "u", "password_file": "/nonexistent/password"}, "plugins.email.password_file"),
+        ({"timeout": "forever"}, "plugins.email.timeout"),
+    ],
+)
+def test_a_bad_config_table_is_refused_naming_the_key(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        configure_plugin(jobd_email, table)
+    assert refused.value.key == key

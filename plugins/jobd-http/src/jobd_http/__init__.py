@@ -1,0 +1,277 @@
+"""jobd-http: the `http.request` job type makes one HTTP request.
+
+All jobs share one `httpx.AsyncClient` (one connection pool), opened by `jobd_lifespan`
+when the daemon starts and closed when it stops. A 2xx answer (or the one the payload
+expects) completes the job; 408, 429, 5xx and network errors are retried, honouring
+`Retry-After`; any other answer fails the job at once. With `signing_secret_file`
+configured, every request carries an HMAC-SHA256 signature of its body so a webhook
+receiver can tell it came from this daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import jobd
+
+__all__ = [
+    "Settings",
+    "jobd_configure",
+    "jobd_handlers",
+    "jobd_lifespan",
+    "request",
+    "retry_after",
+    "settings",
+    "signature",
+]
+
+PAYLOAD_KEYS = frozenset({"method", "url", "headers", "json", "body", "timeout", "expect_status"})
+CONFIG_KEYS = ("max_body_bytes", "signing_secret_file", "signing_header", "timeout")
+TIMESTAMP_HEADER = "X-Jobd-Timestamp"
+JOB_ID_HEADER = "X-Jobd-Job-Id"
+RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx
+REASON_BODY = 200  # characters of the answer's body quoted in a failed attempt's reason
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: methods and header names
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """`[plugins.http]`, validated; the secret is read from its file when the table is accepted."""
+
+    max_body_bytes: int = 65_536
+    signing_secret: bytes | None = None
+    signing_header: str = "X-Jobd-Signature"
+    timeout: float = 30.0  # seconds, when the payload gives none
+
+
+_settings = Settings()
+_client: httpx.AsyncClient | None = None
+
+
+def settings() -> Settings:
+    """The settings in force (the last table `jobd_configure` accepted)."""
+    return _settings
+
+
+@jobd.hookimpl
+def jobd_configure(config: Mapping[str, Any]) -> None:
+    global _settings
+    _settings = _parse_settings(config)
+
+
+@jobd.hookimpl
+def jobd_lifespan() -> AbstractAsyncContextManager[None]:
+    return _shared_client()
+
+
+@asynccontextmanager
+async def _shared_client() -> AsyncIterator[None]:
+    """One client, one connection pool, for every `http.request` job of this daemon."""
+    global _client
+    user_agent = f"jobd-http/{version('jobd-http')}"
+    async with httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": user_agent}) as client:
+        _client = client
+        try:
+            yield
+        finally:
+            _client = None
+
+
+def _parse_settings(table: Mapping[str, Any]) -> Settings:
+    unknown = sorted(set(table) - set(CONFIG_KEYS))
+    if unknown:
+        raise jobd.ConfigError(f"unknown key (known: {', '.join(CONFIG_KEYS)})", key=unknown[0])
+    defaults = Settings()
+    max_body = table.get("max_body_bytes", defaults.max_body_bytes)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 0:
+        raise jobd.ConfigError("must be a whole number of bytes >= 0", key="max_body_bytes")
+    header = table.get("signing_header", defaults.signing_header)
+    if not isinstance(header, str) or not _TOKEN.match(header):
+        raise jobd.ConfigError("must be an HTTP header name", key="signing_header")
+    try:
+        timeout = jobd.parse_duration(table.get("timeout", defaults.timeout))
+    except ValueError as error:
+        raise jobd.ConfigError(str(error), key="timeout") from None
+    if timeout <= 0:
+        raise jobd.ConfigError("must be longer than 0s", key="timeout")
+    return Settings(max_body, _read_secret(table.get("signing_secret_file", "")), header, timeout)
+
+
+def _read_secret(path: Any) -> bytes | None:
+    """The signing secret: the file's bytes without the trailing newline; None when not configured."""
+    if not isinstance(path, str):
+        raise jobd.ConfigError("must be the path of a file holding the secret", key="signing_secret_file")
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().rstrip(b"\r\n")
+    except OSError as error:
+        raise jobd.ConfigError(f"cannot read {path}: {error.strerror}", key="signing_secret_file") from None
+    if not secret:
+        raise jobd.ConfigError(f"{path} is empty", key="signing_secret_file")
+    return secret
+
+
+def signature(secret: bytes, timestamp: str, job_id: str, body: bytes) -> str:
+    """The signature header's value: `sha256=` and the hex HMAC of "TIMESTAMP.JOB_ID." + body."""
+    signed = f"{timestamp}.{job_id}.".encode() + body
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+
+
+def validate(payload: Any) -> None:
+    """Refuse an `http.request` payload at submit, naming the field at fault."""
+    if not isinstance(payload, dict):
+        example = '{"method": "GET", "url": "https://example.com/"}'
+        raise jobd.InvalidJob(f"payload must be an object such as {example}", field="payload")
+    unknown = sorted(set(payload) - PAYLOAD_KEYS)
+    if unknown:
+        known = ", ".join(sorted(PAYLOAD_KEYS))
+        raise jobd.InvalidJob(f"unknown field (known: {known})", field=f"payload.{unknown[0]}")
+    method = payload.get("method")
+    if not isinstance(method, str) or not _TOKEN.match(method):
+        raise jobd.InvalidJob("must be an HTTP method such as GET or POST", field="payload.method")
+    _validate_url(payload.get("url"))
+    headers = payload.get("headers", {})
+    if not isinstance(headers, dict):
+        raise jobd.InvalidJob("must be an object of header names to strings", field="payload.headers")
+    for name, value in headers.items():
+        if not _TOKEN.match(name) or not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            message = f"{name!r} must be a header name with a one-line string value"
+            raise jobd.InvalidJob(message, field="payload.headers")
+    if "json" in payload and "body" in payload:
+        raise jobd.InvalidJob("give either json or body, not both", field="payload.body")
+    if "body" in payload and not isinstance(payload["body"], str):
+        raise jobd.InvalidJob("must be a string (use json for structured data)", field="payload.body")
+    if "json" in payload:
+        try:
+            json.dumps(payload["json"], allow_nan=False)
+        except ValueError as error:
+            raise jobd.InvalidJob(str(error), field="payload.json") from None
+    timeout = payload.get("timeout")
+    if timeout is not None and not _positive_number(timeout):
+        raise jobd.InvalidJob("must be a number of seconds > 0", field="payload.timeout")
+    if "expect_status" in payload:
+        _expected_statuses(payload["expect_status"])
+
+
+def _validate_url(url: Any) -> None:
+    if not isinstance(url, str):
+        raise jobd.InvalidJob("must be an http:// or https:// URL", field="payload.url")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise jobd.InvalidJob(f"not a URL: {error}", field="payload.url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise jobd.InvalidJob("must be an http:// or https:// URL with a host", field="payload.url")
+
+
+def _expected_statuses(value: Any) -> frozenset[int]:
+    statuses = value if isinstance(value, list) else [value]
+    if not statuses or not all(_is_status(status) for status in statuses):
+        message = "must be a status code from 100 to 599, or a list of them"
+        raise jobd.InvalidJob(message, field="payload.expect_status")
+    return frozenset(statuses)
+
+
+def _is_status(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599
+
+
+def _positive_number(value: Any) -> bool:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return is_number and math.isfinite(value) and value > 0
+
+
+@jobd.handler("http.request", validate=validate)
+async def request(job: jobd.JobContext) -> dict[str, Any]:
+    """Make the request; the answer's status decides between completed, retried and failed."""
+    if _client is None:
+        raise RuntimeError("jobd-http's client is closed: its jobd_lifespan is not open")
+    config = _settings
+    payload = job.payload
+    method: str = payload["method"].upper()
+    url: str = payload["url"]
+    content, headers = _content(payload)
+    if config.signing_secret is not None:
+        timestamp = str(int(time.time()))
+        headers[TIMESTAMP_HEADER] = timestamp
+        headers[JOB_ID_HEADER] = str(job.id)
+        headers[config.signing_header] = signature(config.signing_secret, timestamp, str(job.id), content)
+    timeout = payload.get("timeout", config.timeout)
+    try:
+        async with _client.stream(method, url, content=content, headers=headers, timeout=timeout) as response:
+            body, truncated = await _read_body(response, config.max_body_bytes)
+    except httpx.TimeoutException as error:
+        reason = f"{method} {url}: no answer within {timeout:g}s ({type(error).__name__})"
+        raise jobd.Retry(reason=reason) from None
+    except httpx.RequestError as error:  # refused, reset, DNS, TLS, a broken answer: all may pass
+        raise jobd.Retry(reason=f"{method} {url}: {type(error).__name__}: {error}") from None
+    status = response.status_code
+    expected = _expected_statuses(payload["expect_status"]) if "expect_status" in payload else None
+    if status in expected if expected is not None else 200 <= status < 300:
+        return {"status": status, "headers": dict(response.headers), "body": body, "truncated": truncated}
+    reason = f"{method} {url} answered {status} {response.reason_phrase}: {body[:REASON_BODY]}".rstrip(": ")
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        raise jobd.Retry(delay=retry_after(response.headers.get("Retry-After")), reason=reason)
+    raise jobd.Fail(reason)
+
+
+def _content(payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The request body as the exact bytes sent (and signed), and the headers to send."""
+    headers = dict(payload.get("headers", {}))
+    has_type = any(name.lower() == "content-type" for name in headers)
+    if "json" in payload:
+        if not has_type:
+            headers["Content-Type"] = "application/json"
+        return json.dumps(payload["json"], separators=(",", ":"), ensure_ascii=False).encode(), headers
+    return payload.get("body", "").encode(), headers
+
+
+async def _read_body(response: httpx.Response, limit: int) -> tuple[str, bool]:
+    """The first `limit` bytes of the (decoded) body as text, and whether there was more."""
+    data = bytearray()
+    truncated = False
+    async for chunk in response.aiter_bytes():
+        room = limit - len(data)
+        if len(chunk) > room:
+            data += chunk[:room]
+            truncated = True
+            break  # the rest is never read: closing the response drops the connection
+        data += chunk
+    return data.decode(response.encoding or "utf-8", errors="replace"), truncated
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` value (seconds or an HTTP date); None if absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+@jobd.hookimpl
+def jobd_handlers() -> list[jobd.Handler]:
+    return [request]

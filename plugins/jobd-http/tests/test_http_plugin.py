@@ -1,0 +1,292 @@
+"""jobd-http against a real HTTP server on loopback: statuses, Retry-After, timeouts, refusals, signing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jobd_http
+import pytest
+
+from jobd.errors import ConfigError, InvalidJob
+from jobd.job import JobState
+from jobd.testing import OutcomeKind, open_plugin, run_handler, validate_payload
+
+
+class Peer(BaseHTTPRequestHandler):
+    """/status/CODE[?retry_after=V], /echo, /big?size=N, /slow (answers when the test ends)."""
+
+    protocol_version = "HTTP/1.1"
+    release: threading.Event  # set by the fixture
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client done reading early
+            self.wfile.write(body)
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        query = {name: values[0] for name, values in parse_qs(url.query).items()}
+        sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if url.path.startswith("/status/"):
+            extra = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
+            self._answer(int(url.path.rsplit("/", 1)[1]), b"status page", extra)
+        elif url.path == "/echo":
+            echoed = {"method": self.command, "headers": dict(self.headers), "body": sent.decode()}
+            headers = {"Content-Type": "application/json", "X-Peer": "yes"}
+            self._answer(200, json.dumps(echoed).encode(), headers)
+        elif url.path == "/big":
+            self._answer(200, b"z" * int(query["size"]), {"Content-Type": "text/plain; charset=utf-8"})
+        elif url.path == "/latin1":
+            self._answer(200, "café".encode("latin-1"), {"Content-Type": "text/plain; charset=latin-1"})
+        elif url.path == "/slow":
+            self.release.wait(60)
+            self._answer(200, b"late")
+        else:
+            self._answer(404, b"no such page")
+
+    do_GET = do_POST = do_PUT = do_DELETE = _route  # noqa: N815 - the names http.server calls
+
+
+class PeerServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hanging up are expected
+            super().handle_error(request, client_address)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    release = threading.Event()
+    handler = type("BoundPeer", (Peer,), {"release": release})
+    httpd = PeerServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """A loopback port that is bound but not listening: connecting is refused, and no one can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+async def run(payload: dict[str, Any], table: dict[str, Any] | None = None, **options: Any) -> Any:
+    async with open_plugin(jobd_http, table or {}):
+        return await run_handler(jobd_http.request, payload, **options)
+
+
+async def test_a_2xx_answer_completes_with_status_headers_and_body(server: str) -> None:
+    outcome = await run({"method": "post", "url": f"{server}/echo", "body": "hello"})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert outcome.result["status"] == 200
+    assert outcome.result["headers"]["x-peer"] == "yes"
+    assert outcome.result["truncated"] is False
+    echoed = json.loads(outcome.result["body"])
+    assert echoed["method"] == "POST" and echoed["body"] == "hello"
+    assert echoed["headers"]["User-Agent"].startswith("jobd-http/")
+
+
+async def test_json_is_sent_as_json_with_the_given_headers(server: str) -> None:
+    payload = {"method": "PUT", "url": f"{server}/echo", "json": {"n": 1, "s": "é"}}
+    outcome = await run({**payload, "headers": {"X-Trace": "7"}})
+    echoed = json.loads(outcome.result["body"])
+    assert json.loads(echoed["body"]) == {"n": 1, "s": "é"}
+    assert echoed["headers"]["Content-Type"] == "application/json"
+    assert echoed["headers"]["X-Trace"] == "7"
+
+
+async def test_the_body_is_truncated_at_max_body_bytes(server: str) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/big?size=3000000"}, {"max_body_bytes": 1000})
+    assert outcome.result["body"] == "z" * 1000
+    assert outcome.result["truncated"] is True
+
+
+async def test_the_body_is_decoded_with_the_answers_charset(server: str) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/latin1"})
+    assert outcome.result["body"] == "café"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 429])
+async def test_server_errors_and_throttling_are_retried(server: str, status: int) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/status/{status}"}, attempt=1, max_attempts=3)
+    assert outcome.kind is OutcomeKind.RETRY
+    assert f"answered {status}" in outcome.reason and "status page" in outcome.reason
+    assert outcome.delay is None
+    assert outcome.state is JobState.SCHEDULED
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_other_client_errors_fail_at_once(server: str, status: int) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/status/{status}"}, attempt=1, max_attempts=3)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert f"answered {status}" in outcome.reason
+    assert outcome.state is JobState.FAILED
+
+
+async def test_a_redirect_is_not_followed_and_fails(server: str) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/status/302"})
+    assert outcome.kind is OutcomeKind.FAILED
+
+
+async def test_retry_after_in_seconds_sets_the_delay(server: str) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/status/429?retry_after=120"})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert outcome.delay == 120.0
+
+
+async def test_retry_after_as_an_http_date_sets_the_delay(server: str) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=600), usegmt=True).replace(" ", "%20")
+    outcome = await run({"method": "GET", "url": f"{server}/status/503?retry_after={when}"})
+    assert outcome.delay is not None and 500 < outcome.delay <= 600
+
+
+def test_retry_after_values() -> None:
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    assert jobd_http.retry_after("7", now) == 7.0
+    assert jobd_http.retry_after("Wed, 01 Jan 2025 00:01:00 GMT", now) == 60.0
+    assert jobd_http.retry_after("Tue, 31 Dec 2024 00:00:00 GMT", now) == 0.0
+    assert jobd_http.retry_after("soon", now) is None
+    assert jobd_http.retry_after("-5", now) is None
+    assert jobd_http.retry_after(None, now) is None
+
+
+async def test_expect_status_decides_what_completes(server: str) -> None:
+    gone = await run({"method": "DELETE", "url": f"{server}/status/404", "expect_status": [200, 404]})
+    assert gone.kind is OutcomeKind.COMPLETED and gone.result["status"] == 404
+    wrong = await run({"method": "POST", "url": f"{server}/status/200", "expect_status": 201})
+    assert wrong.kind is OutcomeKind.FAILED and "answered 200" in wrong.reason
+
+
+async def test_a_slow_answer_past_the_timeout_is_retried(server: str) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/slow", "timeout": 0.3})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "no answer within 0.3s" in outcome.reason
+
+
+async def test_the_config_timeout_applies_when_the_payload_gives_none(server: str) -> None:
+    outcome = await run({"method": "GET", "url": f"{server}/slow"}, {"timeout": "300ms"})
+    assert "no answer within 0.3s" in outcome.reason
+
+
+async def test_a_refused_connection_is_retried(refusing_url: str) -> None:
+    outcome = await run({"method": "GET", "url": refusing_url})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "ConnectError" in outcome.reason
+
+
+async def test_requests_are_signed_with_the_secret_from_the_file(server: str, tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s3cret\n")
+    payload = {"method": "POST", "url": f"{server}/echo", "json": {"event": "paid"}}
+    outcome = await run(payload, {"signing_secret_file": str(secret_file)})
+    echoed = json.loads(outcome.result["body"])
+    headers = echoed["headers"]
+    signed = f"{headers['X-Jobd-Timestamp']}.{headers['X-Jobd-Job-Id']}.{echoed['body']}".encode()
+    expected = "sha256=" + hmac.new(b"s3cret", signed, hashlib.sha256).hexdigest()
+    assert headers["X-Jobd-Signature"] == expected
+    assert abs(int(headers["X-Jobd-Timestamp"]) - datetime.now(UTC).timestamp()) < 300
+
+
+async def test_no_signature_without_a_secret(server: str) -> None:
+    outcome = await run({"method": "POST", "url": f"{server}/echo", "body": "x"})
+    assert "X-Jobd-Signature" not in json.loads(outcome.result["body"])["headers"]
+
+
+async def test_the_signing_header_is_configurable(server: str, tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"k")
+    table = {"signing_secret_file": str(secret_file), "signing_header": "X-Hub-Signature-256"}
+    outcome = await run({"method": "POST", "url": f"{server}/echo", "body": "x"}, table)
+    assert json.loads(outcome.result["body"])["headers"]["X-Hub-Signature-256"].startswith("sha256=")
+
+
+async def test_the_client_is_shared_and_closed_with_the_lifespan(server: str) -> None:
+    async with open_plugin(jobd_http, {}):
+        client = jobd_http._client
+        assert client is not None
+        await run_handler(jobd_http.request, {"method": "GET", "url": f"{server}/echo"})
+        assert jobd_http._client is client
+    assert client.is_closed and jobd_http._client is None
+    outcome = await run_handler(jobd_http.request, {"method": "GET", "url": f"{server}/echo"})
+    assert outcome.kind is OutcomeKind.ERROR and "lifespan" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ("GET http://x", "payload"),
+        ({"url": "http://x/"}, "payload.method"),
+        ({"method": "GE T", "url": "http://x/"}, "payload.method"),
+        ({"method": "GET"}, "payload.url"),
+        ({"method": "GET", "url": "ftp://x/"}, "payload.url"),
+        ({"method": "GET", "url": "/relative"}, "payload.url"),
+        ({"method": "GET", "url": "http://x/", "headers": {"A": 1}}, "payload.headers"),
+        ({"method": "GET", "url": "http://x/", "headers": {"A": "1\r\nB: 2"}}, "payload.headers"),
+        ({"method": "POST", "url": "http://x/", "json": {}, "body": ""}, "payload.body"),
+        ({"method": "POST", "url": "http://x/", "body": {"a": 1}}, "payload.body"),
+        ({"method": "POST", "url": "http://x/", "json": float("nan")}, "payload.json"),
+        ({"method": "GET", "url": "http://x/", "timeout": -1}, "payload.timeout"),
+        ({"method": "GET", "url": "http://x/", "expect_status": 99}, "payload.expect_status"),
+        ({"method": "GET", "url": "http://x/", "expect_status": []}, "payload.expect_status"),
+        ({"method": "GET", "url": "http://x/", "data": "x"}, "payload.data"),
+    ],
+)
+def test_bad_payloads_are_refused_naming_the_field(payload: Any, field: str) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        validate_payload(jobd_http.request, payload)
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"max_body": 1}, "plugins.http.max_body"),
+        ({"max_body_bytes": -1}, "plugins.http.max_body_bytes"),
+        ({"signing_secret_file": "/nonexistent/secret"}, "plugins.http.signing_secret_file"),
+        ({"signing_secret_file": 5}, "plugins.http.signing_secret_file"),
+        ({"signing_header": "Bad Header"}, "plugins.http.signing_header"),
+        ({"timeout": "0s"}, "plugins.http.timeout"),
+        ({"timeout": "later"}, "plugins.http.timeout"),
+    ],
+)
+async def test_a_bad_config_table_is_refused_naming_the_key(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        async with open_plugin(jobd_http, table):
+            pass
+    assert refused.value.key == key
+
+
+async def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        async with open_plugin(jobd_http, {"signing_secret_file": str(tmp_path / "secret")}):
+            pass

@@ -1,0 +1,303 @@
+"""jobd-shell: the `shell.run` job type runs a command as a child process.
+
+The command runs without a shell (argv is executed as given) in a process group of
+its own, so that cancelling the job or reaching a timeout ends the command and every
+process it started: SIGTERM to the group, then SIGKILL after `kill_grace`. Output is
+captured up to `max_output_bytes` per stream; the rest is read and thrown away so a
+chatty command can neither block on a full pipe nor fill the daemon's memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+import jobd
+
+__all__ = ["Settings", "jobd_configure", "jobd_handlers", "run", "settings"]
+
+SHELL = "/bin/sh"
+PAYLOAD_KEYS = frozenset({"argv", "cwd", "env", "stdin", "timeout", "shell"})
+STDERR_TAIL = 500  # characters of stderr quoted in a failed attempt's reason
+GROUP_POLL = 0.05  # seconds between checks that a terminated process group is gone
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """`[plugins.shell]`, validated."""
+
+    allowed_commands: tuple[str, ...] = ()  # empty: any command may run
+    max_output_bytes: int = 65_536  # per stream (stdout, stderr)
+    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
+
+    def allows(self, program: str) -> bool:
+        return not self.allowed_commands or program in self.allowed_commands
+
+
+_settings = Settings()
+
+
+def settings() -> Settings:
+    """The settings in force (the last table `jobd_configure` accepted)."""
+    return _settings
+
+
+@jobd.hookimpl
+def jobd_configure(config: Mapping[str, Any]) -> None:
+    global _settings
+    _settings = _parse_settings(config)
+
+
+def _parse_settings(table: Mapping[str, Any]) -> Settings:
+    unknown = sorted(set(table) - {"allowed_commands", "max_output_bytes", "kill_grace"})
+    if unknown:
+        raise jobd.ConfigError(
+            "unknown key (known: allowed_commands, max_output_bytes, kill_grace)", key=unknown[0]
+        )
+    defaults = Settings()
+    allowed = table.get("allowed_commands", [])
+    if not isinstance(allowed, list):
+        raise jobd.ConfigError("must be a list of command names or absolute paths", key="allowed_commands")
+    for index, command in enumerate(allowed):
+        if not isinstance(command, str) or not command or ("/" in command and not command.startswith("/")):
+            raise jobd.ConfigError(
+                f"item {index} ({command!r}) must be a command name such as 'rsync' or an absolute path",
+                key="allowed_commands",
+            )
+    max_output = table.get("max_output_bytes", defaults.max_output_bytes)
+    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
+        raise jobd.ConfigError("must be a whole number of bytes >= 0", key="max_output_bytes")
+    try:
+        grace = jobd.parse_duration(table.get("kill_grace", defaults.kill_grace))
+    except ValueError as error:
+        raise jobd.ConfigError(str(error), key="kill_grace") from None
+    return Settings(tuple(allowed), max_output, grace)
+
+
+def validate(payload: Any) -> None:
+    """Refuse a `shell.run` payload at submit, naming the field at fault."""
+    if not isinstance(payload, dict):
+        raise jobd.InvalidJob('payload must be an object such as {"argv": ["echo", "hi"]}', field="payload")
+    unknown = sorted(set(payload) - PAYLOAD_KEYS)
+    if unknown:
+        known = ", ".join(sorted(PAYLOAD_KEYS))
+        raise jobd.InvalidJob(f"unknown field (known: {known})", field=f"payload.{unknown[0]}")
+    argv = payload.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(item, str) for item in argv):
+        raise jobd.InvalidJob("must be a non-empty list of strings", field="payload.argv")
+    if any("\0" in item for item in argv) or not argv[0]:
+        raise jobd.InvalidJob("must not hold NUL characters or an empty program", field="payload.argv")
+    use_shell = payload.get("shell", False)
+    if not isinstance(use_shell, bool):
+        raise jobd.InvalidJob("must be true or false", field="payload.shell")
+    program = _program(argv, use_shell)
+    if not _settings.allows(program):
+        raise jobd.InvalidJob(f"{program!r} is not in [plugins.shell] allowed_commands", field="payload.argv")
+    cwd = payload.get("cwd")
+    if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd):
+        raise jobd.InvalidJob("must be an absolute path", field="payload.cwd")
+    env = payload.get("env")
+    if env is not None:
+        _validate_env(env)
+    stdin = payload.get("stdin")
+    if stdin is not None and not isinstance(stdin, str):
+        raise jobd.InvalidJob("must be a string", field="payload.stdin")
+    timeout = payload.get("timeout")
+    if timeout is not None and not _positive_number(timeout):
+        raise jobd.InvalidJob("must be a number of seconds > 0", field="payload.timeout")
+
+
+def _validate_env(env: Any) -> None:
+    if not isinstance(env, dict):
+        raise jobd.InvalidJob("must be an object of strings", field="payload.env")
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or not isinstance(value, str) or "\0" in value:
+            raise jobd.InvalidJob(f"{name!r} must be a name with a string value", field="payload.env")
+        # With an allow-list, the loader's variables would let a payload run code of its choosing.
+        if _settings.allowed_commands and name.startswith("LD_"):
+            raise jobd.InvalidJob(f"{name} may not be set under allowed_commands", field="payload.env")
+
+
+def _positive_number(value: Any) -> bool:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return is_number and math.isfinite(value) and value > 0
+
+
+def _program(argv: list[str], use_shell: bool) -> str:
+    """What the allow-list is checked against: argv[0], or the shell itself."""
+    return SHELL if use_shell else argv[0]
+
+
+@jobd.handler("shell.run", validate=validate)
+async def run(job: jobd.JobContext) -> dict[str, Any]:
+    """Run `payload.argv`; a non-zero exit is a failed attempt, retried like any other."""
+    config = _settings
+    payload = job.payload
+    argv: list[str] = payload["argv"]
+    use_shell: bool = payload.get("shell", False)
+    program = _program(argv, use_shell)
+    if not config.allows(program):  # the allow-list may have shrunk since the job was submitted
+        raise jobd.Fail(f"{program!r} is not in [plugins.shell] allowed_commands")
+    command = [SHELL, "-c", argv[0], "sh", *argv[1:]] if use_shell else argv
+    executable = _executable(command[0])
+    env = {**os.environ, **payload.get("env", {})}
+    stdin = payload.get("stdin", "").encode()
+    timeout = payload.get("timeout", math.inf)
+
+    started = trio.current_time()
+    stdout, stderr = _Capture(config.max_output_bytes), _Capture(config.max_output_bytes)
+    with trio.move_on_after(timeout) as deadline:
+        try:
+            exit_code = await _run_process(
+                command, executable, payload.get("cwd"), env, stdin, stdout, stderr, config.kill_grace
+            )
+        except* OSError as errors:  # the program could not be started: missing, not executable, bad cwd
+            error = errors.exceptions[0]
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise jobd.Fail(f"cannot run {command[0]!r}: {reason}") from None
+    duration = round(trio.current_time() - started, 3)
+    if deadline.cancelled_caught:
+        raise jobd.Retry(reason=f"{program} timed out after {timeout:g}s and was killed")
+    if exit_code != 0:
+        tail = stderr.text()[-STDERR_TAIL:].strip()
+        raise jobd.Retry(reason=f"{_describe_exit(program, exit_code)}; stderr: {tail}")
+    return {
+        "exit_code": exit_code,
+        "stdout": stdout.text(),
+        "stderr": stderr.text(),
+        "truncated": stdout.truncated or stderr.truncated,
+        "duration": duration,
+    }
+
+
+@jobd.hookimpl
+def jobd_handlers() -> list[jobd.Handler]:
+    return [run]
+
+
+def _executable(program: str) -> str:
+    """The file to execute: a bare name is looked up on the daemon's PATH, never the payload's."""
+    if "/" in program:
+        return program
+    found = shutil.which(program)
+    if found is None:
+        raise jobd.Fail(f"command {program!r} not found on the daemon's PATH")
+    return found
+
+
+def _describe_exit(program: str, exit_code: int) -> str:
+    if exit_code < 0:
+        return f"{program} was killed by {signal.Signals(-exit_code).name}"
+    return f"{program} exited with code {exit_code}"
+
+
+class _Capture:
+    """Keeps the first `limit` bytes of a stream and counts what it throws away."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.truncated = False
+
+    async def drain(self, stream: trio.abc.ReceiveStream) -> None:
+        async with stream:
+            async for chunk in stream:
+                room = self.limit - len(self.data)
+                if len(chunk) > room:
+                    self.truncated = True
+                self.data += chunk[: max(room, 0)]
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+class _Group:
+    """The child's process group: terminated once, killed after the grace period."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.pgid: int | None = None  # the child's pid, which leads its own group
+        self.kill_at: float | None = None
+
+    def _signal(self, signum: int) -> bool:
+        """Send `signum` to the group; False when no process is left in it."""
+        assert self.pgid is not None
+        try:
+            os.killpg(self.pgid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def end(self) -> None:
+        """SIGTERM the group, wait up to the grace period for it to empty, then SIGKILL what is left."""
+        if self.pgid is None:
+            return
+        if self.kill_at is None:
+            self.kill_at = trio.current_time() + self.grace
+            if not self._signal(signal.SIGTERM):
+                return
+        while trio.current_time() < self.kill_at:
+            if not self._signal(0):
+                return
+            await trio.sleep(GROUP_POLL)
+        self._signal(signal.SIGKILL)
+
+    async def deliver_cancel(self, process: trio.Process) -> None:
+        """For `trio.run_process`: how to stop the child when the job is cancelled."""
+        self.pgid = process.pid
+        await self.end()
+
+
+async def _run_process(
+    command: list[str],
+    executable: str,
+    cwd: str | None,
+    env: dict[str, str],
+    stdin: bytes,
+    stdout: _Capture,
+    stderr: _Capture,
+    grace: float,
+) -> int:
+    """Run the command to its end in its own session; no process of its group survives this call."""
+    group = _Group(grace)
+    try:
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    executable=executable,
+                    cwd=cwd,
+                    env=env,
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                    start_new_session=True,  # its own session, hence its own process group
+                    deliver_cancel=group.deliver_cancel,
+                )
+            )
+            group.pgid = process.pid
+            assert process.stdout is not None and process.stderr is not None
+            async with trio.open_nursery() as readers:
+                readers.start_soon(stdout.drain, process.stdout)
+                readers.start_soon(stderr.drain, process.stderr)
+                await process.wait()
+                # The command is done; whatever it left behind in its group goes too,
+                # else a background child holding the pipes would keep the job running.
+                await group.end()
+                readers.cancel_scope.deadline = trio.current_time() + grace
+        assert process.returncode is not None
+        return process.returncode
+    finally:
+        with trio.CancelScope(shield=True):
+            await group.end()

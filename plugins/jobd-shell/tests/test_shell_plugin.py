@@ -1,0 +1,277 @@
+"""jobd-shell against real processes: output, exit codes, limits, and killing whole process groups."""
+
+from __future__ import annotations
+
+import sys
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jobd_shell
+import pytest
+import trio
+
+from jobd.errors import ConfigError, InvalidJob
+from jobd.job import JobState
+from jobd.testing import OutcomeKind, configure_plugin, run_handler, validate_payload
+
+DEADLINE = 30.0  # generous: the machine is shared and slow under load
+
+
+@pytest.fixture(autouse=True)
+def _defaults() -> Iterator[None]:
+    configure_plugin(jobd_shell, {})
+    yield
+    configure_plugin(jobd_shell, {})
+
+
+def configure(**table: Any) -> None:
+    configure_plugin(jobd_shell, table)
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    with trio.move_on_after(DEADLINE):
+        while not condition():  # noqa: ASYNC110 - the condition is another process's doing
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"gave up waiting for {what} after {DEADLINE}s")
+
+
+def gone(pid: int) -> bool:
+    """True when `pid` has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def pids_in(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()]
+
+
+async def test_runs_a_command_and_returns_its_output() -> None:
+    outcome = await run_handler(jobd_shell.run, {"argv": ["echo", "hello", "world"]})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert outcome.result["exit_code"] == 0
+    assert outcome.result["stdout"] == "hello world\n"
+    assert outcome.result["stderr"] == ""
+    assert outcome.result["truncated"] is False
+    assert 0 <= outcome.result["duration"] < DEADLINE
+
+
+async def test_stdin_env_and_cwd_reach_the_process(tmp_path: Path) -> None:
+    script = "import os, sys; print(sys.stdin.read().upper(), os.environ['GREETING'], os.getcwd())"
+    payload = {
+        "argv": [sys.executable, "-c", script],
+        "stdin": "from stdin",
+        "env": {"GREETING": "hi"},
+        "cwd": str(tmp_path),
+    }
+    outcome = await run_handler(jobd_shell.run, payload)
+    assert outcome.result["stdout"] == f"FROM STDIN hi {tmp_path}\n"
+
+
+async def test_argv_is_not_interpreted_by_a_shell() -> None:
+    outcome = await run_handler(jobd_shell.run, {"argv": ["echo", "$HOME; false", "*"]})
+    assert outcome.result["stdout"] == "$HOME; false *\n"
+
+
+async def test_shell_true_runs_argv0_through_sh_with_the_rest_as_positional_parameters() -> None:
+    payload = {"argv": ['echo "$1-$2" | tr a-z A-Z', "one", "two"], "shell": True}
+    outcome = await run_handler(jobd_shell.run, payload)
+    assert outcome.result["stdout"] == "ONE-TWO\n"
+
+
+async def test_a_non_zero_exit_is_a_failed_attempt_quoting_the_exit_code_and_stderr() -> None:
+    payload = {"argv": ["sh", "-c", "echo noise; echo 'disk full' >&2; exit 3"]}
+    first = await run_handler(jobd_shell.run, payload, attempt=1, max_attempts=2)
+    assert first.kind is OutcomeKind.RETRY
+    assert "exited with code 3" in first.reason and "disk full" in first.reason
+    assert first.delay is None and first.state is JobState.SCHEDULED
+    last = await run_handler(jobd_shell.run, payload, attempt=2, max_attempts=2)
+    assert last.state is JobState.FAILED
+
+
+async def test_a_process_killed_by_a_signal_says_which() -> None:
+    outcome = await run_handler(jobd_shell.run, {"argv": ["sh", "-c", "kill -KILL $$"]})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "killed by SIGKILL" in outcome.reason
+
+
+async def test_megabytes_of_output_are_truncated_without_being_held_in_memory() -> None:
+    configure(max_output_bytes=1000)
+    script = "import sys\nfor _ in range(320): sys.stdout.write('x' * 65536); sys.stderr.write('y' * 65536)"
+    tracemalloc.start()
+    try:
+        outcome = await run_handler(jobd_shell.run, {"argv": [sys.executable, "-c", script]})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert outcome.result["stdout"] == "x" * 1000
+    assert outcome.result["stderr"] == "y" * 1000
+    assert outcome.result["truncated"] is True
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while 40 MiB went through"
+
+
+async def test_a_missing_program_fails_at_once() -> None:
+    outcome = await run_handler(jobd_shell.run, {"argv": ["no-such-command-for-jobd"]})
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "not found on the daemon's PATH" in outcome.reason
+
+
+async def test_a_missing_working_directory_fails_at_once(tmp_path: Path) -> None:
+    outcome = await run_handler(jobd_shell.run, {"argv": ["true"], "cwd": str(tmp_path / "nowhere")})
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "cannot run 'true'" in outcome.reason
+
+
+async def test_the_payload_timeout_kills_the_process_and_asks_for_a_retry(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    payload = {"argv": ['echo $$ > "$1"; exec sleep 600', str(pid_file)], "shell": True, "timeout": 0.5}
+    outcome = await run_handler(jobd_shell.run, payload)
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "timed out after 0.5s" in outcome.reason
+    assert gone(pids_in(pid_file)[0])
+
+
+async def test_the_job_timeout_kills_the_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    payload = {"argv": ['echo $$ > "$1"; exec sleep 600', str(pid_file)], "shell": True}
+    outcome = await run_handler(jobd_shell.run, payload, timeout=0.5)
+    assert outcome.kind is OutcomeKind.TIMED_OUT
+    assert gone(pids_in(pid_file)[0])
+
+
+async def test_cancelling_a_job_terminates_a_cooperative_process_without_waiting_for_the_grace(
+    tmp_path: Path,
+) -> None:
+    configure(kill_grace="60s")
+    pid_file = tmp_path / "pid"
+    payload = {"argv": ['echo $$ > "$1"; exec sleep 600', str(pid_file)], "shell": True}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_handler, jobd_shell.run, payload)
+        await wait_until(lambda: pid_file.exists() and pid_file.read_text().endswith("\n"), "the pid file")
+        started = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - started < 30
+    assert gone(pids_in(pid_file)[0])
+
+
+async def test_children_ignoring_sigterm_are_killed_after_the_grace_period(tmp_path: Path) -> None:
+    configure(kill_grace="500ms")
+    pid_file, ready = tmp_path / "pids", tmp_path / "ready"
+    # The shell and its background child both ignore SIGTERM (an ignored signal stays ignored across exec).
+    script = """trap '' TERM; sleep 600 & echo $! > "$1"; echo $$ >> "$1"; touch "$2"; wait"""
+    payload = {"argv": [script, str(pid_file), str(ready)], "shell": True}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_handler, jobd_shell.run, payload)
+        await wait_until(ready.exists, "the child to be ready")
+        started = trio.current_time()
+        nursery.cancel_scope.cancel()
+    waited = trio.current_time() - started
+    pids = pids_in(pid_file)
+    assert len(pids) == 2
+    assert waited >= 0.5, "SIGKILL came before the grace period ended"
+    # SIGKILL is sent to the whole group; the orphaned child dies a moment later.
+    await wait_until(lambda: all(gone(pid) for pid in pids), "both processes to be gone")
+
+
+async def test_processes_left_behind_by_a_finished_command_are_ended(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    payload = {"argv": ['sleep 600 & echo $! > "$1"; echo started', str(pid_file)], "shell": True}
+    outcome = await run_handler(jobd_shell.run, payload, timeout=DEADLINE)
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert outcome.result["stdout"] == "started\n"
+    await wait_until(lambda: gone(pids_in(pid_file)[0]), "the background child to be gone")
+
+
+async def test_the_allow_list_refuses_other_commands_at_submit() -> None:
+    configure(allowed_commands=["echo", "/usr/bin/env"])
+    validate_payload(jobd_shell.run, {"argv": ["echo", "ok"]})
+    validate_payload(jobd_shell.run, {"argv": ["/usr/bin/env"]})
+    for argv in (["ls"], ["/bin/echo"], ["env"]):
+        with pytest.raises(InvalidJob, match=r"not in \[plugins.shell\] allowed_commands") as refused:
+            validate_payload(jobd_shell.run, {"argv": argv})
+        assert refused.value.field == "payload.argv"
+    with pytest.raises(InvalidJob) as refused:
+        validate_payload(jobd_shell.run, {"argv": ["echo hi"], "shell": True})
+    assert refused.value.field == "payload.argv"
+    with pytest.raises(InvalidJob) as refused:
+        validate_payload(jobd_shell.run, {"argv": ["echo"], "env": {"LD_PRELOAD": "/tmp/x.so"}})
+    assert refused.value.field == "payload.env"
+
+
+async def test_the_shell_is_allowed_only_when_the_list_names_it() -> None:
+    configure(allowed_commands=["/bin/sh"])
+    outcome = await run_handler(jobd_shell.run, {"argv": ["echo via sh"], "shell": True})
+    assert outcome.result["stdout"] == "via sh\n"
+
+
+async def test_a_job_submitted_before_the_list_shrank_fails_when_it_runs() -> None:
+    payload = {"argv": ["echo", "hi"]}
+    validate_payload(jobd_shell.run, payload)
+    configure(allowed_commands=["true"])
+    outcome = await run_handler(jobd_shell.run, payload, validate=False)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "allowed_commands" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (["echo"], "payload"),
+        ({}, "payload.argv"),
+        ({"argv": []}, "payload.argv"),
+        ({"argv": "echo hi"}, "payload.argv"),
+        ({"argv": ["echo", 1]}, "payload.argv"),
+        ({"argv": [""]}, "payload.argv"),
+        ({"argv": ["echo"], "cwd": "relative/dir"}, "payload.cwd"),
+        ({"argv": ["echo"], "env": {"A": 1}}, "payload.env"),
+        ({"argv": ["echo"], "env": ["A=1"]}, "payload.env"),
+        ({"argv": ["echo"], "stdin": 5}, "payload.stdin"),
+        ({"argv": ["echo"], "timeout": 0}, "payload.timeout"),
+        ({"argv": ["echo"], "timeout": "5s"}, "payload.timeout"),
+        ({"argv": ["echo"], "shell": "yes"}, "payload.shell"),
+        ({"argv": ["echo"], "args": []}, "payload.args"),
+    ],
+)
+def test_bad_payloads_are_refused_naming_the_field(payload: Any, field: str) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        validate_payload(jobd_shell.run, payload)
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"allowed_comands": []}, "plugins.shell.allowed_comands"),
+        ({"allowed_commands": "echo"}, "plugins.shell.allowed_commands"),
+        ({"allowed_commands": ["bin/echo"]}, "plugins.shell.allowed_commands"),
+        ({"allowed_commands": [""]}, "plugins.shell.allowed_commands"),
+        ({"max_output_bytes": -1}, "plugins.shell.max_output_bytes"),
+        ({"max_output_bytes": "1MB"}, "plugins.shell.max_output_bytes"),
+        ({"kill_grace": "soon"}, "plugins.shell.kill_grace"),
+    ],
+)
+def test_a_bad_config_table_is_refused_naming_the_key(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        configure_plugin(jobd_shell, table)
+    assert refused.value.key == key
+
+
+def test_a_refused_table_keeps_the_settings_in_force() -> None:
+    configure(max_output_bytes=10)
+    with pytest.raises(ConfigError):
+        configure(max_output_bytes=-5)
+    assert jobd_shell.settings().max_output_bytes == 10
+
+
+def test_the_plugin_registers_shell_run_under_its_entry_point_name() -> None:
+    registry = configure_plugin(jobd_shell, {"kill_grace": 1})
+    handler = registry.get("shell.run")
+    assert handler is not None
+    assert handler.plugin == "jobd-shell"
+    assert jobd_shell.settings().kill_grace == 1.0

@@ -1,0 +1,304 @@
+"""The PostgreSQL store against a real server: schema, concurrency between daemons,
+notifications, lost connections and cancellation. Behaviour every store shares is in
+test_store_conformance.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+import trio
+import trio.lowlevel
+
+from jobd.errors import InvalidJob, StoreUnavailable
+from jobd.job import JobState
+from jobd.store import Completion, NewJob, Outcome, QueueSlots
+from jobd.store.postgres import MIGRATIONS, PostgresStore
+
+pytestmark = pytest.mark.postgres
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+LEASE = NOW + timedelta(seconds=30)
+DEADLINE = 20  # seconds: generous, the machine is shared
+
+
+def new_job(queue: str = "default", *, payload: object = None) -> NewJob:
+    return NewJob(
+        id=uuid.uuid4(),
+        type="test.job",
+        queue=queue,
+        payload=payload,
+        priority=0,
+        run_at=NOW,
+        max_attempts=3,
+        timeout=None,
+        key=None,
+        created_at=NOW,
+    )
+
+
+@asynccontextmanager
+async def opened(url: str, **options: float) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(url, **options)  # type: ignore[arg-type]
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def query(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def terminate_backends(url: str, condition: str) -> int:
+    rows = query(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = current_database() AND pid <> pg_backend_pid() AND {condition}",
+    )
+    return len(rows)
+
+
+async def wait_for_database(url: str, sql: str) -> None:
+    with trio.fail_after(DEADLINE):
+        while not query(url, sql):  # noqa: ASYNC110 - another process's state: nothing to wait on but polling
+            await trio.sleep(0.01)
+
+
+async def expect_wakes(received: trio.MemoryReceiveChannel[str], *wanted: str) -> None:
+    """Receive wake-ups until each of `wanted` came (others may come too)."""
+    missing = set(wanted)
+    with trio.fail_after(DEADLINE):
+        while missing:
+            missing.discard(await received.receive())
+
+
+def drain(received: trio.MemoryReceiveChannel[str]) -> None:
+    while True:
+        try:
+            received.receive_nowait()
+        except trio.WouldBlock:
+            return
+
+
+async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url):
+        pass
+    tables = query(fresh_postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'jobd'")
+    assert {row[0] for row in tables} == {"jobs", "paused_queues", "migrations"}
+    found = query(fresh_postgres_url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'jobd'")
+    indexes = {str(name): str(definition) for name, definition in found}
+    claim = indexes["jobs_claim"]
+    assert "(queue, priority DESC, run_at, seq)" in claim
+    assert "WHERE (state = 'pending'::text)" in claim
+    assert "WHERE (state = 'scheduled'::text)" in indexes["jobs_scheduled"]
+    assert "WHERE (state = 'running'::text)" in indexes["jobs_running"]
+    assert indexes["jobs_live_key"].startswith("CREATE UNIQUE INDEX")
+    migrations = query(fresh_postgres_url, "SELECT version, name FROM jobd.migrations ORDER BY version")
+    assert migrations == [(version, name) for version, name, _sql in MIGRATIONS]
+    assert migrations[0] == (1, "initial")
+
+
+async def test_ten_daemons_opening_together_migrate_once(fresh_postgres_url: str) -> None:
+    stores = [PostgresStore(fresh_postgres_url, pool_size=1) for _ in range(10)]
+    async with trio.open_nursery() as nursery:
+        for store in stores:
+            nursery.start_soon(store.open)
+    for store in stores:
+        await store.ping()
+        await store.close()
+    count = query(fresh_postgres_url, "SELECT count(*) FROM jobd.migrations")
+    assert count == [(len(MIGRATIONS),)]
+
+
+async def test_a_schema_newer_than_the_code_is_refused(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url):
+        pass
+    query(fresh_postgres_url, "INSERT INTO jobd.migrations (version, name) VALUES (9999, 'future')")
+    with pytest.raises(StoreUnavailable, match="version 9999"):
+        await PostgresStore(fresh_postgres_url).open()
+
+
+async def test_an_unreachable_server_raises_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        await PostgresStore("postgresql://postgres@127.0.0.1:1/none", connect_timeout=2).open()
+
+
+async def test_global_limit_holds_across_daemons(fresh_postgres_url: str) -> None:
+    limit = 3
+    async with opened(fresh_postgres_url) as first:
+        await first.insert_jobs([new_job("limited") for _ in range(60)])
+    running: set[uuid.UUID] = set()
+    most = 0
+    finished = 0
+
+    async def daemon(owner: str) -> None:
+        nonlocal most, finished
+        async with opened(fresh_postgres_url, pool_size=2) as store:
+            while finished < 60:
+                claimed = await store.claim_jobs(owner, [QueueSlots("limited", 5, limit)], 5, NOW, LEASE)
+                running.update(job.id for job in claimed)
+                # Every job in `running` is still running in the database, so this
+                # bounds what all four daemons hold at once.
+                most = max(most, len(running))
+                assert len(running) <= limit
+                await trio.lowlevel.checkpoint()  # let the other daemons claim meanwhile
+                for job in claimed:
+                    running.discard(job.id)
+                done = await store.complete_jobs(
+                    [Completion(job.id, owner, job.attempts, Outcome.COMPLETED) for job in claimed], NOW
+                )
+                finished += sum(1 for job in done if job is not None)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for number in range(4):
+                nursery.start_soon(daemon, f"daemon-{number}")
+    assert most == limit
+    assert query(fresh_postgres_url, "SELECT count(*) FROM jobd.jobs WHERE state = 'completed'") == [(60,)]
+
+
+async def test_two_daemons_never_claim_the_same_job(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url) as first, opened(fresh_postgres_url) as second:
+        await first.insert_jobs([new_job() for _ in range(300)])
+        claims: dict[str, list[uuid.UUID]] = {"a": [], "b": []}
+
+        async def claim_all(store: PostgresStore, owner: str) -> None:
+            while batch := await store.claim_jobs(owner, [QueueSlots("default", 7)], 7, NOW, LEASE):
+                claims[owner].extend(job.id for job in batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim_all, first, "a")
+            nursery.start_soon(claim_all, second, "b")
+    every = claims["a"] + claims["b"]
+    assert len(every) == len(set(every)) == 300
+    assert claims["a"] and claims["b"]
+
+
+async def test_listener_wakes_on_changes_and_survives_a_killed_backend(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url) as listening, opened(fresh_postgres_url) as other:
+        wake, woken = trio.open_memory_channel[str](1000)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listening.listen, wake.send_nowait)
+            await expect_wakes(woken, "jobs", "cancel")  # the look after connecting
+            drain(woken)
+
+            [inserted] = await other.insert_jobs([new_job()])
+            await expect_wakes(woken, "jobs")
+            await other.claim_jobs("owner", [QueueSlots("default", 1)], 1, NOW, LEASE)
+            await other.cancel_job(inserted.job.id, NOW)
+            await expect_wakes(woken, "cancel")
+
+            assert terminate_backends(fresh_postgres_url, "query = 'LISTEN jobd'") == 1
+            await expect_wakes(woken, "jobs", "cancel")  # reconnected, and looked again
+            listening_again = "SELECT 1 FROM pg_stat_activity WHERE query = 'LISTEN jobd'"
+            await wait_for_database(fresh_postgres_url, listening_again)
+            drain(woken)
+            await other.insert_jobs([new_job()])
+            await expect_wakes(woken, "jobs")
+
+            started = time.monotonic()
+            nursery.cancel_scope.cancel()
+        assert time.monotonic() - started < 5
+
+
+async def test_killed_pool_connections_are_replaced(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url, pool_size=2) as store:
+        await store.insert_jobs([new_job()])
+        assert terminate_backends(fresh_postgres_url, "application_name = 'jobd'") >= 1
+        # Only the idle connections died: the first call runs on a new one.
+        counts = await store.count_jobs()
+        assert counts["default"][JobState.PENDING] == 1
+        await store.insert_jobs([new_job()])
+        assert (await store.count_jobs())["default"][JobState.PENDING] == 2
+
+
+async def test_a_connection_killed_mid_query_raises_store_unavailable(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        [inserted] = await store.insert_jobs([new_job()])
+        with psycopg.connect(fresh_postgres_url) as blocker:
+            blocker.execute("SELECT 1 FROM jobd.jobs FOR UPDATE")  # cancel_job now waits for this lock
+            async with trio.open_nursery() as nursery:
+
+                async def kill_when_waiting() -> None:
+                    await wait_for_database(
+                        fresh_postgres_url,
+                        "SELECT 1 FROM pg_stat_activity"
+                        " WHERE application_name = 'jobd' AND wait_event_type = 'Lock'",
+                    )
+                    terminate_backends(fresh_postgres_url, "application_name = 'jobd'")
+
+                nursery.start_soon(kill_when_waiting)
+                with pytest.raises(StoreUnavailable, match="connection lost"):
+                    await store.cancel_job(inserted.job.id, NOW)
+            blocker.rollback()
+        assert (await store.cancel_job(inserted.job.id, NOW)).state == JobState.CANCELLED
+
+
+async def test_a_cancelled_call_cancels_its_query_and_keeps_the_connection(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        [inserted] = await store.insert_jobs([new_job()])
+        with psycopg.connect(fresh_postgres_url) as blocker:
+            blocker.execute("SELECT 1 FROM jobd.jobs FOR UPDATE")
+            started = time.monotonic()
+            with trio.move_on_after(0.5) as scope:
+                await store.cancel_job(inserted.job.id, NOW)
+            assert scope.cancelled_caught
+            assert time.monotonic() - started < 10  # the statement timeout is 30 s
+            blocker.rollback()
+        # The single pooled connection was rolled back and kept, not wedged.
+        assert (await store.get_job(inserted.job.id)).state == JobState.PENDING  # type: ignore[union-attr]
+        assert (await store.cancel_job(inserted.job.id, NOW)).state == JobState.CANCELLED
+
+
+async def test_the_statement_timeout_ends_a_stuck_call(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url, statement_timeout=0.3) as store:
+        [inserted] = await store.insert_jobs([new_job()])
+        with psycopg.connect(fresh_postgres_url) as blocker:
+            blocker.execute("SELECT 1 FROM jobd.jobs FOR UPDATE")
+            with pytest.raises(StoreUnavailable, match="cancel"):
+                await store.cancel_job(inserted.job.id, NOW)
+        await store.ping()
+
+
+async def test_a_value_postgres_refuses_is_an_invalid_job(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url) as store:
+        with pytest.raises(InvalidJob, match="refused"):
+            await store.insert_jobs([new_job(payload={"text": "nul \u0000 byte"})])
+        assert await store.count_jobs() == {}
+
+
+async def test_completion_is_fenced_across_daemons(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url) as first, opened(fresh_postgres_url) as second:
+        await first.insert_jobs([new_job()])
+        short_lease = NOW + timedelta(seconds=1)
+        [claimed] = await first.claim_jobs("a", [QueueSlots("default", 1)], 1, NOW, short_lease)
+        later = NOW + timedelta(seconds=2)
+        [rescued] = await second.rescue_jobs(later)
+        assert (rescued.owner, rescued.job.state) == ("a", JobState.PENDING)
+        [reclaimed] = await second.claim_jobs("b", [QueueSlots("default", 1)], 1, later, LEASE)
+        assert reclaimed.attempts == 2
+
+        stale = await first.complete_jobs([Completion(claimed.id, "a", 1, Outcome.COMPLETED, "a")], later)
+        assert stale == [None]
+        [done] = await second.complete_jobs([Completion(claimed.id, "b", 2, Outcome.COMPLETED, "b")], later)
+        assert done is not None and (done.state, done.result) == (JobState.COMPLETED, "b")
+
+
+async def test_an_id_already_taken_is_an_invalid_job(fresh_postgres_url: str) -> None:
+    async with opened(fresh_postgres_url) as store:
+        [first] = await store.insert_jobs([new_job()])
+        again = dataclasses.replace(new_job(), id=first.job.id)
+        with pytest.raises(InvalidJob, match="already exists") as raised:
+            await store.insert_jobs([new_job(), again])
+        assert (raised.value.field, raised.value.index) == ("id", 1)
+        assert (await store.count_jobs())["default"] == {JobState.PENDING: 1}

@@ -1,0 +1,206 @@
+"""jobd.testing: running handlers without a daemon, validating payloads, configuring plugins."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from jobd.errors import ConfigError, Fail, InvalidJob, Retry
+from jobd.handlers import Handler, JobContext, handler
+from jobd.hookspecs import hookimpl
+from jobd.job import JobState, Progress
+from jobd.testing import Outcome, OutcomeKind, configure_plugin, open_plugin, run_handler, validate_payload
+
+
+def _refuse_odd(payload: Any) -> None:
+    if payload.get("n", 0) % 2:
+        raise InvalidJob("must be even", field="payload.n")
+    if payload.get("n", 0) < 0:
+        raise ValueError("n must not be negative")
+
+
+@handler("kit.echo", validate=_refuse_odd)
+async def echo(job: JobContext) -> Any:
+    await job.progress(0.25, "started")
+    await job.progress(1.0)
+    return {"payload": job.payload, "type": job.type, "queue": job.queue, "attempt": job.attempt,
+            "max_attempts": job.max_attempts}
+
+
+@handler("kit.signal")
+async def signal(job: JobContext) -> Any:
+    kind = job.payload["kind"]
+    if kind == "retry":
+        raise Retry(delay=12.5, reason="busy")
+    if kind == "retry-plain":
+        raise Retry()
+    if kind == "fail":
+        raise Fail("bad input")
+    if kind == "error":
+        raise KeyError("missing")
+    if kind == "not-json":
+        return {"when": object()}
+    return None
+
+
+@handler("kit.slow", timeout="5m")
+async def slow(job: JobContext) -> Any:
+    await trio.sleep(job.payload["seconds"])
+    return "done"
+
+
+async def test_a_returning_handler_completes_with_its_result_and_progress() -> None:
+    outcome = await run_handler(echo, {"n": 2}, attempt=2, max_attempts=4, queue="q", job_type="kit.other")
+    assert outcome.kind is OutcomeKind.COMPLETED
+    expected = {"payload": {"n": 2}, "type": "kit.other", "queue": "q", "attempt": 2, "max_attempts": 4}
+    assert outcome.result == expected
+    assert outcome.progress == (Progress(0.25, "started"), Progress(1.0, None))
+    assert outcome.state is JobState.COMPLETED
+
+
+async def test_retry_keeps_its_delay_and_reason() -> None:
+    outcome = await run_handler(signal, {"kind": "retry"})
+    assert outcome == Outcome(
+        OutcomeKind.RETRY, 1, 3, delay=12.5, reason="retry requested: busy", error=outcome.error
+    )
+    assert isinstance(outcome.error, Retry)
+    assert outcome.state is JobState.SCHEDULED
+    plain = await run_handler(signal, {"kind": "retry-plain"})
+    assert plain.reason == "retry requested" and plain.delay is None
+
+
+async def test_retry_on_the_last_attempt_ends_failed() -> None:
+    outcome = await run_handler(signal, {"kind": "retry"}, attempt=3, max_attempts=3)
+    assert outcome.kind is OutcomeKind.RETRY
+    assert outcome.state is JobState.FAILED
+
+
+async def test_fail_ends_failed_whatever_attempts_are_left() -> None:
+    outcome = await run_handler(signal, {"kind": "fail"}, attempt=1, max_attempts=10)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.reason == "failed: bad input"
+    assert outcome.state is JobState.FAILED
+
+
+async def test_any_other_exception_is_an_error_that_backs_off() -> None:
+    outcome = await run_handler(signal, {"kind": "error"})
+    assert outcome.kind is OutcomeKind.ERROR
+    assert isinstance(outcome.error, KeyError)
+    assert outcome.reason == "KeyError: 'missing'"
+    assert outcome.state is JobState.SCHEDULED
+
+
+async def test_a_result_that_is_not_json_is_an_error() -> None:
+    outcome = await run_handler(signal, {"kind": "not-json"})
+    assert outcome.kind is OutcomeKind.ERROR
+    assert "not JSON" in outcome.reason
+
+
+async def test_the_handlers_timeout_applies(autojump_clock: trio.testing.MockClock) -> None:
+    outcome = await run_handler(slow, {"seconds": 301})
+    assert outcome.kind is OutcomeKind.TIMED_OUT
+    assert outcome.reason == "timed out after 300s"
+    assert (await run_handler(slow, {"seconds": 299})).kind is OutcomeKind.COMPLETED
+
+
+async def test_the_callers_timeout_wins(autojump_clock: trio.testing.MockClock) -> None:
+    outcome = await run_handler(slow, {"seconds": 10}, timeout=1.5)
+    assert outcome.kind is OutcomeKind.TIMED_OUT
+    assert outcome.reason == "timed out after 1.5s"
+
+
+async def test_an_invalid_payload_is_refused_before_the_handler_runs() -> None:
+    with pytest.raises(InvalidJob) as refused:
+        await run_handler(echo, {"n": 3})
+    assert refused.value.field == "payload.n"
+    unchecked = await run_handler(echo, {"n": 3}, validate=False)
+    assert unchecked.kind is OutcomeKind.COMPLETED
+
+
+def test_validate_payload_turns_value_errors_into_invalid_job() -> None:
+    validate_payload(echo, {"n": 4})
+    validate_payload(slow, "anything: slow has no validator")
+    with pytest.raises(InvalidJob, match="n must not be negative") as refused:
+        validate_payload(echo, {"n": -2})
+    assert refused.value.field == "payload"
+
+
+async def test_attempt_must_be_within_max_attempts() -> None:
+    with pytest.raises(ValueError, match="attempt"):
+        await run_handler(echo, {}, attempt=4, max_attempts=3)
+
+
+def _plugin_module(name: str, monkeypatch: pytest.MonkeyPatch, **hooks: Any) -> types.ModuleType:
+    """A plugin module importable by name, as an entry point would name it."""
+    module = types.ModuleType(name)
+    for hook_name, function in hooks.items():
+        setattr(module, hook_name, hookimpl(function))
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_configure_plugin_hands_over_the_table_and_collects_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Mapping[str, Any]] = []
+
+    def jobd_configure(config: Mapping[str, Any]) -> None:
+        if "color" in config and config["color"] not in ("red", "blue"):
+            raise ConfigError("must be red or blue", key="color")
+        seen.append(dict(config))
+
+    def jobd_handlers() -> list[Handler]:
+        return [echo]
+
+    hooks = {"jobd_configure": jobd_configure, "jobd_handlers": jobd_handlers}
+    module = _plugin_module("kit_plugin", monkeypatch, **hooks)
+    registry = configure_plugin(module, {"color": "red"})
+    assert seen == [{"color": "red"}]
+    found = registry.get("kit.echo")
+    assert found is not None and found.plugin == "kit_plugin"
+    assert registry.get("jobd.noop") is not None  # the built-ins are there, as in the daemon
+    configure_plugin(module)
+    assert seen[-1] == {}
+    with pytest.raises(ConfigError) as refused:
+        configure_plugin(module, {"color": "green"}, name="paint")
+    assert refused.value.key == "plugins.paint.color"
+    assert "plugins.paint.color" in str(refused.value)
+
+
+def test_a_plugin_without_a_configure_hook_refuses_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _plugin_module("kit_bare", monkeypatch)
+    configure_plugin(module, {})
+    with pytest.raises(ConfigError, match="takes no configuration"):
+        configure_plugin(module, {"anything": 1})
+
+
+def test_an_installed_plugin_gets_its_entry_point_name_and_distribution() -> None:
+    jobd_example = pytest.importorskip("jobd_example")
+    with pytest.raises(ConfigError) as refused:
+        configure_plugin(jobd_example, {"nope": 1})
+    assert refused.value.key == "plugins.example.nope"
+    found = configure_plugin(jobd_example, {}).get("example.greet")
+    assert found is not None and found.plugin == "jobd-example"
+
+
+async def test_open_plugin_holds_the_lifespan_open_around_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def resources() -> AsyncIterator[None]:
+        events.append("open")
+        yield
+        events.append("closed")
+
+    def jobd_lifespan() -> AbstractAsyncContextManager[None]:
+        return resources()
+
+    module = _plugin_module("kit_pool", monkeypatch, jobd_lifespan=jobd_lifespan)
+    async with open_plugin(module) as registry:
+        assert events == ["open"]
+        assert registry.get("jobd.sleep") is not None
+    assert events == ["open", "closed"]
