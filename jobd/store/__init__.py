@@ -1,6 +1,6 @@
 """The storage boundary: the `Store` protocol every store implements, and its values.
 
-The engine knows only this protocol; `open_store` in `jobd.store.factory` picks an
+The engine knows only this protocol; `create_store` in `jobd.store.factory` picks an
 implementation from the config's URL. Every method is one round trip to the store
 (one thread hop, one transaction), whatever the number of rows it touches.
 

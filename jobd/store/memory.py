@@ -11,7 +11,7 @@ from datetime import datetime
 
 import trio
 
-from jobd.errors import JobNotFound, KeyInUse
+from jobd.errors import InvalidJob, JobNotFound, KeyInUse
 from jobd.job import FINISHED_STATES, Action, Job, JobState, Progress, next_state
 from jobd.store import (
     Completion,
@@ -71,10 +71,13 @@ class MemoryStore:
             for row in self._rows.values()
             if row.job.key and row.job.state not in FINISHED_STATES
         }
-        for new in jobs:
+        new_ids: set[uuid.UUID] = set()
+        for index, new in enumerate(jobs):
             if new.key is not None and new.key in live_keys:
                 results.append(Inserted(live_keys[new.key], created=False))
                 continue
+            if new.id in self._rows or new.id in new_ids:
+                raise InvalidJob(f"a job with id {new.id} already exists", field="id", index=index)
             job = Job(
                 id=new.id,
                 type=new.type,
@@ -92,6 +95,7 @@ class MemoryStore:
             )
             if new.key is not None:
                 live_keys[new.key] = job
+            new_ids.add(new.id)
             results.append(Inserted(job, created=True))
         for result in results:
             if result.created:

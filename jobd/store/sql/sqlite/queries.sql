@@ -1,0 +1,121 @@
+-- Named queries of the SQLite store. Each starts with a "-- name: NAME" line.
+-- Target states come in as parameters, computed by jobd.job.next_state.
+
+-- name: insert_job
+INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
+                  run_at, created_at, updated_at, key)
+VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
+        :run_at, :created_at, :created_at, :key)
+RETURNING *;
+
+-- name: live_job_with_key
+SELECT * FROM jobs
+WHERE key = :key AND state IN ('scheduled', 'pending', 'running');
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = :id;
+
+-- name: list_jobs
+-- {filters} becomes zero or more "AND column = :column" terms, so each filter can use its index.
+SELECT * FROM jobs
+WHERE seq < :below {filters}
+ORDER BY seq DESC
+LIMIT :limit;
+
+-- name: running_in_queue
+-- "+queue" keeps SQLite off the queue index, which would walk the queue's finished rows too.
+SELECT count(*) FROM jobs WHERE state = 'running' AND +queue = :queue;
+
+-- name: claimable_jobs
+SELECT seq, priority, run_at FROM jobs
+WHERE state = 'pending' AND queue = :queue
+ORDER BY priority DESC, run_at, seq
+LIMIT :limit;
+
+-- name: claim_job
+UPDATE jobs
+SET state = :state, attempts = attempts + 1, started_at = :now, updated_at = :now,
+    progress = NULL, owner = :owner, lease_until = :lease_until, cancel_requested = 0
+WHERE seq = :seq
+RETURNING *;
+
+-- name: complete_job
+UPDATE jobs
+SET state = :state,
+    updated_at = :now,
+    result = CASE WHEN :outcome = 'completed' THEN :result ELSE result END,
+    last_error = CASE WHEN :outcome = 'completed' THEN last_error ELSE :error END,
+    run_at = CASE :outcome WHEN 'retried' THEN :run_at WHEN 'requeued' THEN :now ELSE run_at END,
+    attempts = CASE WHEN :outcome = 'requeued' THEN attempts - 1 ELSE attempts END,
+    finished_at = CASE WHEN :outcome IN ('completed', 'failed', 'cancelled') THEN :now ELSE finished_at END,
+    owner = NULL, lease_until = NULL, cancel_requested = 0
+WHERE id = :id AND state = 'running' AND owner = :owner AND attempts = :attempt
+RETURNING *;
+
+-- name: renew_lease
+UPDATE jobs SET lease_until = :lease_until
+WHERE id = :id AND state = 'running' AND owner = :owner
+RETURNING id;
+
+-- name: set_progress
+UPDATE jobs SET progress = :progress, updated_at = :now
+WHERE id = :id AND state = 'running' AND owner = :owner AND attempts = :attempt;
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested = 1 WHERE id = :id RETURNING *;
+
+-- name: cancel_waiting_job
+UPDATE jobs SET state = :state, updated_at = :now, finished_at = :now, last_error = :error
+WHERE id = :id
+RETURNING *;
+
+-- name: cancel_requests
+SELECT id FROM jobs WHERE state = 'running' AND owner = :owner AND cancel_requested = 1;
+
+-- name: retry_job
+UPDATE jobs
+SET state = :state, attempts = 0, run_at = :now, updated_at = :now,
+    started_at = NULL, finished_at = NULL, result = NULL, progress = NULL
+WHERE id = :id
+RETURNING *;
+
+-- name: promote_due_jobs
+UPDATE jobs INDEXED BY jobs_scheduled SET state = :state, updated_at = :now
+WHERE state = 'scheduled' AND run_at <= :now;
+
+-- name: next_scheduled
+SELECT min(run_at) FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled';
+
+-- name: rescuable_jobs
+SELECT * FROM jobs
+WHERE state = 'running' AND (:all_running OR lease_until IS NULL OR lease_until < :now)
+ORDER BY seq;
+
+-- name: rescue_job
+UPDATE jobs
+SET state = :state, last_error = :error, updated_at = :now,
+    run_at = CASE WHEN :state = 'pending' THEN :now ELSE run_at END,
+    finished_at = :finished_at, owner = NULL, lease_until = NULL, cancel_requested = 0
+WHERE id = :id
+RETURNING *;
+
+-- name: prune_jobs
+-- The state IN (...) term lets SQLite use the partial index jobs_finished.
+DELETE FROM jobs WHERE seq IN (
+    SELECT seq FROM jobs
+    WHERE state = :state AND state IN ('completed', 'failed', 'cancelled') AND finished_at < :before
+    ORDER BY finished_at
+    LIMIT :limit
+);
+
+-- name: count_jobs
+SELECT queue, state, jobs FROM job_counts WHERE jobs > 0;
+
+-- name: pause_queue
+INSERT INTO paused_queues (queue, paused_at) VALUES (:queue, :now) ON CONFLICT (queue) DO NOTHING;
+
+-- name: resume_queue
+DELETE FROM paused_queues WHERE queue = :queue;
+
+-- name: paused_queues
+SELECT queue FROM paused_queues;

@@ -1,0 +1,683 @@
+"""The embedded store: one SQLite file, for one daemon.
+
+All database work runs on one dedicated thread that owns the connection. A Trio task
+queues a call and parks; the thread runs the call as one transaction and hands the
+outcome back with `run_sync_soon`, which does not wait for the event loop, so calls
+pipeline instead of paying a thread hop each. A call still queued when its task is
+cancelled is dropped; one already running runs to its end, so the database is never
+left half-written (the task sees the cancellation at its next checkpoint).
+
+Only one daemon may use a database file: `open()` takes an exclusive `flock` on
+`<db>.lock` beside it. SQL lives in `sql/sqlite/`: numbered migrations and `queries.sql`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import queue
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import outcome
+import trio
+
+from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
+from jobd.job import JSON, Action, Job, JobState, Progress, next_state
+from jobd.store import (
+    Completion,
+    Inserted,
+    JobFilter,
+    JobPage,
+    NewJob,
+    Outcome,
+    QueueCounts,
+    QueueSlots,
+    Rescued,
+    WakeCallback,
+)
+
+T = TypeVar("T")
+
+_SQL_DIR = resources.files("jobd.store") / "sql" / "sqlite"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+_MIN_SQLITE = (3, 35, 0)  # RETURNING
+_BUSY_TIMEOUT_MS = 5000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_LIST_FILTERS = ("state", "type", "queue")
+_MAX_CURSOR_DIGITS = 18  # keeps a cursor within SQLite's 64-bit integers
+
+_OUTCOME_ACTION = {
+    Outcome.COMPLETED: Action.COMPLETE,
+    Outcome.RETRIED: Action.BACK_OFF,
+    Outcome.FAILED: Action.FAIL,
+    Outcome.CANCELLED: Action.CANCEL,
+    Outcome.REQUEUED: Action.REQUEUE,
+}
+
+# Primary SQLite result codes a user can do something about, in plain words.
+_REASONS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_CORRUPT: "the file is corrupt",
+    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database (corrupt?)",
+    sqlite3.SQLITE_IOERR: "an I/O error",
+    sqlite3.SQLITE_BUSY: "the database is locked by another process",
+}
+
+
+def _load_queries() -> dict[str, str]:
+    """`queries.sql` split on its "-- name: NAME" lines, comment lines dropped."""
+    parts = re.split(r"^-- name: (\w+)\n", (_SQL_DIR / "queries.sql").read_text(), flags=re.MULTILINE)
+    return {
+        name: "\n".join(line for line in body.splitlines() if not line.startswith("--")).strip()
+        for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+_Q = _load_queries()
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, SQL) of every numbered migration, in order."""
+    found = []
+    for entry in _SQL_DIR.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text()))
+    return sorted(found)
+
+
+# -- values to and from columns ---------------------------------------------------------
+
+
+def _micros(value: datetime) -> int:
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _optional_micros(value: datetime | None) -> int | None:
+    return None if value is None else _micros(value)
+
+
+def _time(value: int) -> datetime:
+    return _EPOCH + value * _MICROSECOND
+
+
+def _optional_time(value: int | None) -> datetime | None:
+    return None if value is None else _time(value)
+
+
+def _dump(value: JSON) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _load(text: str | None) -> JSON:
+    return None if text is None else json.loads(text)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    progress = _load(row["progress"])
+    return Job(
+        id=uuid.UUID(row["id"]),
+        type=row["type"],
+        queue=row["queue"],
+        payload=_load(row["payload"]),
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        timeout=row["timeout"],
+        run_at=_time(row["run_at"]),
+        created_at=_time(row["created_at"]),
+        updated_at=_time(row["updated_at"]),
+        started_at=_optional_time(row["started_at"]),
+        finished_at=_optional_time(row["finished_at"]),
+        last_error=row["last_error"],
+        result=_load(row["result"]),
+        progress=Progress(progress["fraction"], progress["message"]) if progress else None,
+        key=row["key"],
+    )
+
+
+def _parse_cursor(after: str | None) -> int | None:
+    if after is None:
+        return None
+    if not (after.isascii() and after.isdigit() and len(after) <= _MAX_CURSOR_DIGITS):
+        raise ValueError(f"not a cursor from this store: {after!r}")
+    return int(after)
+
+
+# -- the work of each call, run on the database thread ------------------------------------
+
+
+def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    # IMMEDIATE takes the write lock up front: no SQLITE_BUSY on a later lock upgrade.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except Exception:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _live_job_with_key(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+    return cast(sqlite3.Row | None, conn.execute(_Q["live_job_with_key"], {"key": key}).fetchone())
+
+
+def _row_of(conn: sqlite3.Connection, job_id: uuid.UUID) -> sqlite3.Row:
+    row = conn.execute(_Q["get_job"], {"id": str(job_id)}).fetchone()
+    if row is None:
+        raise JobNotFound(str(job_id))
+    return cast(sqlite3.Row, row)
+
+
+def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
+    results = []
+    for index, new in enumerate(jobs):
+        # Within the transaction an earlier item of the batch is visible, so a key
+        # repeated inside one batch is found here too.
+        existing = _live_job_with_key(conn, new.key) if new.key is not None else None
+        if existing is not None:
+            results.append(Inserted(_job(existing), created=False))
+            continue
+        try:
+            payload = _dump(new.payload)
+        except (TypeError, ValueError) as error:
+            raise InvalidJob(f"payload is not JSON: {error}", field="payload", index=index) from None
+        values = {
+            "id": str(new.id),
+            "type": new.type,
+            "queue": new.queue,
+            "payload": payload,
+            "state": new.state.value,
+            "priority": new.priority,
+            "max_attempts": new.max_attempts,
+            "timeout": new.timeout,
+            "run_at": _micros(new.run_at),
+            "created_at": _micros(new.created_at),
+            "key": new.key,
+        }
+        try:
+            row = conn.execute(_Q["insert_job"], values).fetchone()
+        except sqlite3.IntegrityError:
+            raise InvalidJob(f"a job with id {new.id} already exists", field="id", index=index) from None
+        results.append(Inserted(_job(row), created=True))
+    return results
+
+
+def _list_jobs(conn: sqlite3.Connection, filter: JobFilter, limit: int, below: int | None) -> JobPage:
+    values: dict[str, Any] = {"below": 2**63 - 1 if below is None else below, "limit": limit + 1}
+    for name in _LIST_FILTERS:
+        value = getattr(filter, name)
+        if value is not None:
+            values[name] = str(value)
+    # Only the fixed names above are spliced in; the values stay parameters.
+    terms = "".join(f" AND {name} = :{name}" for name in _LIST_FILTERS if name in values)
+    rows = conn.execute(_Q["list_jobs"].format(filters=terms), values).fetchall()
+    page = rows[:limit]
+    more = len(rows) > limit and page
+    return JobPage([_job(row) for row in page], str(page[-1]["seq"]) if more else None)
+
+
+def _claim_jobs(
+    conn: sqlite3.Connection,
+    owner: str,
+    slots: Sequence[QueueSlots],
+    limit: int,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Job]:
+    paused = {row[0] for row in conn.execute(_Q["paused_queues"])}
+    candidates: list[sqlite3.Row] = []
+    for slot in slots:
+        if slot.queue in paused:
+            continue
+        allowed = slot.free
+        if slot.global_limit is not None:
+            running = conn.execute(_Q["running_in_queue"], {"queue": slot.queue}).fetchone()[0]
+            allowed = min(allowed, slot.global_limit - running)
+        if allowed > 0:
+            values = {"queue": slot.queue, "limit": allowed}
+            candidates.extend(conn.execute(_Q["claimable_jobs"], values).fetchall())
+    # Each queue's candidates come in claim order; merge them and keep the first `limit`.
+    candidates.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
+    state = next_state("pending jobs", JobState.PENDING, Action.CLAIM)
+    values = {"state": state.value, "now": _micros(now), "owner": owner, "lease_until": _micros(lease_until)}
+    return [
+        _job(conn.execute(_Q["claim_job"], {**values, "seq": row["seq"]}).fetchone())
+        for row in candidates[: max(limit, 0)]
+    ]
+
+
+def _complete_jobs(
+    conn: sqlite3.Connection, completions: Sequence[Completion], now: datetime
+) -> list[Job | None]:
+    results: list[Job | None] = []
+    for completion in completions:
+        state = next_state(completion.job_id, JobState.RUNNING, _OUTCOME_ACTION[completion.outcome])
+        values = {
+            "id": str(completion.job_id),
+            "owner": completion.owner,
+            "attempt": completion.attempt,
+            "outcome": completion.outcome.value,
+            "state": state.value,
+            "now": _micros(now),
+            "result": _dump(completion.result),
+            "error": completion.error,
+            "run_at": _micros(completion.run_at or now),
+        }
+        row = conn.execute(_Q["complete_job"], values).fetchone()
+        results.append(_job(row) if row is not None else None)
+    return results
+
+
+def _renew_leases(
+    conn: sqlite3.Connection, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
+) -> set[uuid.UUID]:
+    kept = set()
+    for job_id in job_ids:
+        values = {"id": str(job_id), "owner": owner, "lease_until": _micros(lease_until)}
+        if conn.execute(_Q["renew_lease"], values).fetchone() is not None:
+            kept.add(job_id)
+    return kept
+
+
+def _cancel_job(conn: sqlite3.Connection, job_id: uuid.UUID, now: datetime) -> Job:
+    row = _row_of(conn, job_id)
+    state = next_state(job_id, JobState(row["state"]), Action.CANCEL)
+    if row["state"] == JobState.RUNNING:
+        # Its owner sees the request and finishes the cancel itself.
+        return _job(conn.execute(_Q["request_cancel"], {"id": str(job_id)}).fetchone())
+    values = {
+        "id": str(job_id),
+        "state": state.value,
+        "now": _micros(now),
+        "error": "cancelled before it ran",
+    }
+    return _job(conn.execute(_Q["cancel_waiting_job"], values).fetchone())
+
+
+def _retry_job(conn: sqlite3.Connection, job_id: uuid.UUID, now: datetime) -> Job:
+    row = _row_of(conn, job_id)
+    state = next_state(job_id, JobState(row["state"]), Action.RETRY)
+    key = row["key"]
+    if key is not None and _live_job_with_key(conn, key) is not None:
+        raise KeyInUse(str(job_id), key)
+    values = {"id": str(job_id), "state": state.value, "now": _micros(now)}
+    return _job(conn.execute(_Q["retry_job"], values).fetchone())
+
+
+def _promote_due_jobs(conn: sqlite3.Connection, now: datetime) -> datetime | None:
+    state = next_state("scheduled jobs", JobState.SCHEDULED, Action.PROMOTE)
+    conn.execute(_Q["promote_due_jobs"], {"state": state.value, "now": _micros(now)})
+    return _optional_time(conn.execute(_Q["next_scheduled"]).fetchone()[0])
+
+
+def _rescue_jobs(conn: sqlite3.Connection, now: datetime, all_running: bool) -> list[Rescued]:
+    rescued = []
+    rows = conn.execute(_Q["rescuable_jobs"], {"all_running": all_running, "now": _micros(now)}).fetchall()
+    for row in rows:
+        owner, attempts = row["owner"], row["attempts"]
+        error = f"lease expired: daemon {owner} stopped renewing attempt {attempts}"
+        if row["cancel_requested"]:
+            action, error = Action.CANCEL, "cancelled; " + error
+        elif attempts >= row["max_attempts"]:
+            action = Action.FAIL
+        else:
+            action = Action.REQUEUE
+        state = next_state(row["id"], JobState.RUNNING, action)
+        values = {
+            "id": row["id"],
+            "state": state.value,
+            "error": error,
+            "now": _micros(now),
+            "finished_at": _micros(now) if state.finished else None,
+        }
+        rescued.append(Rescued(_job(conn.execute(_Q["rescue_job"], values).fetchone()), owner))
+    return rescued
+
+
+def _prune_jobs(conn: sqlite3.Connection, before: Mapping[JobState, datetime], limit: int) -> int:
+    deleted = 0
+    for state, cutoff in before.items():
+        values = {"state": state.value, "before": _micros(cutoff), "limit": limit}
+        deleted += conn.execute(_Q["prune_jobs"], values).rowcount
+    return deleted
+
+
+def _count_jobs(conn: sqlite3.Connection) -> QueueCounts:
+    counts: dict[str, dict[JobState, int]] = {}
+    for queue_name, state, jobs in conn.execute(_Q["count_jobs"]):
+        counts.setdefault(queue_name, {})[JobState(state)] = jobs
+    return counts
+
+
+def _set_queue_paused(conn: sqlite3.Connection, queue_name: str, paused: bool) -> None:
+    if paused:
+        conn.execute(_Q["pause_queue"], {"queue": queue_name, "now": _micros(datetime.now(UTC))})
+    else:
+        conn.execute(_Q["resume_queue"], {"queue": queue_name})
+
+
+# -- the database thread ----------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Call:
+    """One queued call: its work and the parked Trio task waiting for the outcome."""
+
+    work: Callable[[], object]
+    task: trio.lowlevel.Task
+    token: trio.lowlevel.TrioToken
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    status: Literal["queued", "running", "abandoned"] = "queued"
+
+    def abandon(self) -> bool:
+        """Drop the call if it has not started (its task was cancelled)."""
+        with self.lock:
+            if self.status == "queued":
+                self.status = "abandoned"
+            return self.status == "abandoned"
+
+    def start(self) -> bool:
+        with self.lock:
+            if self.status == "abandoned":
+                return False
+            self.status = "running"
+            return True
+
+    def finish(self, result: outcome.Outcome[object]) -> None:
+        # The loop may be gone already (a run that ended without closing the store).
+        with contextlib.suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(trio.lowlevel.reschedule, self.task, result)
+
+
+class SQLiteStore:
+    shared = False
+
+    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+        self.path = path
+        self.synchronous = synchronous
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock_file: int | None = None
+        self._join_limiter = trio.CapacityLimiter(1)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreUnavailable(f"SQLite {sqlite3.sqlite_version} is too old: jobd needs 3.35 or newer")
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._serve, name=f"jobd-sqlite {self.path}", daemon=True)
+        self._thread.start()
+        opened = False
+        try:
+            await self._run(self._open_database)
+            opened = True
+        finally:
+            if not opened:
+                await self._stop_thread()
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        # Shielded: a close that is cancelled must still release the file and its lock.
+        with trio.CancelScope(shield=True):
+            try:
+                await self._run(self._close_database)
+            finally:
+                await self._stop_thread()
+
+    async def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._calls.put(None)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join, limiter=self._join_limiter)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            if call.start():
+                call.finish(outcome.capture(self._guarded, call.work))
+
+    def _guarded(self, work: Callable[[], T]) -> T:
+        """Run `work`; no sqlite3 or OS error leaves the store."""
+        try:
+            return work()
+        except sqlite3.Error as error:
+            raise self._unavailable(error) from error
+
+    def _unavailable(self, error: sqlite3.Error) -> StoreUnavailable:
+        code = getattr(error, "sqlite_errorcode", None)
+        reason = _REASONS.get(code & 0xFF) if code is not None else None
+        detail = f"{reason} ({error})" if reason else str(error)
+        return StoreUnavailable(f"SQLite database {self.path}: {detail}")
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        if self._thread is None:
+            raise StoreUnavailable(f"SQLite database {self.path}: the store is not open")
+        call = _Call(work, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
+        self._calls.put(call)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            return trio.lowlevel.Abort.SUCCEEDED if call.abandon() else trio.lowlevel.Abort.FAILED
+
+        return cast(T, await trio.lowlevel.wait_task_rescheduled(abort))
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda: work(self._connection()))
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda: _in_transaction(self._connection(), work))
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"SQLite database {self.path}: the store is not open")
+        return self._conn
+
+    def _open_database(self) -> None:
+        path = Path(self.path)
+        lock_path = f"{self.path}.lock"
+        try:
+            _make_directories(path.parent)
+            self._lock_file = _lock(lock_path, self.path)
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._configure(self._conn)
+            self._migrate(self._conn)
+        except OSError as error:
+            self._close_database()
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {_os_reason(error)}") from error
+        except Exception:
+            self._close_database()
+            raise
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreUnavailable(
+                f"SQLite database {self.path}: cannot use write-ahead logging (journal mode stays {mode!r})"
+            )
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        known = _migrations()
+        newest = known[-1][0]
+        if applied and max(applied) > newest:
+            raise StoreUnavailable(
+                f"SQLite database {self.path} has schema version {max(applied)}, newer than this jobd "
+                f"knows ({newest}): run a newer jobd"
+            )
+        for version, name, sql in known:
+            if version in applied:
+                continue
+            # executescript commits any open transaction first, so the script carries its own.
+            record = (
+                f"INSERT INTO schema_migrations VALUES ({version}, '{name}', {_micros(datetime.now(UTC))});"
+            )
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n{record}\nCOMMIT;")
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        # Mirrors the version for other tools, and proves the file writable now: SQLite opens
+        # a read-only file without complaint and would fail only at the first write.
+        _in_transaction(conn, lambda conn: conn.execute(f"PRAGMA user_version = {newest}"))
+
+    def _close_database(self) -> None:
+        conn, self._conn = self._conn, None
+        lock_file, self._lock_file = self._lock_file, None
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            if lock_file is not None:
+                os.close(lock_file)  # closing the descriptor releases the flock
+
+    # -- the protocol ----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
+        return await self._write(lambda conn: _insert_jobs(conn, jobs))
+
+    async def get_job(self, job_id: uuid.UUID) -> Job | None:
+        row = await self._read(lambda conn: conn.execute(_Q["get_job"], {"id": str(job_id)}).fetchone())
+        return _job(row) if row is not None else None
+
+    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+        below = _parse_cursor(after)
+        return await self._read(lambda conn: _list_jobs(conn, filter, limit, below))
+
+    async def claim_jobs(
+        self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
+    ) -> list[Job]:
+        return await self._write(lambda conn: _claim_jobs(conn, owner, slots, limit, now, lease_until))
+
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
+        return await self._write(lambda conn: _complete_jobs(conn, completions, now))
+
+    async def renew_leases(
+        self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
+    ) -> set[uuid.UUID]:
+        return await self._write(lambda conn: _renew_leases(conn, owner, job_ids, lease_until))
+
+    async def set_progress(
+        self, job_id: uuid.UUID, owner: str, attempt: int, progress: Progress, now: datetime
+    ) -> bool:
+        values = {
+            "id": str(job_id),
+            "owner": owner,
+            "attempt": attempt,
+            "progress": _dump(progress.to_json()),
+            "now": _micros(now),
+        }
+        changed = await self._write(lambda conn: conn.execute(_Q["set_progress"], values).rowcount)
+        return changed == 1
+
+    async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
+        return await self._write(lambda conn: _cancel_job(conn, job_id, now))
+
+    async def cancel_requests(self, owner: str) -> set[uuid.UUID]:
+        rows = await self._read(lambda conn: conn.execute(_Q["cancel_requests"], {"owner": owner}).fetchall())
+        return {uuid.UUID(row[0]) for row in rows}
+
+    async def retry_job(self, job_id: uuid.UUID, now: datetime) -> Job:
+        return await self._write(lambda conn: _retry_job(conn, job_id, now))
+
+    async def promote_due_jobs(self, now: datetime) -> datetime | None:
+        return await self._write(lambda conn: _promote_due_jobs(conn, now))
+
+    async def rescue_jobs(self, now: datetime, *, all_running: bool = False) -> list[Rescued]:
+        return await self._write(lambda conn: _rescue_jobs(conn, now, all_running))
+
+    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+        return await self._write(lambda conn: _prune_jobs(conn, before, limit))
+
+    async def count_jobs(self) -> QueueCounts:
+        return await self._read(_count_jobs)
+
+    async def set_queue_paused(self, queue: str, paused: bool) -> None:
+        await self._write(lambda conn: _set_queue_paused(conn, queue, paused))
+
+    async def paused_queues(self) -> frozenset[str]:
+        rows = await self._read(lambda conn: conn.execute(_Q["paused_queues"]).fetchall())
+        return frozenset(row[0] for row in rows)
+
+    async def listen(
+        self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # This daemon is the only writer: it wakes its own workers, nothing to listen to.
+        task_status.started()
+        await trio.sleep_forever()
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def _make_directories(directory: Path) -> None:
+    """Create `directory` and any missing parents, each private to this user (0700)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for created in reversed(missing):
+        created.mkdir(mode=0o700, exist_ok=True)
+
+
+def _lock(lock_path: str, db_path: str) -> int:
+    """Hold an exclusive lock on `lock_path` (and write our pid in it), or refuse."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreUnavailable(
+            f"SQLite database {db_path} is in use by another jobd (pid {holder})"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _os_reason(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or error}{where}"

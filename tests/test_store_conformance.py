@@ -1,0 +1,875 @@
+"""One behavioural suite for every store: what the `Store` protocol promises, checked the same way
+on the memory, SQLite and PostgreSQL stores. Times are fixed datetimes; nothing sleeps."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import trio
+
+from jobd.config import StoreConfig
+from jobd.errors import IllegalTransition, JobdError, JobNotFound, KeyInUse
+from jobd.job import TRANSITIONS, Action, Job, JobState, Progress
+from jobd.store import (
+    Completion,
+    JobFilter,
+    NewJob,
+    Outcome,
+    QueueSlots,
+    Store,
+)
+from jobd.store.factory import create_store
+from jobd.store.memory import MemoryStore
+
+T0 = datetime(2030, 5, 17, 12, 30, 15, 123456, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Any) -> Callable[[], Store]:
+    if request.param == "memory":
+        return MemoryStore
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path}/jobd.db"
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    return lambda: create_store(StoreConfig(url=url))
+
+
+@pytest.fixture
+async def store(make_store: Callable[[], Store]) -> AsyncIterator[Store]:
+    opened = make_store()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def new_job(
+    *,
+    type: str = "test.job",
+    queue: str = "default",
+    payload: Any = None,
+    priority: int = 0,
+    run_at: datetime | None = None,
+    created_at: datetime = T0,
+    max_attempts: int = 3,
+    timeout: float | None = None,
+    key: str | None = None,
+    id: uuid.UUID | None = None,
+) -> NewJob:
+    return NewJob(
+        id=id or uuid.uuid4(),
+        type=type,
+        queue=queue,
+        payload=payload,
+        priority=priority,
+        run_at=run_at or created_at,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        key=key,
+        created_at=created_at,
+    )
+
+
+async def insert(store: Store, **options: Any) -> Job:
+    [inserted] = await store.insert_jobs([new_job(**options)])
+    assert inserted.created
+    return inserted.job
+
+
+async def claim(
+    store: Store,
+    queue: str = "default",
+    *,
+    owner: str = "daemon-1",
+    free: int = 100,
+    limit: int = 1000,
+    now: datetime = T0,
+) -> list[Job]:
+    return await store.claim_jobs(owner, [QueueSlots(queue, free)], limit, now, now + LEASE)
+
+
+async def running(store: Store, *, owner: str = "daemon-1", now: datetime = T0, **options: Any) -> Job:
+    job = await insert(store, **options)
+    claimed = await claim(store, job.queue, owner=owner, now=now)
+    [mine] = [found for found in claimed if found.id == job.id]
+    return mine
+
+
+def completion(job: Job, outcome: Outcome, *, owner: str = "daemon-1", **fields: Any) -> Completion:
+    return Completion(job.id, owner, job.attempts, outcome, **fields)
+
+
+async def finish(store: Store, job: Job, outcome: Outcome, now: datetime = T0, **fields: Any) -> Job:
+    [done] = await store.complete_jobs([completion(job, outcome, **fields)], now)
+    assert done is not None
+    return done
+
+
+async def current(store: Store, job: Job) -> Job:
+    found = await store.get_job(job.id)
+    assert found is not None
+    return found
+
+
+async def reach(store: Store, state: JobState, **options: Any) -> Job:
+    """A new job in `state`, by the ordinary road."""
+    if state == JobState.SCHEDULED:
+        return await insert(store, run_at=at(3600), **options)
+    if state == JobState.PENDING:
+        return await insert(store, **options)
+    job = await running(store, **options)
+    outcome = {
+        JobState.RUNNING: None,
+        JobState.COMPLETED: Outcome.COMPLETED,
+        JobState.FAILED: Outcome.FAILED,
+        JobState.CANCELLED: Outcome.CANCELLED,
+    }[state]
+    return job if outcome is None else await finish(store, job, outcome, error="boom")
+
+
+def nonzero(counts: Any) -> dict[str, dict[JobState, int]]:
+    out = {queue: {state: n for state, n in per.items() if n} for queue, per in counts.items()}
+    return {queue: per for queue, per in out.items() if per}
+
+
+# -- insert and get ----------------------------------------------------------------------
+
+
+async def test_insert_one_job_and_get_it(store: Store) -> None:
+    new = new_job(type="mail.send", queue="mail", payload={"to": "a@b"}, priority=3, timeout=12.5, key="k1")
+    [inserted] = await store.insert_jobs([new])
+    job = inserted.job
+    assert inserted.created
+    assert (job.id, job.type, job.queue, job.payload) == (new.id, "mail.send", "mail", {"to": "a@b"})
+    assert (job.priority, job.timeout, job.key, job.max_attempts) == (3, 12.5, "k1", 3)
+    assert job.state == JobState.PENDING
+    assert job.attempts == 0
+    assert job.run_at == job.created_at == job.updated_at == T0
+    assert job.started_at is job.finished_at is job.last_error is job.result is job.progress is None
+    assert await store.get_job(new.id) == job
+
+
+async def test_get_unknown_job_is_none(store: Store) -> None:
+    assert await store.get_job(uuid.uuid4()) is None
+
+
+async def test_insert_scheduled_only_when_run_at_is_later(store: Store) -> None:
+    later = await insert(store, run_at=at(1))
+    same = await insert(store, run_at=T0)
+    earlier = await insert(store, run_at=at(-60))
+    assert later.state == JobState.SCHEDULED
+    assert same.state == earlier.state == JobState.PENDING
+    assert earlier.run_at == at(-60)
+
+
+async def test_insert_batch_keeps_order(store: Store) -> None:
+    batch = [new_job(payload=i) for i in range(20)]
+    inserted = await store.insert_jobs(batch)
+    assert [result.job.id for result in inserted] == [new.id for new in batch]
+    assert [result.job.payload for result in inserted] == list(range(20))
+    assert all(result.created for result in inserted)
+
+
+async def test_insert_empty_batch(store: Store) -> None:
+    assert await store.insert_jobs([]) == []
+
+
+async def test_insert_batch_is_all_or_nothing(store: Store) -> None:
+    existing = await insert(store, payload="old")
+    first, second = new_job(key="fresh"), new_job()
+    with pytest.raises(JobdError):
+        # The third item reuses an id: nothing of the batch may remain.
+        await store.insert_jobs([first, second, new_job(id=first.id)])
+    with pytest.raises(JobdError):
+        await store.insert_jobs([new_job(), new_job(id=existing.id, payload="new")])
+    assert await store.get_job(first.id) is None
+    assert await store.get_job(second.id) is None
+    assert await current(store, existing) == existing
+    assert nonzero(await store.count_jobs()) == {"default": {JobState.PENDING: 1}}
+    # The key of the rolled-back item was never taken.
+    assert (await store.insert_jobs([new_job(key="fresh")]))[0].created
+
+
+PAYLOADS = [
+    None,
+    True,
+    False,
+    0,
+    -17,
+    2**53 + 1,
+    3.25,
+    -1.5e-300,
+    "",
+    "plain",
+    'héllo ✓ 日本語 🎉 "quoted" \\ back\nslash',
+    [],
+    {},
+    [1, "two", None, [3.5, {"four": [True]}]],
+    {"nested": {"deeper": {"list": [1, 2, {"k": "v"}], "empty": {}}}, "ünï": "cödé", "n": None},
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=[f"payload{i}" for i in range(len(PAYLOADS))])
+async def test_json_payload_and_result_round_trip(store: Store, payload: Any) -> None:
+    job = await insert(store, payload=payload)
+    assert (await current(store, job)).payload == payload
+    claimed = await running(store, payload=payload)
+    done = await finish(store, claimed, Outcome.COMPLETED, result=payload)
+    assert done.result == payload
+    assert (await current(store, done)).result == payload
+
+
+async def test_timestamps_round_trip_exactly(store: Store) -> None:
+    created = datetime(2031, 2, 3, 4, 5, 6, 999999, tzinfo=UTC)
+    run_at = datetime(2031, 2, 3, 4, 5, 7, 1, tzinfo=UTC)
+    job = await insert(store, created_at=created, run_at=run_at)
+    stored = await current(store, job)
+    assert (stored.created_at, stored.updated_at, stored.run_at) == (created, created, run_at)
+    assert stored.run_at.utcoffset() == timedelta(0)
+    assert stored.run_at.microsecond == 1
+    old = await insert(store, created_at=datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC))
+    assert (await current(store, old)).created_at == datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    start = datetime(2031, 2, 3, 4, 5, 8, 424242, tzinfo=UTC)
+    [claimed] = await claim(store, now=start)
+    assert claimed.started_at == start
+    assert (await current(store, claimed)).started_at == start
+
+
+# -- idempotency keys --------------------------------------------------------------------
+
+
+async def test_live_key_returns_the_existing_job(store: Store) -> None:
+    claimed = await running(store, key="busy")
+    first = await insert(store, key="once", payload=1)
+    [again] = await store.insert_jobs([new_job(key="once", payload=2)])
+    assert not again.created
+    assert again.job == first
+    scheduled = await insert(store, key="later", run_at=at(60))
+    assert not (await store.insert_jobs([new_job(key="later")]))[0].created
+    [busy] = await store.insert_jobs([new_job(key="busy")])
+    assert (busy.created, busy.job.id, busy.job.state) == (False, claimed.id, JobState.RUNNING)
+    assert nonzero(await store.count_jobs()) == {
+        "default": {JobState.PENDING: 1, JobState.SCHEDULED: 1, JobState.RUNNING: 1}
+    }
+    assert scheduled.key == "later"
+
+
+async def test_key_repeated_within_one_batch(store: Store) -> None:
+    one, two, other = new_job(key="dup", payload=1), new_job(key="dup", payload=2), new_job(key="other")
+    results = await store.insert_jobs([one, two, other])
+    assert [result.created for result in results] == [True, False, True]
+    assert results[1].job.id == one.id
+    assert await store.get_job(two.id) is None
+
+
+@pytest.mark.parametrize("outcome", [Outcome.COMPLETED, Outcome.FAILED, Outcome.CANCELLED])
+async def test_key_is_free_again_once_its_job_finished(store: Store, outcome: Outcome) -> None:
+    first = await running(store, key="reuse")
+    await finish(store, first, outcome)
+    [second] = await store.insert_jobs([new_job(key="reuse")])
+    assert second.created
+    assert second.job.id != first.id
+
+
+async def test_key_is_free_after_a_waiting_job_is_cancelled(store: Store) -> None:
+    first = await insert(store, key="reuse")
+    await store.cancel_job(first.id, at(1))
+    assert (await store.insert_jobs([new_job(key="reuse")]))[0].created
+
+
+# -- claim -------------------------------------------------------------------------------
+
+
+async def test_claim_order_is_priority_then_run_at_then_submission(store: Store) -> None:
+    created = at(100)  # every run_at is due, so all start pending
+    low_early = await insert(store, priority=0, run_at=at(1), created_at=created)
+    high_late = await insert(store, priority=5, run_at=at(50), created_at=created)
+    high_early = await insert(store, priority=5, run_at=at(10), created_at=created)
+    negative = await insert(store, priority=-3, run_at=at(0), created_at=created)
+    low_late = await insert(store, priority=0, run_at=at(20), created_at=created)
+    claimed = await claim(store, now=at(100))
+    assert [job.id for job in claimed] == [
+        job.id for job in (high_early, high_late, low_early, low_late, negative)
+    ]
+
+
+async def test_equal_jobs_come_out_in_submission_order(store: Store) -> None:
+    batches = [[new_job(payload=i * 40 + j) for j in range(40)] for i in range(3)]
+    for batch in batches:
+        await store.insert_jobs(batch)
+    claimed: list[Job] = []
+    while taken := await claim(store, free=7):
+        claimed.extend(taken)
+    assert [job.payload for job in claimed] == list(range(120))
+
+
+async def test_claim_sets_attempt_start_and_owner(store: Store) -> None:
+    job = await insert(store, run_at=at(-5))
+    [claimed] = await claim(store, owner="daemon-9", now=at(2))
+    assert claimed.id == job.id
+    assert claimed.state == JobState.RUNNING
+    assert claimed.attempts == 1
+    assert claimed.started_at == claimed.updated_at == at(2)
+    assert claimed.run_at == at(-5)
+    assert await current(store, claimed) == claimed
+    assert await store.renew_leases("daemon-9", [job.id], at(60)) == {job.id}
+    assert await store.renew_leases("daemon-1", [job.id], at(60)) == set()
+
+
+async def test_claim_takes_only_pending_jobs_of_the_named_queues(store: Store) -> None:
+    await insert(store, run_at=at(60))  # scheduled
+    await reach(store, JobState.COMPLETED)
+    await reach(store, JobState.FAILED)
+    other = await insert(store, queue="other")
+    mine = await insert(store)
+    claimed = await claim(store, now=at(1))
+    assert [job.id for job in claimed] == [mine.id]
+    assert (await current(store, other)).state == JobState.PENDING
+    assert await store.claim_jobs("daemon-1", [], 10, T0, at(30)) == []
+    assert await claim(store, "nowhere") == []
+
+
+async def test_claim_honours_free_slots_per_queue(store: Store) -> None:
+    for _ in range(5):
+        await insert(store, queue="a")
+        await insert(store, queue="b")
+    slots = [QueueSlots("a", 2), QueueSlots("b", 0)]
+    claimed = await store.claim_jobs("daemon-1", slots, 10, T0, at(30))
+    assert [job.queue for job in claimed] == ["a", "a"]
+    claimed = await store.claim_jobs("daemon-1", [QueueSlots("a", 1), QueueSlots("b", 3)], 10, T0, at(30))
+    assert sorted(job.queue for job in claimed) == ["a", "b", "b", "b"]
+
+
+async def test_claim_limit_takes_the_first_in_claim_order_across_queues(store: Store) -> None:
+    low = await insert(store, queue="a", priority=1)
+    high = await insert(store, queue="b", priority=9)
+    middle = await insert(store, queue="a", priority=5)
+    slots = [QueueSlots("a", 10), QueueSlots("b", 10)]
+    assert [job.id for job in await store.claim_jobs("d", slots, 2, T0, at(30))] == [high.id, middle.id]
+    assert await store.claim_jobs("d", slots, 0, T0, at(30)) == []
+    assert [job.id for job in await store.claim_jobs("d", slots, 5, T0, at(30))] == [low.id]
+
+
+async def test_claim_order_across_queues(store: Store) -> None:
+    a_old = await insert(store, queue="a", created_at=at(-10))
+    b_high = await insert(store, queue="b", priority=2)
+    a_new = await insert(store, queue="a")
+    slots = [QueueSlots("a", 10), QueueSlots("b", 10)]
+    claimed = await store.claim_jobs("d", slots, 10, T0, at(30))
+    assert [job.id for job in claimed] == [b_high.id, a_old.id, a_new.id]
+
+
+async def test_claim_honours_global_limit(store: Store) -> None:
+    for _ in range(6):
+        await insert(store, queue="limited")
+    await claim(store, "limited", owner="daemon-2", free=2)
+    slot = QueueSlots("limited", free=5, global_limit=3)
+    claimed = await store.claim_jobs("daemon-1", [slot], 10, T0, at(30))
+    assert len(claimed) == 1
+    assert await store.claim_jobs("daemon-1", [slot], 10, T0, at(30)) == []
+    full = QueueSlots("limited", free=5, global_limit=2)
+    assert await store.claim_jobs("daemon-3", [full], 10, T0, at(30)) == []
+
+
+async def test_paused_queue_is_skipped_until_resumed(store: Store) -> None:
+    await insert(store, queue="held")
+    await insert(store, queue="open")
+    await store.set_queue_paused("held", True)
+    slots = [QueueSlots("held", 10), QueueSlots("open", 10)]
+    assert [job.queue for job in await store.claim_jobs("d", slots, 10, T0, at(30))] == ["open"]
+    assert await store.claim_jobs("d", slots, 10, T0, at(30)) == []
+    await store.set_queue_paused("held", False)
+    assert [job.queue for job in await store.claim_jobs("d", slots, 10, T0, at(30))] == ["held"]
+
+
+async def test_paused_queues_round_trip(store: Store) -> None:
+    assert await store.paused_queues() == frozenset()
+    await store.set_queue_paused("a", True)
+    await store.set_queue_paused("b", True)
+    await store.set_queue_paused("a", True)
+    assert await store.paused_queues() == {"a", "b"}
+    await store.set_queue_paused("a", False)
+    await store.set_queue_paused("never-paused", False)
+    assert await store.paused_queues() == {"b"}
+
+
+async def test_claim_clears_progress_of_an_earlier_attempt(store: Store) -> None:
+    job = await running(store)
+    assert await store.set_progress(job.id, "daemon-1", 1, Progress(0.5, "half"), at(1))
+    await finish(store, job, Outcome.REQUEUED, now=at(2))
+    [again] = await claim(store, now=at(3))
+    assert again.progress is None
+    assert again.attempts == 1
+
+
+# -- complete ----------------------------------------------------------------------------
+
+
+async def test_complete_with_result(store: Store) -> None:
+    job = await running(store)
+    done = await finish(store, job, Outcome.COMPLETED, now=at(5), result={"ok": [1, 2]})
+    assert done.state == JobState.COMPLETED
+    assert done.result == {"ok": [1, 2]}
+    assert done.finished_at == done.updated_at == at(5)
+    assert done.started_at == T0
+    assert done.attempts == 1
+    assert await current(store, job) == done
+
+
+async def test_retried_goes_back_to_scheduled(store: Store) -> None:
+    job = await running(store)
+    retried = await finish(store, job, Outcome.RETRIED, now=at(5), error="flaky", run_at=at(65))
+    assert retried.state == JobState.SCHEDULED
+    assert (retried.run_at, retried.last_error, retried.attempts) == (at(65), "flaky", 1)
+    assert retried.finished_at is None
+    assert await current(store, job) == retried
+    assert await store.promote_due_jobs(at(64)) == at(65)
+    assert await store.promote_due_jobs(at(65)) is None
+    [again] = await claim(store, now=at(66))
+    assert (again.id, again.attempts) == (job.id, 2)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"), [(Outcome.FAILED, JobState.FAILED), (Outcome.CANCELLED, JobState.CANCELLED)]
+)
+async def test_failed_and_cancelled_are_final(store: Store, outcome: Outcome, state: JobState) -> None:
+    job = await running(store)
+    done = await finish(store, job, outcome, now=at(5), error="it broke")
+    assert done.state == state
+    assert (done.last_error, done.finished_at, done.updated_at) == ("it broke", at(5), at(5))
+    assert await current(store, job) == done
+    assert await claim(store, now=at(6)) == []
+
+
+async def test_requeued_gives_the_attempt_back(store: Store) -> None:
+    job = await running(store)
+    requeued = await finish(store, job, Outcome.REQUEUED, now=at(5))
+    assert requeued.state == JobState.PENDING
+    assert requeued.attempts == 0
+    assert requeued.run_at == at(5)
+    assert requeued.finished_at is None
+    [again] = await claim(store, now=at(6))
+    assert again.attempts == 1
+
+
+async def test_completions_are_batched_and_independent(store: Store) -> None:
+    a, b = await running(store), await running(store)
+    stranger = await running(store, owner="daemon-2")
+    results = await store.complete_jobs(
+        [
+            completion(a, Outcome.COMPLETED, result=1),
+            completion(stranger, Outcome.COMPLETED),  # not ours
+            completion(b, Outcome.FAILED, error="no"),
+            completion(a, Outcome.FAILED),  # already completed above
+        ],
+        at(1),
+    )
+    assert [None if job is None else job.state for job in results] == [
+        JobState.COMPLETED,
+        None,
+        JobState.FAILED,
+        None,
+    ]
+    assert (await current(store, a)).state == JobState.COMPLETED
+    assert (await current(store, stranger)).state == JobState.RUNNING
+    assert await store.complete_jobs([], at(1)) == []
+
+
+async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
+    job = await running(store)
+    before = await current(store, job)
+    wrong_owner = Completion(job.id, "daemon-2", job.attempts, Outcome.COMPLETED)
+    wrong_attempt = Completion(job.id, "daemon-1", job.attempts + 1, Outcome.COMPLETED)
+    unknown = Completion(uuid.uuid4(), "daemon-1", 1, Outcome.COMPLETED)
+    assert await store.complete_jobs([wrong_owner, wrong_attempt, unknown], at(1)) == [None, None, None]
+    assert await current(store, job) == before
+    assert not await store.set_progress(job.id, "daemon-2", job.attempts, Progress(0.1), at(1))
+    assert not await store.set_progress(job.id, "daemon-1", job.attempts + 1, Progress(0.1), at(1))
+    assert await current(store, job) == before
+
+
+async def test_completion_after_rescue_and_reclaim_is_refused(store: Store) -> None:
+    job = await running(store, owner="daemon-1", now=T0)
+    [rescued] = await store.rescue_jobs(T0 + LEASE + timedelta(seconds=1))
+    assert rescued.owner == "daemon-1"
+    [reclaimed] = await claim(store, owner="daemon-2", now=at(40))
+    assert (reclaimed.id, reclaimed.attempts) == (job.id, 2)
+    late = Completion(job.id, "daemon-1", 1, Outcome.COMPLETED, result="stale")
+    same_attempt_number = Completion(job.id, "daemon-1", 2, Outcome.COMPLETED, result="stale")
+    assert await store.complete_jobs([late, same_attempt_number], at(41)) == [None, None]
+    assert not await store.set_progress(job.id, "daemon-1", 1, Progress(0.9), at(41))
+    assert await current(store, job) == reclaimed
+    done = await finish(store, reclaimed, Outcome.COMPLETED, owner="daemon-2", now=at(42), result="fresh")
+    assert done.result == "fresh"
+
+
+# -- leases, progress, rescue ------------------------------------------------------------
+
+
+async def test_renew_leases_keeps_only_our_running_jobs(store: Store) -> None:
+    mine = [await running(store) for _ in range(2)]
+    theirs = await running(store, owner="daemon-2")
+    done = await reach(store, JobState.COMPLETED)
+    ids = [job.id for job in mine] + [theirs.id, done.id, uuid.uuid4()]
+    assert await store.renew_leases("daemon-1", ids, at(120)) == {job.id for job in mine}
+    assert await store.renew_leases("daemon-1", [], at(120)) == set()
+    # The renewed leases outlive the first one; the other owner's did not get renewed.
+    rescued = await store.rescue_jobs(at(60))
+    assert [(r.job.id, r.owner) for r in rescued] == [(theirs.id, "daemon-2")]
+    assert {r.job.id for r in await store.rescue_jobs(at(121))} == {job.id for job in mine}
+
+
+async def test_set_progress_while_fenced_in(store: Store) -> None:
+    job = await running(store)
+    assert await store.set_progress(job.id, "daemon-1", 1, Progress(0.25, "a quarter ✓"), at(3))
+    stored = await current(store, job)
+    assert stored.progress == Progress(0.25, "a quarter ✓")
+    assert stored.updated_at == at(3)
+    assert await store.set_progress(job.id, "daemon-1", 1, Progress(1.0), at(4))
+    assert (await current(store, job)).progress == Progress(1.0, None)
+    await finish(store, job, Outcome.COMPLETED)
+    assert not await store.set_progress(job.id, "daemon-1", 1, Progress(0.5), at(5))
+    assert not await store.set_progress(uuid.uuid4(), "daemon-1", 1, Progress(0.5), at(5))
+
+
+async def test_rescue_expired_lease_requeues_with_an_error_naming_the_owner(store: Store) -> None:
+    job = await running(store, owner="host-a:123", max_attempts=3)
+    [rescued] = await store.rescue_jobs(at(31))
+    assert rescued.owner == "host-a:123"
+    assert rescued.job.id == job.id
+    assert rescued.job.state == JobState.PENDING
+    assert rescued.job.attempts == 1
+    assert rescued.job.run_at == rescued.job.updated_at == at(31)
+    assert rescued.job.finished_at is None
+    assert rescued.job.last_error is not None and "host-a:123" in rescued.job.last_error
+    assert await current(store, job) == rescued.job
+    assert await store.renew_leases("host-a:123", [job.id], at(90)) == set()
+
+
+async def test_rescue_of_the_last_attempt_fails_the_job(store: Store) -> None:
+    job = await running(store, max_attempts=1)
+    [rescued] = await store.rescue_jobs(at(31))
+    assert rescued.job.state == JobState.FAILED
+    assert rescued.job.finished_at == at(31)
+    assert "daemon-1" in (rescued.job.last_error or "")
+    assert (await current(store, job)).state == JobState.FAILED
+
+
+async def test_rescue_of_a_cancel_requested_job_cancels_it(store: Store) -> None:
+    job = await running(store)
+    await store.cancel_job(job.id, at(1))
+    [rescued] = await store.rescue_jobs(at(31))
+    assert rescued.job.state == JobState.CANCELLED
+    assert rescued.job.finished_at == at(31)
+    assert await store.cancel_requests("daemon-1") == set()
+
+
+async def test_rescue_leaves_unexpired_leases_alone(store: Store) -> None:
+    job = await running(store)  # lease until T0 + 30s
+    waiting = await insert(store)
+    assert await store.rescue_jobs(at(29)) == []
+    assert await store.rescue_jobs(at(30)) == []  # expires only once the lease is over
+    assert (await current(store, job)).state == JobState.RUNNING
+    assert (await current(store, waiting)).state == JobState.PENDING
+    assert len(await store.rescue_jobs(at(30.5))) == 1
+
+
+async def test_rescue_all_running_takes_every_running_job(store: Store) -> None:
+    ids = {(await running(store, owner=owner)).id for owner in ("daemon-1", "daemon-2")}
+    await insert(store)
+    await store.renew_leases("daemon-1", list(ids), at(3600))
+    rescued = await store.rescue_jobs(at(1), all_running=True)
+    assert {r.job.id for r in rescued} == ids
+    assert {r.owner for r in rescued} == {"daemon-1", "daemon-2"}
+    assert all(r.job.state == JobState.PENDING for r in rescued)
+
+
+# -- cancel and retry --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [JobState.PENDING, JobState.SCHEDULED])
+async def test_cancel_waiting_job_is_immediate(store: Store, state: JobState) -> None:
+    job = await reach(store, state)
+    cancelled = await store.cancel_job(job.id, at(7))
+    assert cancelled.state == JobState.CANCELLED
+    assert cancelled.finished_at == cancelled.updated_at == at(7)
+    assert await current(store, job) == cancelled
+    assert await claim(store, now=at(3600)) == []
+
+
+async def test_cancel_running_job_is_requested_then_finished_by_its_owner(store: Store) -> None:
+    job = await running(store)
+    other = await running(store, owner="daemon-2")
+    requested = await store.cancel_job(job.id, at(3))
+    assert requested.state == JobState.RUNNING
+    assert requested.finished_at is None
+    assert await store.cancel_requests("daemon-1") == {job.id}
+    assert await store.cancel_requests("daemon-2") == set()
+    assert (await store.cancel_job(job.id, at(4))).state == JobState.RUNNING  # asking twice is harmless
+    done = await finish(store, job, Outcome.CANCELLED, now=at(5), error="cancelled by request")
+    assert done.state == JobState.CANCELLED
+    assert done.finished_at == at(5)
+    assert await store.cancel_requests("daemon-1") == set()
+    assert (await current(store, other)).state == JobState.RUNNING
+
+
+async def test_cancel_request_does_not_survive_into_the_next_attempt(store: Store) -> None:
+    job = await running(store)
+    await store.cancel_job(job.id, at(1))
+    await finish(store, job, Outcome.REQUEUED, now=at(2))
+    await claim(store, now=at(3))
+    assert await store.cancel_requests("daemon-1") == set()
+
+
+@pytest.mark.parametrize("state", [JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED])
+async def test_cancel_finished_job_is_illegal(store: Store, state: JobState) -> None:
+    job = await reach(store, state)
+    with pytest.raises(IllegalTransition) as caught:
+        await store.cancel_job(job.id, at(9))
+    assert (caught.value.job_id, caught.value.state) == (str(job.id), state.value)
+    assert await current(store, job) == job
+
+
+async def test_cancel_and_retry_unknown_job(store: Store) -> None:
+    missing = uuid.uuid4()
+    with pytest.raises(JobNotFound) as caught:
+        await store.cancel_job(missing, T0)
+    assert caught.value.job_id == str(missing)
+    with pytest.raises(JobNotFound):
+        await store.retry_job(missing, T0)
+
+
+@pytest.mark.parametrize("state", [JobState.FAILED, JobState.CANCELLED])
+async def test_retry_dead_job(store: Store, state: JobState) -> None:
+    job = await reach(store, state)
+    retried = await store.retry_job(job.id, at(100))
+    assert retried.state == JobState.PENDING
+    assert retried.attempts == 0
+    assert retried.run_at == retried.updated_at == at(100)
+    assert retried.started_at is retried.finished_at is None
+    assert await current(store, job) == retried
+    [again] = await claim(store, now=at(101))
+    assert (again.id, again.attempts) == (job.id, 1)
+
+
+@pytest.mark.parametrize(
+    "state", [JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING, JobState.COMPLETED]
+)
+async def test_retry_is_illegal_unless_dead(store: Store, state: JobState) -> None:
+    job = await reach(store, state)
+    with pytest.raises(IllegalTransition) as caught:
+        await store.retry_job(job.id, at(9))
+    assert caught.value.state == state.value
+    assert await current(store, job) == job
+
+
+async def test_retry_refused_while_another_live_job_holds_the_key(store: Store) -> None:
+    dead = await reach(store, JobState.FAILED, key="shared")
+    holder = await insert(store, key="shared")
+    with pytest.raises(KeyInUse) as caught:
+        await store.retry_job(dead.id, at(1))
+    assert (caught.value.job_id, caught.value.key) == (str(dead.id), "shared")
+    assert await current(store, dead) == dead
+    await store.cancel_job(holder.id, at(2))
+    assert (await store.retry_job(dead.id, at(3))).state == JobState.PENDING
+    [duplicate] = await store.insert_jobs([new_job(key="shared")])
+    assert (duplicate.created, duplicate.job.id) == (False, dead.id)
+
+
+# -- promote -----------------------------------------------------------------------------
+
+
+async def test_promote_due_jobs_returns_the_next_run_at(store: Store) -> None:
+    assert await store.promote_due_jobs(T0) is None
+    jobs = [await insert(store, run_at=at(seconds)) for seconds in (30, 10, 20)]
+    assert await store.promote_due_jobs(at(5)) == at(10)
+    assert await store.promote_due_jobs(at(20)) == at(30)  # run_at == now is due
+    states = [(await current(store, job)).state for job in jobs]
+    assert states == [JobState.SCHEDULED, JobState.PENDING, JobState.PENDING]
+    promoted = await current(store, jobs[1])
+    assert promoted.updated_at == at(20)
+    assert promoted.run_at == at(10)
+    assert await store.promote_due_jobs(at(40)) is None
+    assert [job.payload for job in await claim(store, now=at(41))] == [None] * 3
+
+
+# -- list, count, prune ------------------------------------------------------------------
+
+
+async def test_list_jobs_newest_first_with_filters(store: Store) -> None:
+    specs = [("a", "q1"), ("b", "q1"), ("a", "q2"), ("b", "q2"), ("a", "q1")]
+    jobs = [await insert(store, type=type_, queue=queue) for type_, queue in specs]
+    await claim(store, "q2", free=1)  # jobs[2] runs
+
+    async def ids(filter: JobFilter, limit: int = 50) -> list[uuid.UUID]:
+        return [job.id for job in (await store.list_jobs(filter, limit, None)).jobs]
+
+    assert await ids(JobFilter()) == [job.id for job in reversed(jobs)]
+    assert await ids(JobFilter(type="a")) == [jobs[4].id, jobs[2].id, jobs[0].id]
+    assert await ids(JobFilter(queue="q2")) == [jobs[3].id, jobs[2].id]
+    assert await ids(JobFilter(state=JobState.RUNNING)) == [jobs[2].id]
+    assert await ids(JobFilter(state=JobState.PENDING, queue="q1", type="a")) == [jobs[4].id, jobs[0].id]
+    assert await ids(JobFilter(type="nothing")) == []
+    assert await ids(JobFilter(), limit=2) == [jobs[4].id, jobs[3].id]
+    page = await store.list_jobs(JobFilter(state=JobState.RUNNING), 10, None)
+    assert page.jobs[0] == await current(store, jobs[2])
+    assert page.next is None
+
+
+@pytest.mark.parametrize(("total", "limit"), [(25, 7), (21, 7), (3, 10), (0, 5)])
+async def test_list_jobs_cursor_pages_through_every_row_once(store: Store, total: int, limit: int) -> None:
+    inserted = [result.job for result in await store.insert_jobs([new_job(payload=i) for i in range(total)])]
+    seen: list[uuid.UUID] = []
+    cursor: str | None = None
+    for _ in range(total + 2):
+        page = await store.list_jobs(JobFilter(), limit, cursor)
+        assert len(page.jobs) <= limit
+        seen.extend(job.id for job in page.jobs)
+        cursor = page.next
+        if cursor is None:
+            break
+        assert isinstance(cursor, str)
+    assert cursor is None
+    assert seen == [job.id for job in reversed(inserted)]
+
+
+async def test_list_jobs_cursor_survives_new_and_deleted_rows(store: Store) -> None:
+    jobs = [await running(store) for _ in range(4)]
+    page = await store.list_jobs(JobFilter(), 2, None)
+    assert page.next is not None
+    await insert(store)  # newer than the cursor: not on later pages
+    await finish(store, jobs[1], Outcome.COMPLETED, now=at(1))
+    assert await store.prune_jobs({JobState.COMPLETED: at(2)}, 10) == 1
+    rest = await store.list_jobs(JobFilter(), 10, page.next)
+    assert [job.id for job in rest.jobs] == [jobs[0].id]
+
+
+@pytest.mark.parametrize("cursor", ["nope", "-1", "", "1.5", " 3", "0x10"])
+async def test_list_jobs_bad_cursor(store: Store, cursor: str) -> None:
+    await insert(store)
+    with pytest.raises(ValueError):
+        await store.list_jobs(JobFilter(), 10, cursor)
+
+
+async def test_count_jobs_per_queue_and_state(store: Store) -> None:
+    assert nonzero(await store.count_jobs()) == {}
+    await reach(store, JobState.SCHEDULED, queue="a")
+    await reach(store, JobState.PENDING, queue="a")
+    await reach(store, JobState.PENDING, queue="a")
+    await reach(store, JobState.RUNNING, queue="b")
+    await reach(store, JobState.COMPLETED, queue="b")
+    cancelled = await reach(store, JobState.PENDING, queue="b")
+    await store.cancel_job(cancelled.id, T0)
+    assert nonzero(await store.count_jobs()) == {
+        "a": {JobState.SCHEDULED: 1, JobState.PENDING: 2},
+        "b": {JobState.RUNNING: 1, JobState.COMPLETED: 1, JobState.CANCELLED: 1},
+    }
+    await store.prune_jobs({JobState.COMPLETED: at(1), JobState.CANCELLED: at(1)}, 10)
+    assert nonzero(await store.count_jobs()) == {
+        "a": {JobState.SCHEDULED: 1, JobState.PENDING: 2},
+        "b": {JobState.RUNNING: 1},
+    }
+
+
+async def test_prune_jobs_by_state_cutoff_and_limit(store: Store) -> None:
+    async def finished(outcome: Outcome, when: float) -> Job:
+        return await finish(store, await running(store), outcome, now=at(when))
+
+    old_done = [await finished(Outcome.COMPLETED, seconds) for seconds in (1, 2, 3)]
+    new_done = await finished(Outcome.COMPLETED, 100)
+    old_failed = await finished(Outcome.FAILED, 1)
+    old_cancelled = await finished(Outcome.CANCELLED, 1)
+    alive = await insert(store)
+    assert await store.prune_jobs({JobState.COMPLETED: at(50)}, 2) == 2
+    assert await store.prune_jobs({JobState.COMPLETED: at(50), JobState.FAILED: at(1)}, 2) == 1
+    remaining = {job.id for job in (await store.list_jobs(JobFilter(), 100, None)).jobs}
+    assert remaining == {new_done.id, old_failed.id, old_cancelled.id, alive.id}
+    assert not remaining & {job.id for job in old_done}
+    assert await store.prune_jobs({JobState.FAILED: at(1.5), JobState.CANCELLED: at(0)}, 10) == 1
+    assert await store.get_job(old_failed.id) is None
+    assert await store.prune_jobs({}, 10) == 0
+
+
+# -- every legal transition, and the illegal user actions -------------------------------
+
+
+async def act(store: Store, job: Job, action: Action) -> Job:
+    """Make `action` happen to `job` through the store; return the job afterwards."""
+    if action == Action.PROMOTE:
+        await store.promote_due_jobs(job.run_at)
+    elif action == Action.CLAIM:
+        await claim(store, now=at(1))
+    elif action == Action.RETRY:
+        await store.retry_job(job.id, at(1))
+    elif action == Action.CANCEL and job.state != JobState.RUNNING:
+        await store.cancel_job(job.id, at(1))
+    else:
+        outcome = {
+            Action.COMPLETE: Outcome.COMPLETED,
+            Action.BACK_OFF: Outcome.RETRIED,
+            Action.FAIL: Outcome.FAILED,
+            Action.REQUEUE: Outcome.REQUEUED,
+            Action.CANCEL: Outcome.CANCELLED,
+        }[action]
+        await finish(store, job, outcome, now=at(1), run_at=at(60) if action == Action.BACK_OFF else None)
+    return await current(store, job)
+
+
+@pytest.mark.parametrize(
+    ("state", "action"), sorted(TRANSITIONS), ids=[f"{s.value}-{a.value}" for s, a in sorted(TRANSITIONS)]
+)
+async def test_every_legal_transition(store: Store, state: JobState, action: Action) -> None:
+    job = await reach(store, state)
+    assert (await act(store, job, action)).state == TRANSITIONS[(state, action)]
+
+
+USER_ACTIONS = [
+    (state, action)
+    for state, action in itertools.product(JobState, (Action.CANCEL, Action.RETRY))
+    if (state, action) not in TRANSITIONS
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "action"), USER_ACTIONS, ids=[f"{s.value}-{a.value}" for s, a in USER_ACTIONS]
+)
+async def test_illegal_user_actions(store: Store, state: JobState, action: Action) -> None:
+    job = await reach(store, state)
+    with pytest.raises(IllegalTransition):
+        await act(store, job, action)
+    assert await current(store, job) == job
+
+
+# -- life cycle --------------------------------------------------------------------------
+
+
+async def test_ping_and_listen(store: Store) -> None:
+    await store.ping()
+    woken: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.listen, woken.append)
+        nursery.cancel_scope.cancel()
+
+
+async def test_close_twice_is_safe(make_store: Callable[[], Store]) -> None:
+    store = make_store()
+    await store.open()
+    job = await insert(store)
+    assert await store.get_job(job.id) == job
+    await store.close()
+    await store.close()

@@ -1,0 +1,372 @@
+"""What only the SQLite store promises: its file, lock, schema, PRAGMAs, errors and cancellation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import stat
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from jobd.config import StoreConfig
+from jobd.errors import InvalidJob, StoreUnavailable
+from jobd.job import JobState
+from jobd.store import Completion, JobFilter, NewJob, Outcome, QueueSlots
+from jobd.store.factory import create_store, describe
+from jobd.store.sqlite import _Q, SQLiteStore
+
+T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def new_job(**options: Any) -> NewJob:
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "type": "test.job",
+        "queue": "default",
+        "payload": None,
+        "priority": 0,
+        "run_at": T0,
+        "max_attempts": 3,
+        "timeout": None,
+        "key": None,
+        "created_at": T0,
+    }
+    fields.update(options)
+    return NewJob(**fields)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "jobd.db")
+
+
+@pytest.fixture
+async def store(db_path: str) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(db_path)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def pragma(store: SQLiteStore, name: str) -> Any:
+    return await store._read(lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def rows(db_path: str, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_jobs_survive_close_and_reopen(db_path: str) -> None:
+    first = SQLiteStore(db_path)
+    await first.open()
+    keyed = new_job(key="k", payload={"a": [1, "ü"]})
+    scheduled = new_job(run_at=T0 + timedelta(hours=1))
+    await first.insert_jobs([keyed, scheduled, new_job()])
+    [claimed] = await first.claim_jobs("d1", [QueueSlots("default", 1)], 1, T0, T0 + timedelta(seconds=30))
+    await first.set_queue_paused("mail", True)
+    before = [await first.get_job(job.id) for job in (keyed, scheduled)]
+    await first.close()
+
+    second = SQLiteStore(db_path)
+    await second.open()
+    try:
+        assert [await second.get_job(job.id) for job in (keyed, scheduled)] == before
+        assert await second.paused_queues() == {"mail"}
+        assert not (await second.insert_jobs([new_job(key="k")]))[0].created
+        # The running job from before the restart is rescued, as at a daemon's start.
+        [rescued] = await second.rescue_jobs(T0, all_running=True)
+        assert (rescued.job.id, rescued.owner) == (claimed.id, "d1")
+        page = await second.list_jobs(JobFilter(), 10, None)
+        assert len(page.jobs) == 3
+    finally:
+        await second.close()
+
+
+async def test_a_second_store_on_the_same_file_is_refused(db_path: str, store: SQLiteStore) -> None:
+    other = SQLiteStore(db_path)
+    with pytest.raises(StoreUnavailable) as caught:
+        await other.open()
+    assert "in use by another jobd" in caught.value.message
+    assert f"pid {os.getpid()}" in caught.value.message
+    assert db_path in caught.value.message
+    assert Path(f"{db_path}.lock").read_text().strip() == str(os.getpid())  # noqa: ASYNC240
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await other.ping()
+    await store.close()
+    await other.open()  # the lock went with the first store
+    await other.close()
+
+
+async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
+    for _ in range(2):
+        opened = SQLiteStore(db_path)
+        await opened.open()
+        await opened.insert_jobs([new_job()])
+        await opened.close()
+    assert [row[:2] for row in rows(db_path, "SELECT version, name FROM schema_migrations")] == [
+        (1, "initial")
+    ]
+    assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
+    assert rows(db_path, "PRAGMA user_version") == [(1,)]
+
+
+async def test_a_schema_newer_than_this_jobd_is_refused(db_path: str) -> None:
+    opened = SQLiteStore(db_path)
+    await opened.open()
+    await opened.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    with pytest.raises(StoreUnavailable, match="schema version 999"):
+        await SQLiteStore(db_path).open()
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("full", 2), ("normal", 1)])
+async def test_pragmas_in_force(tmp_path: Path, synchronous: str, level: int) -> None:
+    config = StoreConfig(url=f"sqlite://{tmp_path}/jobd.db", sqlite_synchronous=synchronous)  # type: ignore[arg-type]
+    opened = create_store(config)
+    assert isinstance(opened, SQLiteStore)
+    await opened.open()
+    try:
+        assert await pragma(opened, "journal_mode") == "wal"
+        assert await pragma(opened, "synchronous") == level
+        assert await pragma(opened, "busy_timeout") > 0
+    finally:
+        await opened.close()
+
+
+def test_bad_synchronous_value() -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore("/tmp/x.db", synchronous="off")
+
+
+async def test_missing_directories_are_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "jobd" / "jobd.db"
+    opened = SQLiteStore(str(path))
+    await opened.open()
+    await opened.close()
+    assert path.exists()
+    for directory in (tmp_path / "state", tmp_path / "state" / "jobd"):
+        assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0
+
+
+OPEN_WITHOUT_OVERRIDE = """
+import sys, trio
+from jobd.errors import StoreUnavailable
+from jobd.store.sqlite import SQLiteStore
+
+async def main():
+    try:
+        await SQLiteStore(sys.argv[1]).open()
+    except StoreUnavailable as error:
+        print(error.message)
+    else:
+        print("OPENED")
+
+trio.run(main)
+"""
+
+
+async def open_error(path: str) -> str:
+    """The StoreUnavailable message of opening `path`, without root's power to write anywhere."""
+    if os.geteuid() != 0:
+        with pytest.raises(StoreUnavailable) as caught:
+            await SQLiteStore(path).open()
+        return caught.value.message
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot drop the right to write anywhere")
+    no_override = "-dac_override,-dac_read_search"
+    command = ["setpriv", f"--inh-caps={no_override}", f"--bounding-set={no_override}", "--"]
+    command += [sys.executable, "-c", OPEN_WITHOUT_OVERRIDE, path]
+    done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return str(done.stdout.decode().strip())
+
+
+async def test_unwritable_directory_names_the_path(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    message = await open_error(str(locked / "jobd.db"))
+    assert str(locked / "jobd.db") in message
+    assert "ermission denied" in message
+
+
+async def test_existing_database_in_a_read_only_directory(tmp_path: Path) -> None:
+    path = tmp_path / "db" / "jobd.db"
+    opened = SQLiteStore(str(path))
+    await opened.open()
+    await opened.close()
+    (tmp_path / "db").chmod(0o555)
+    message = await open_error(str(path))
+    assert str(path) in message
+
+
+async def test_read_only_database_file_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "jobd.db"
+    opened = SQLiteStore(str(path))
+    await opened.open()
+    await opened.close()
+    path.chmod(0o444)
+    message = await open_error(str(path))
+    assert str(path) in message
+    assert "read-only" in message
+
+
+async def test_parent_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = str(tmp_path / "file" / "jobd.db")
+    with pytest.raises(StoreUnavailable) as caught:
+        await SQLiteStore(path).open()
+    assert path in caught.value.message
+    assert "Not a directory" in caught.value.message
+
+
+async def test_corrupt_file_gives_a_clear_error(db_path: str) -> None:
+    Path(db_path).write_bytes(b"\x00garbage, not a database\xff" * 400)  # noqa: ASYNC240
+    for _ in range(2):  # a failed open releases its lock: the second attempt says the same
+        with pytest.raises(StoreUnavailable) as caught:
+            await SQLiteStore(db_path).open()
+        assert db_path in caught.value.message
+        assert "not a SQLite database" in caught.value.message
+
+
+async def test_full_disk_is_store_unavailable_and_rolls_back(store: SQLiteStore) -> None:
+    await store.insert_jobs([new_job()])
+    pages = await pragma(store, "page_count")
+    await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.insert_jobs([new_job(payload="x" * 5000) for _ in range(50)])
+    assert "the disk is full" in caught.value.message
+    assert store.path in caught.value.message
+    assert sum((await store.count_jobs())["default"].values()) == 1
+    await store.ping()
+
+
+async def test_payload_that_is_not_json(store: SQLiteStore) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        await store.insert_jobs([new_job(), new_job(payload={1, 2})])
+    assert (caught.value.field, caught.value.index) == ("payload", 1)
+    assert await store.count_jobs() == {}
+
+
+async def test_closed_store_is_unavailable(store: SQLiteStore) -> None:
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await store.get_job(uuid.uuid4())
+
+
+async def test_cancelled_while_queued_never_runs(store: SQLiteStore) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def occupy_the_thread() -> None:
+        entered.set()
+        release.wait(30)
+
+    batch = [new_job() for _ in range(100)]
+    finished: list[bool] = []
+    scope = trio.CancelScope()
+
+    async def insert() -> None:
+        with scope:
+            await store.insert_jobs(batch)
+            finished.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._run, occupy_the_thread)
+        assert await trio.to_thread.run_sync(entered.wait, 30)
+        nursery.start_soon(insert)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert scope.cancelled_caught  # cancelled at once: it never started
+        release.set()
+    assert finished == []
+    assert await store.count_jobs() == {}
+
+
+async def test_cancelled_while_running_completes_the_transaction(store: SQLiteStore) -> None:
+    inside, proceed = threading.Event(), threading.Event()
+    blocked_once: list[bool] = []
+
+    def trace(statement: str) -> None:
+        if statement.startswith("INSERT INTO jobs") and not blocked_once:
+            blocked_once.append(True)
+            inside.set()
+            proceed.wait(30)
+
+    await store._read(lambda conn: conn.set_trace_callback(trace))
+    batch = [new_job(payload=i) for i in range(100)]
+    scope = trio.CancelScope()
+    results: list[Any] = []
+
+    async def insert() -> None:
+        with scope:
+            results.extend(await store.insert_jobs(batch))
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(insert)
+        assert await trio.to_thread.run_sync(inside.wait, 30)
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []  # still waiting: a started transaction is not abandoned
+        proceed.set()
+    assert len(results) == 100
+    assert scope.cancelled_caught
+    assert (await store.count_jobs())["default"][JobState.PENDING] == 100
+
+
+async def test_claims_and_lookups_use_their_indexes(store: SQLiteStore) -> None:
+    async def explain(name: str, **values: Any) -> str:
+        sql = f"EXPLAIN QUERY PLAN {_Q[name]}"
+        found = await store._read(lambda conn: conn.execute(sql, values).fetchall())
+        return " ".join(str(row[3]) for row in found)
+
+    assert "jobs_claim" in await explain("claimable_jobs", queue="q", limit=10)
+    assert "jobs_live_key" in await explain("live_job_with_key", key="k")
+    assert "jobs_finished" in await explain("prune_jobs", state="completed", before=0, limit=10)
+    assert "jobs_scheduled" in await explain("next_scheduled")
+    assert "jobs_scheduled" in await explain("promote_due_jobs", state="pending", now=0)
+    assert "jobs_list_state" in await explain("running_in_queue", queue="q")
+    assert "jobs_list_state" in await explain("cancel_requests", owner="d")
+
+
+async def test_completion_round_trip_after_reopen(db_path: str) -> None:
+    opened = SQLiteStore(db_path)
+    await opened.open()
+    await opened.insert_jobs([new_job()])
+    [job] = await opened.claim_jobs("d1", [QueueSlots("default", 1)], 1, T0, T0 + timedelta(seconds=30))
+    await opened.close()
+    reopened = SQLiteStore(db_path)
+    await reopened.open()
+    try:
+        done = Completion(job.id, "d1", 1, Outcome.COMPLETED, result={"n": 1})
+        [finished] = await reopened.complete_jobs([done], T0 + timedelta(seconds=1))
+        assert finished is not None and finished.result == {"n": 1}
+    finally:
+        await reopened.close()
+
+
+def test_describe_hides_passwords() -> None:
+    assert (
+        describe("postgresql://jobd:s3cret@db.example:5432/jobs")
+        == "postgresql://jobd:***@db.example:5432/jobs"
+    )
+    assert "s3cret" not in describe("postgresql://db/jobs?user=jobd&password=s3cret&sslmode=require")
+    assert "sslmode=require" in describe("postgresql://db/jobs?user=jobd&password=s3cret&sslmode=require")
+    assert describe("postgresql://jobd@db/jobs") == "postgresql://jobd@db/jobs"
+    assert describe("sqlite:///var/lib/jobd/jobd.db") == "sqlite:///var/lib/jobd/jobd.db"
+    assert describe("memory:") == "memory:"
