@@ -370,3 +370,38 @@ def test_describe_hides_passwords() -> None:
     assert describe("postgresql://jobd@db/jobs") == "postgresql://jobd@db/jobs"
     assert describe("sqlite:///var/lib/jobd/jobd.db") == "sqlite:///var/lib/jobd/jobd.db"
     assert describe("memory:") == "memory:"
+
+
+async def test_queued_writes_share_a_transaction_yet_fail_alone(store: SQLiteStore) -> None:
+    """Group commit: writes queued behind a busy thread commit together; one that fails
+    is rolled back to its savepoint without taking the others with it."""
+    entered, release = threading.Event(), threading.Event()
+
+    def occupy_the_thread() -> None:
+        entered.set()
+        release.wait(30)
+
+    good = [new_job() for _ in range(20)]
+    outcomes: dict[int, object] = {}
+
+    async def insert(index: int, job: NewJob) -> None:
+        try:
+            outcomes[index] = (await store.insert_jobs([job]))[0].created
+        except InvalidJob as error:
+            outcomes[index] = error
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._run, occupy_the_thread)
+        assert await trio.to_thread.run_sync(entered.wait, 30)
+        for index, job in enumerate(good[:10]):
+            nursery.start_soon(insert, index, job)
+        nursery.start_soon(insert, 10, new_job(payload={1, 2}))  # not JSON: refused
+        for index, job in enumerate(good[10:], start=11):
+            nursery.start_soon(insert, index, job)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert isinstance(outcomes.pop(10), InvalidJob)
+    assert set(outcomes.values()) == {True} and len(outcomes) == 20
+    for job in good:
+        assert await store.get_job(job.id) is not None
+    assert sum((await store.count_jobs())["default"].values()) == 20

@@ -13,6 +13,7 @@ Only one daemon may use a database file: `open()` takes an exclusive `flock` on
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -53,6 +54,7 @@ _SQL_DIR = resources.files("jobd.store") / "sql" / "sqlite"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 _BUSY_TIMEOUT_MS = 5000
+_GROUP_LIMIT = 64  # writes sharing one transaction at most
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _LIST_FILTERS = ("state", "type", "queue")
@@ -381,11 +383,16 @@ def _set_queue_paused(conn: sqlite3.Connection, queue_name: str, paused: bool) -
 
 @dataclass(eq=False)
 class _Call:
-    """One queued call: its work and the parked Trio task waiting for the outcome."""
+    """One queued call and the parked Trio task waiting for its outcome.
 
-    work: Callable[[], object]
+    A call holds either `work` (run as it is: opening, closing, reads) or
+    `transaction` (a write, run inside a transaction the thread manages).
+    """
+
     task: trio.lowlevel.Task
     token: trio.lowlevel.TrioToken
+    work: Callable[[], object] | None = None
+    transaction: Callable[[sqlite3.Connection], object] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: Literal["queued", "running", "abandoned"] = "queued"
 
@@ -458,14 +465,62 @@ class SQLiteStore:
                 await trio.to_thread.run_sync(thread.join, limiter=self._join_limiter)
 
     def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            if call.start():
-                call.finish(outcome.capture(self._guarded, call.work))
+        held: collections.deque[_Call | None] = collections.deque()
+        while True:
+            call = held.popleft() if held else self._calls.get()
+            if call is None:
+                return
+            if call.transaction is None:
+                if call.start():
+                    call.finish(outcome.capture(self._guarded, cast(Callable[[], object], call.work)))
+                continue
+            # Group commit: the writes that queued up while the last transaction was
+            # being made durable share the next one, so one fsync serves them all.
+            group = [call]
+            while len(group) < _GROUP_LIMIT and not held:
+                try:
+                    following = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if following is not None and following.transaction is not None:
+                    group.append(following)
+                else:
+                    held.append(following)
+            self._commit_group([member for member in group if member.start()])
 
-    def _guarded(self, work: Callable[[], T]) -> T:
+    def _commit_group(self, calls: list[_Call]) -> None:
+        """Run each write in its own savepoint of one transaction: a write that fails
+        is rolled back alone; the results are handed out only once all are committed."""
+        if not calls:
+            return
+        results: list[outcome.Outcome[object]] = []
+        try:
+            conn = self._connection()
+            # IMMEDIATE takes the write lock up front: no SQLITE_BUSY on a later lock upgrade.
+            conn.execute("BEGIN IMMEDIATE")
+            for call in calls:
+                transaction = cast(Callable[[sqlite3.Connection], object], call.transaction)
+                conn.execute("SAVEPOINT call")
+                result: outcome.Outcome[object] = outcome.capture(self._guarded, transaction, conn)
+                if isinstance(result, outcome.Error):
+                    conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+                results.append(result)
+            conn.execute("COMMIT")
+        except (sqlite3.Error, StoreUnavailable) as error:
+            if self._conn is not None and self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            failure = error if isinstance(error, StoreUnavailable) else self._unavailable(error)
+            # One exception object per task: each raise rewrites its traceback.
+            results = [outcome.Error(StoreUnavailable(failure.message)) for _ in calls]
+        for call, result in zip(calls, results, strict=True):
+            call.finish(result)
+
+    def _guarded(self, work: Callable[..., T], *args: object) -> T:
         """Run `work`; no sqlite3 or OS error leaves the store."""
         try:
-            return work()
+            return work(*args)
         except sqlite3.Error as error:
             raise self._unavailable(error) from error
 
@@ -476,21 +531,29 @@ class SQLiteStore:
         return StoreUnavailable(f"SQLite database {self.path}: {detail}")
 
     async def _run(self, work: Callable[[], T]) -> T:
+        return cast(T, await self._submit(work=work))
+
+    async def _submit(
+        self,
+        *,
+        work: Callable[[], object] | None = None,
+        transaction: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> object:
         if self._thread is None:
             raise StoreUnavailable(f"SQLite database {self.path}: the store is not open")
-        call = _Call(work, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
+        call = _Call(trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), work, transaction)
         self._calls.put(call)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             return trio.lowlevel.Abort.SUCCEEDED if call.abandon() else trio.lowlevel.Abort.FAILED
 
-        return cast(T, await trio.lowlevel.wait_task_rescheduled(abort))
+        return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(lambda: work(self._connection()))
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(lambda: _in_transaction(self._connection(), work))
+        return cast(T, await self._submit(transaction=work))
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
