@@ -35,6 +35,7 @@ class Maintenance:
         self._clock = clock
         self._schedule_changed = trio.Event()
         self.counts: QueueCounts = {}
+        pool.on_scheduled = self.schedule_changed  # a retry's back-off may end before the next poll
 
     def schedule_changed(self) -> None:
         """A job was scheduled for later: the promoter may need to wake sooner."""

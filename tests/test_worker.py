@@ -404,3 +404,17 @@ async def test_retry_of_a_failed_job_runs_it_again(autojump: object) -> None:
         assert done.state == JobState.COMPLETED and done.attempts == 1
         with pytest.raises(jobd.IllegalTransition):
             await engine.service.retry(str(failed.id))
+
+
+async def test_a_retry_starts_when_its_back_off_ends_not_at_the_next_poll(autojump: object) -> None:
+    starts: list[float] = []
+
+    async def twice(job: JobContext) -> None:
+        starts.append(trio.current_time())
+        if job.attempt == 1:
+            raise jobd.Retry(delay=0.3)
+
+    async with running_engine(handler_of("t.twice", twice), config={"workers": {"poll_interval": "1h"}}) as engine:
+        done = await engine.wait(await engine.submit("t.twice"))
+    assert done.state == JobState.COMPLETED and done.attempts == 2
+    assert 0.3 <= starts[1] - starts[0] < 0.31
