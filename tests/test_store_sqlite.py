@@ -342,6 +342,12 @@ async def test_claims_and_lookups_use_their_indexes(store: SQLiteStore) -> None:
     assert "jobs_scheduled" in await explain("promote_due_jobs", state="pending", now=0)
     assert "jobs_list_state" in await explain("running_in_queue", queue="q")
     assert "jobs_list_state" in await explain("cancel_requests", owner="d")
+    # Batched claims and completions reach each row by its key, never by scanning a state.
+    claim_plan = await explain("claim_jobs", state="running", now=0, owner="d", lease_until=0, seqs="[]")
+    assert "INTEGER PRIMARY KEY" in claim_plan and "SCAN jobs" not in claim_plan
+    complete_plan = await explain("complete_jobs", now=0, batch="[]")
+    assert "USING INDEX sqlite_autoindex_jobs_1 (id=?)" in complete_plan
+    assert "jobs_list_state" not in complete_plan
 
 
 async def test_completion_round_trip_after_reopen(db_path: str) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import trio
@@ -35,16 +35,40 @@ _OUTCOME_ACTION = {
 }
 
 
-@dataclass(slots=True)
+ReadyHeaps = dict[str, list[tuple[tuple[int, datetime, int], int, "_Row"]]]
+_entries = itertools.count()  # ties between heap entries never compare rows
+
+
 class _Row:
-    job: Job
-    sequence: int
-    owner: str | None = None
-    lease_until: datetime | None = None
-    cancel_requested: bool = False
+    """One stored job and its lease. Whenever it becomes `pending` it enters its queue's
+    heap of ready rows, so a claim pops the best rows instead of sorting the table."""
+
+    __slots__ = ("_job", "_ready", "cancel_requested", "lease_until", "owner", "sequence")
+
+    def __init__(self, job: Job, sequence: int, ready: ReadyHeaps) -> None:
+        self.sequence = sequence
+        self.owner: str | None = None
+        self.lease_until: datetime | None = None
+        self.cancel_requested = False
+        self._ready = ready
+        self.job = job
+
+    @property
+    def job(self) -> Job:
+        return self._job
+
+    @job.setter
+    def job(self, job: Job) -> None:
+        self._job = job
+        if job.state == JobState.PENDING:
+            heapq.heappush(self._ready.setdefault(job.queue, []), (self.sort_key(), next(_entries), self))
 
     def sort_key(self) -> tuple[int, datetime, int]:
-        return (-self.job.priority, self.job.run_at, self.sequence)
+        return (-self._job.priority, self._job.run_at, self.sequence)
+
+    def ready_with(self, key: tuple[int, datetime, int]) -> bool:
+        """Whether a heap entry made with `key` still stands for this row."""
+        return self._job.state == JobState.PENDING and key == self.sort_key()
 
 
 class MemoryStore:
@@ -54,6 +78,7 @@ class MemoryStore:
         self._rows: dict[uuid.UUID, _Row] = {}
         self._sequence = itertools.count(1)
         self._paused: set[str] = set()
+        self._ready: ReadyHeaps = {}
 
     async def open(self) -> None:
         pass
@@ -66,11 +91,15 @@ class MemoryStore:
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         results: list[Inserted] = []
-        live_keys = {
-            row.job.key: row.job
-            for row in self._rows.values()
-            if row.job.key and row.job.state not in FINISHED_STATES
-        }
+        live_keys = (
+            {
+                row.job.key: row.job
+                for row in self._rows.values()
+                if row.job.key and row.job.state not in FINISHED_STATES
+            }
+            if any(new.key is not None for new in jobs)
+            else {}
+        )
         new_ids: set[uuid.UUID] = set()
         for index, new in enumerate(jobs):
             if new.key is not None and new.key in live_keys:
@@ -99,7 +128,7 @@ class MemoryStore:
             results.append(Inserted(job, created=True))
         for result in results:
             if result.created:
-                self._rows[result.job.id] = _Row(result.job, next(self._sequence))
+                self._rows[result.job.id] = _Row(result.job, next(self._sequence), self._ready)
         return results
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
@@ -126,7 +155,8 @@ class MemoryStore:
     async def claim_jobs(
         self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
     ) -> list[Job]:
-        running = self._running_per_queue()
+        # Counting running jobs scans every row: only a global limit needs it.
+        running = self._running_per_queue() if any(slot.global_limit is not None for slot in slots) else {}
         candidates: list[_Row] = []
         for slot in slots:
             if slot.queue in self._paused:
@@ -136,16 +166,10 @@ class MemoryStore:
                 allowed = min(allowed, slot.global_limit - running.get(slot.queue, 0))
             if allowed <= 0:
                 continue
-            ready = sorted(
-                (
-                    r
-                    for r in self._rows.values()
-                    if r.job.queue == slot.queue and r.job.state == JobState.PENDING
-                ),
-                key=_Row.sort_key,
-            )
-            candidates.extend(ready[:allowed])
+            candidates.extend(self._pop_ready(slot.queue, allowed))
         candidates.sort(key=_Row.sort_key)
+        for row in candidates[max(limit, 0) :]:  # not taken after all: ready again
+            heapq.heappush(self._ready[row.job.queue], (row.sort_key(), next(_entries), row))
         claimed: list[Job] = []
         for row in candidates[: max(limit, 0)]:
             row.job = dataclasses.replace(
@@ -159,6 +183,16 @@ class MemoryStore:
             row.owner, row.lease_until, row.cancel_requested = owner, lease_until, False
             claimed.append(row.job)
         return claimed
+
+    def _pop_ready(self, queue: str, count: int) -> list[_Row]:
+        """The best `count` ready rows of `queue`, taken off its heap (stale entries dropped)."""
+        heap = self._ready.get(queue, [])
+        taken: list[_Row] = []
+        while heap and len(taken) < count:
+            key, _, row = heapq.heappop(heap)
+            if row.ready_with(key) and self._rows.get(row.job.id) is row and row not in taken:
+                taken.append(row)
+        return taken
 
     def _running_per_queue(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -260,33 +260,55 @@ def _claim_jobs(
             candidates.extend(conn.execute(_Q["claimable_jobs"], values).fetchall())
     # Each queue's candidates come in claim order; merge them and keep the first `limit`.
     candidates.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
+    chosen = [row["seq"] for row in candidates[: max(limit, 0)]]
+    if not chosen:
+        return []
     state = next_state("pending jobs", JobState.PENDING, Action.CLAIM)
-    values = {"state": state.value, "now": _micros(now), "owner": owner, "lease_until": _micros(lease_until)}
-    return [
-        _job(conn.execute(_Q["claim_job"], {**values, "seq": row["seq"]}).fetchone())
-        for row in candidates[: max(limit, 0)]
-    ]
+    values = {
+        "state": state.value,
+        "now": _micros(now),
+        "owner": owner,
+        "lease_until": _micros(lease_until),
+        "seqs": json.dumps(chosen),
+    }
+    rows = conn.execute(_Q["claim_jobs"], values).fetchall()
+    # RETURNING gives no order: put the batch back in claim order.
+    rows.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
+    return [_job(row) for row in rows]
 
 
 def _complete_jobs(
     conn: sqlite3.Connection, completions: Sequence[Completion], now: datetime
 ) -> list[Job | None]:
-    results: list[Job | None] = []
-    for completion in completions:
-        state = next_state(completion.job_id, JobState.RUNNING, _OUTCOME_ACTION[completion.outcome])
-        values = {
+    batch = [
+        {
             "id": str(completion.job_id),
             "owner": completion.owner,
             "attempt": completion.attempt,
             "outcome": completion.outcome.value,
-            "state": state.value,
-            "now": _micros(now),
+            "state": next_state(completion.job_id, JobState.RUNNING, _OUTCOME_ACTION[completion.outcome]),
             "result": _dump(completion.result),
             "error": completion.error,
             "run_at": _micros(completion.run_at or now),
         }
-        row = conn.execute(_Q["complete_job"], values).fetchone()
-        results.append(_job(row) if row is not None else None)
+        for completion in completions
+    ]
+    # One statement for the batch; a job named twice gets its later completions applied
+    # one by one afterwards, as if each came alone (the first one usually fences them out).
+    firsts: dict[str, int] = {}
+    repeats: list[int] = []
+    for index, item in enumerate(batch):
+        if item["id"] in firsts:
+            repeats.append(index)
+        else:
+            firsts[str(item["id"])] = index
+    results: list[Job | None] = [None] * len(batch)
+    for indexes in (list(firsts.values()), *([index] for index in repeats)):
+        values = {"now": _micros(now), "batch": json.dumps([batch[index] for index in indexes])}
+        changed = {row["id"]: row for row in conn.execute(_Q["complete_jobs"], values)}
+        for index in indexes:
+            row = changed.get(batch[index]["id"])
+            results[index] = None if row is None else _job(row)
     return results
 
 

@@ -32,24 +32,40 @@ WHERE state = 'pending' AND queue = :queue
 ORDER BY priority DESC, run_at, seq
 LIMIT :limit;
 
--- name: claim_job
+-- name: claim_jobs
+-- :seqs is a JSON array of the chosen rows: one statement for the whole batch.
 UPDATE jobs
 SET state = :state, attempts = attempts + 1, started_at = :now, updated_at = :now,
     progress = NULL, owner = :owner, lease_until = :lease_until, cancel_requested = 0
-WHERE seq = :seq
+WHERE seq IN (SELECT value FROM json_each(:seqs))
 RETURNING *;
 
--- name: complete_job
+-- name: complete_jobs
+-- :batch is a JSON array of completions: one statement for the whole batch. A row is
+-- changed only while it is still running under the claim that produced the completion.
 UPDATE jobs
-SET state = :state,
+SET state = c.state,
     updated_at = :now,
-    result = CASE WHEN :outcome = 'completed' THEN :result ELSE result END,
-    last_error = CASE WHEN :outcome = 'completed' THEN last_error ELSE :error END,
-    run_at = CASE :outcome WHEN 'retried' THEN :run_at WHEN 'requeued' THEN :now ELSE run_at END,
-    attempts = CASE WHEN :outcome = 'requeued' THEN attempts - 1 ELSE attempts END,
-    finished_at = CASE WHEN :outcome IN ('completed', 'failed', 'cancelled') THEN :now ELSE finished_at END,
+    result = CASE WHEN c.outcome = 'completed' THEN c.result ELSE jobs.result END,
+    last_error = CASE WHEN c.outcome = 'completed' THEN jobs.last_error ELSE c.error END,
+    run_at = CASE c.outcome WHEN 'retried' THEN c.run_at WHEN 'requeued' THEN :now ELSE jobs.run_at END,
+    attempts = CASE WHEN c.outcome = 'requeued' THEN jobs.attempts - 1 ELSE jobs.attempts END,
+    finished_at = CASE WHEN c.outcome IN ('completed', 'failed', 'cancelled') THEN :now
+                       ELSE jobs.finished_at END,
     owner = NULL, lease_until = NULL, cancel_requested = 0
-WHERE id = :id AND state = 'running' AND owner = :owner AND attempts = :attempt
+FROM (
+    SELECT json_extract(value, '$.id') AS id,
+           json_extract(value, '$.owner') AS owner,
+           json_extract(value, '$.attempt') AS attempt,
+           json_extract(value, '$.outcome') AS outcome,
+           json_extract(value, '$.state') AS state,
+           json_extract(value, '$.result') AS result,
+           json_extract(value, '$.error') AS error,
+           json_extract(value, '$.run_at') AS run_at
+    FROM json_each(:batch)
+) AS c
+-- "+jobs.state" keeps SQLite off the state index: each completion finds its row by id.
+WHERE jobs.id = c.id AND +jobs.state = 'running' AND jobs.owner = c.owner AND jobs.attempts = c.attempt
 RETURNING *;
 
 -- name: renew_lease
