@@ -149,7 +149,7 @@ def main() -> None:
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:  # start from an empty queue
-            conn.execute("DROP TABLE IF EXISTS jobs, queues, schema_migrations CASCADE")
+            conn.execute("DROP SCHEMA IF EXISTS jobd CASCADE")
     daemons = [Daemon(directory, url, args.concurrency, f"d{i}") for i in range(args.daemons)]
     try:
         results: dict[str, Any] = {"store": args.store, "daemons": args.daemons, "jobs": args.jobs,

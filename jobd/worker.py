@@ -177,10 +177,7 @@ class WorkerPool:
 
     def _free_slots(self) -> tuple[list[QueueSlots], int]:
         settings = self._live.current
-        capacity = settings.config.workers.concurrency
-        # Claiming at most half the capacity at once keeps two claims in flight, so the
-        # store prepares the next batch while this one runs (measured on SQLite: 4.6k -> 5.4k jobs/s).
-        limit = min(capacity - len(self._running), max(1, capacity // 2))
+        limit = settings.config.workers.concurrency - len(self._running)
         slots = [
             QueueSlots(name, limits.concurrency - self._busy_by_queue[name], limits.global_concurrency)
             for name, limits in settings.queues.items()
