@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -83,6 +84,15 @@ def handler(
         return Handler(type, function, queue, seconds, max_attempts, validate)
 
     return decorate
+
+
+def check_result(result: JSON) -> JSON:
+    """A handler's result, if the store can keep it (JSON); TypeError otherwise."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"the handler's result is not JSON: {error}") from None
+    return result
 
 
 class JobLogger(logging.LoggerAdapter[logging.Logger]):

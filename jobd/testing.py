@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import importlib.metadata
-import json
 import logging
 import math
 import uuid
@@ -29,7 +28,7 @@ import trio
 
 from jobd.config import Config
 from jobd.errors import Fail, Retry
-from jobd.handlers import Handler, JobContext
+from jobd.handlers import Handler, JobContext, check_result
 from jobd.job import JSON, JobState, Progress
 from jobd.plugins import ENTRY_POINT_GROUP, PluginHost, Registry
 
@@ -131,7 +130,7 @@ async def run_handler(
 
     with trio.move_on_after(math.inf if limit is None else limit) as scope:
         try:
-            result = _checked_result(await handler(job))
+            result = check_result(await handler(job))
         except Retry as signal:
             reason = f"retry requested: {signal.reason}" if signal.reason else "retry requested"
             return ended(OutcomeKind.RETRY, delay=signal.delay, reason=reason, error=signal)
@@ -142,15 +141,6 @@ async def run_handler(
         return ended(OutcomeKind.COMPLETED, result=result)
     assert scope.cancelled_caught
     return ended(OutcomeKind.TIMED_OUT, reason=f"timed out after {limit:g}s")
-
-
-def _checked_result(result: JSON) -> JSON:
-    """The result, if the store can keep it (JSON); a TypeError otherwise, as in the worker."""
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"the handler's result is not JSON: {error}") from None
-    return result
 
 
 def configure_plugin(

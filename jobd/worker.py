@@ -9,7 +9,6 @@ jobs and cancels any job this daemon no longer owns.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import math
 import random
@@ -21,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import trio
 
 from jobd.errors import Fail, Retry, StoreUnavailable
-from jobd.handlers import JobContext
+from jobd.handlers import JobContext, check_result
 from jobd.job import JSON, Job, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
@@ -263,7 +262,7 @@ class WorkerPool:
                     result = await handler(context)
                 timed_out = deadline.cancel_called
                 if not timed_out:
-                    return Outcome.COMPLETED, _checked_result(result), None, None
+                    return Outcome.COMPLETED, check_result(result), None, None
         except Retry as signal:
             return self._after_failure(
                 job, f"retry requested: {signal.reason}" if signal.reason else "retry requested", signal.delay
@@ -397,14 +396,6 @@ class WorkerPool:
                 continue
             for job_id in requested:
                 self.cancel_running(job_id)
-
-
-def _checked_result(result: JSON) -> JSON:
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"the handler's result is not JSON: {error}") from None
-    return result
 
 
 def _job_fields(job: Job, outcome: str, duration: float | None) -> dict[str, object]:
