@@ -64,6 +64,7 @@ class Daemon:
         self._signals_seen = 0
         self._cancel_store_wait: trio.CancelScope | None = None
         self._listening_on = ""
+        self._socket_file: tuple[str, int] | None = None  # (path, inode) of the socket we bound
 
     @property
     def config(self) -> Config:
@@ -71,14 +72,27 @@ class Daemon:
 
     async def run(self) -> None:
         config = self.config
+        # Bind everything before anything runs: a taken address is a clean start error.
         listeners = self._control_listeners()
+        try:
+            metrics_listeners = await http.bind_tcp(config.metrics.listen) if config.metrics.listen else []
+            await self._serve(listeners, metrics_listeners)
+        finally:
+            self._remove_socket_file()
+        with trio.CancelScope(shield=True):
+            await self.store.close()
+        log.info("jobd stopped")
+
+    async def _serve(
+        self, listeners: list[trio.SocketListener], metrics_listeners: list[trio.SocketListener]
+    ) -> None:
+        config = self.config
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._handle_signals)
             await nursery.start(
                 partial(http.serve, listeners, make_handler(self.service), limits=self._limits)
             )
-            if config.metrics.listen:
-                metrics_listeners = await http.bind_tcp(config.metrics.listen)
+            if metrics_listeners:
                 await nursery.start(
                     partial(http.serve, metrics_listeners, self._serve_metrics, limits=self._limits)
                 )
@@ -93,9 +107,6 @@ class Daemon:
             if await self._open_store():
                 await self._run_engine()
             nursery.cancel_scope.cancel()
-        with trio.CancelScope(shield=True):
-            await self.store.close()
-        log.info("jobd stopped")
 
     def _limits(self) -> http.Limits:
         api = self.config.api
@@ -112,7 +123,18 @@ class Daemon:
             return [http.listener_from_fd(fd) for fd in fds]
         api = self.config.api
         self._listening_on = api.socket
-        return [http.bind_unix_socket(api.socket, int(api.socket_mode, 8), api.socket_group)]
+        listener = http.bind_unix_socket(api.socket, int(api.socket_mode, 8), api.socket_group)
+        self._socket_file = (api.socket, os.stat(api.socket).st_ino)
+        return [listener]
+
+    def _remove_socket_file(self) -> None:
+        """A clean exit removes the socket file it made (not one passed by systemd)."""
+        if self._socket_file is None:
+            return
+        path, inode = self._socket_file
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
 
     async def _open_store(self) -> bool:
         """Open the store, retrying a shared store until it answers; False if stopped first."""
@@ -241,4 +263,17 @@ class Daemon:
 def run(config: Config, host: PluginHost, config_path: str | None) -> None:
     """Run the daemon until it is stopped; raises JobdError for a failed start."""
     daemon = Daemon(config, host, config_path)
-    trio.run(daemon.run)
+    try:
+        trio.run(daemon.run)
+    except BaseExceptionGroup as group:
+        # A start error raised inside a nursery arrives wrapped: hand it on bare, so the
+        # command line prints its message rather than a traceback.
+        errors, others = group.split(JobdError)
+        if errors is None or others is not None:
+            raise
+        raise _first_leaf(errors) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[JobdError]) -> JobdError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

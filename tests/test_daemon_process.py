@@ -337,3 +337,34 @@ def test_sigint_also_stops_cleanly(start_daemon: StartDaemon) -> None:
     daemon.signal(signal.SIGINT)
     assert daemon.wait_exit() == 0
     assert "stopped" in daemon.log()
+
+
+def test_a_taken_metrics_port_is_a_clean_start_error(start_daemon: StartDaemon, short_dir: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        daemon = start_daemon(config={"metrics": {"listen": f"127.0.0.1:{port}"}}, wait=False)
+        assert daemon.wait_exit() == 1
+        log = daemon.log()
+        assert "metrics.listen" in log and str(port) in log
+        assert "Traceback" not in log
+        assert not Path(daemon.socket).exists()  # the control socket it bound was removed
+    finally:
+        taken.close()
+
+
+def test_metrics_are_served_on_tcp_and_a_clean_exit_removes_the_socket(start_daemon: StartDaemon) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    daemon = start_daemon(config={"metrics": {"listen": f"127.0.0.1:{port}"}})
+    daemon.ctl("submit", "jobd.noop", "--wait")
+    scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert scraped.status_code == 200
+    assert "jobd_build_info" in scraped.text and "jobd_workers_capacity" in scraped.text
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/stats", timeout=10).status_code == 404
+    assert daemon.stop() == 0
+    assert not Path(daemon.socket).exists()
