@@ -418,3 +418,43 @@ async def test_a_retry_starts_when_its_back_off_ends_not_at_the_next_poll(autoju
         done = await engine.wait(await engine.submit("t.twice"))
     assert done.state == JobState.COMPLETED and done.attempts == 2
     assert 0.3 <= starts[1] - starts[0] < 0.31
+
+
+async def test_metrics_move_as_jobs_submit_finish_retry_and_cancel(autojump: object) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def flaky(job: JobContext) -> None:
+        if job.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+    async def hopeless(job: JobContext) -> None:
+        raise jobd.Fail("never")
+
+    handlers = (handler_of("t.flaky", flaky), handler_of("t.hopeless", hopeless))
+    async with running_engine(*handlers) as engine:
+        await engine.wait(await engine.submit("t.flaky"))
+        await engine.wait(await engine.submit("t.hopeless"))
+        waiting = await engine.submit("jobd.noop", delay=60)
+        await engine.service.cancel(str(waiting.id))
+        await engine.maintenance.refresh_gauges()
+        body, content_type = engine.service.metrics()
+    assert content_type.startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("jobd_jobs_submitted_total", queue="default", type="t.flaky") == 1
+    assert value("jobd_jobs_finished_total", queue="default", type="t.flaky", outcome="retried") == 1
+    assert value("jobd_jobs_finished_total", queue="default", type="t.flaky", outcome="completed") == 1
+    assert value("jobd_jobs_finished_total", queue="default", type="t.hopeless", outcome="failed") == 1
+    assert value("jobd_jobs_finished_total", queue="default", type="jobd.noop", outcome="cancelled") == 1
+    assert value("jobd_job_duration_seconds_count", queue="default", type="t.flaky") == 2
+    assert value("jobd_job_wait_seconds_count", queue="default") == 3
+    assert value("jobd_jobs", queue="default", state="completed") == 1
+    assert value("jobd_jobs", queue="default", state="cancelled") == 1
+    assert value("jobd_workers_capacity") == 10
