@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from jobd.version import __version__
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobd", description="jobd, the background-job daemon.")
     parser.add_argument("--version", action="version", version=f"jobd {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="the config file, for `jobd` alone (= jobd run)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in (
         ("run", "run the daemon in the foreground (the default)"),
@@ -30,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
-            "--config", metavar="PATH", help="the config file (else $JOBD_CONFIG, else /etc/jobd/jobd.toml)"
+            "--config",
+            metavar="PATH",
+            default=argparse.SUPPRESS,  # keeps a --config given before the command
+            help="the config file (else $JOBD_CONFIG, else /etc/jobd/jobd.toml)",
         )
     return parser
 
@@ -59,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

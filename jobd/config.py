@@ -24,9 +24,9 @@ SYSTEM_CONFIG = Path("/etc/jobd/jobd.toml")
 DEFAULT_QUEUE = "default"
 
 
-def duration(default: float) -> Any:
+def duration(default: float, minimum: float = 0.0) -> Any:
     """A dataclass field holding seconds, written in TOML as a duration string."""
-    return field(default=default, metadata={"duration": True})
+    return field(default=default, metadata={"duration": True, "minimum": minimum})
 
 
 def optional_duration() -> Any:
@@ -68,8 +68,8 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class WorkersConfig:
     concurrency: int = 10
-    lease: float = duration(30.0)
-    poll_interval: float = duration(1.0)
+    lease: float = duration(30.0, minimum=1.0)  # renewed every third of it
+    poll_interval: float = duration(1.0, minimum=0.01)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,18 +239,20 @@ def parse_config(
                 f"unknown section (known: {', '.join([*SECTIONS, *TABLES])})", key=name, file=where
             )
     sections: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # "section.key" -> the file or the variable it came from
     for name, cls in SECTIONS.items():
         table = _table(raw, name, where)
         values = {key: (value, where) for key, value in table.items()}
         values.update(_env_overrides(env, name, cls))
+        origin.update({f"{name}.{key}": source for key, (_, source) in values.items()})
         sections[name] = _build(cls, name, values)
     if not sections["store"].url:
         sections["store"] = dataclasses.replace(sections["store"], url=default_store_url(env, uid))
     if not sections["api"].socket:
         sections["api"] = dataclasses.replace(sections["api"], socket=default_socket(env, uid))
-    _check_store_url(sections["store"].url, where)
-    _check_socket_mode(sections["api"].socket_mode, where)
-    _check_listen(sections["metrics"].listen, where)
+    _check_store_url(sections["store"].url, origin.get("store.url", where))
+    _check_socket_mode(sections["api"].socket_mode, origin.get("api.socket_mode", where))
+    _check_listen(sections["metrics"].listen, origin.get("metrics.listen", where))
 
     handlers = {
         name: _build(HandlerConfig, f'handlers."{name}"', _sourced(table, where))
@@ -330,6 +332,9 @@ def _build(cls: type, section: str, values: Mapping[str, tuple[Any, str]]) -> An
             )
         try:
             parsed[key] = _coerce(value, hints[key], bool(item.metadata.get("duration")))
+            minimum = item.metadata.get("minimum", 0.0)
+            if parsed[key] is not None and item.metadata.get("duration") and parsed[key] < minimum:
+                raise ValueError(f"must be at least {format_duration(minimum)}, got {value!r}")
         except ValueError as error:
             raise ConfigError(str(error), key=full_key, file=where) from None
     return cls(**parsed)

@@ -15,6 +15,8 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import trio
@@ -22,9 +24,9 @@ import trio
 from jobd import http, systemd
 from jobd.api import make_handler
 from jobd.config import Config, load_config
-from jobd.errors import JobdError, StoreUnavailable
+from jobd.errors import ConfigError, JobdError, PluginError, StoreUnavailable
 from jobd.job import JobState
-from jobd.logs import set_level
+from jobd.logs import setup_logging
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
 from jobd.plugins import PluginHost
@@ -79,8 +81,8 @@ class Daemon:
             await self._serve(listeners, metrics_listeners)
         finally:
             self._remove_socket_file()
-        with trio.CancelScope(shield=True):
-            await self.store.close()
+            with trio.CancelScope(shield=True):
+                await self.store.close()
         log.info("jobd stopped")
 
     async def _serve(
@@ -123,7 +125,12 @@ class Daemon:
             return [http.listener_from_fd(fd) for fd in fds]
         api = self.config.api
         self._listening_on = api.socket
-        listener = http.bind_unix_socket(api.socket, int(api.socket_mode, 8), api.socket_group)
+        try:
+            listener = http.bind_unix_socket(api.socket, int(api.socket_mode, 8), api.socket_group)
+        except OSError as error:  # e.g. its directory cannot be made
+            raise ConfigError(
+                f"cannot listen on {api.socket}: {error.strerror or error}", key="api.socket"
+            ) from None
         self._socket_file = (api.socket, os.stat(api.socket).st_ino)
         return [listener]
 
@@ -144,6 +151,7 @@ class Daemon:
             while True:
                 try:
                     await self.store.open()
+                    await self.maintenance.rescue_orphans()
                     break
                 except StoreUnavailable as error:
                     if not self.store.shared:
@@ -158,19 +166,19 @@ class Daemon:
         if scope.cancelled_caught:
             return False
         self.service.mark_store_ready()
-        await self.maintenance.rescue_orphans()
         return True
 
     async def _run_engine(self) -> None:
         async with contextlib.AsyncExitStack() as lifespans:
-            for lifespan in self._host.lifespans():
-                await lifespans.enter_async_context(lifespan)
+            for plugin, lifespan in self._host.lifespans():
+                await lifespans.enter_async_context(_plugin_lifespan(plugin, lifespan))
             async with trio.open_nursery() as background:
                 await background.start(self.maintenance.run)
                 await background.start(self.store.listen, self._on_store_event)
                 async with trio.open_nursery() as engine:
                     await engine.start(self._run_pool)
-                    await self.maintenance.refresh_gauges()
+                    with contextlib.suppress(StoreUnavailable):  # the gauges can wait for the store
+                        await self.maintenance.refresh_gauges()
                     systemd.notify_ready(self._status_line())
                     log.info(
                         "ready: %d handlers, concurrency %d",
@@ -237,6 +245,9 @@ class Daemon:
 
     async def reload(self) -> None:
         """Re-read the config; a bad one is refused and the old one stays in force."""
+        if self.service.stopping:
+            log.info("reload ignored: jobd is stopping")
+            return
         systemd.notify_reloading()
         old = self.config
         try:
@@ -244,7 +255,10 @@ class Daemon:
             registry = self._host.configure(config)
         except JobdError as error:
             log.error("reload refused, keeping the old config: %s", error)
-            self._host.configure(old)
+            try:
+                self._host.configure(old)  # the plugins saw the new tables: give them the old again
+            except JobdError as again:
+                log.error("a plugin refused its old config too; it keeps whatever it took: %s", again)
         else:
             for what, before, after in (
                 ("store.url", old.store.url, config.store.url),
@@ -254,10 +268,27 @@ class Daemon:
                 if before != after:
                     log.warning("%s changed; it takes effect at the next restart", what)
             self.live.current = build_settings(config, registry)
-            set_level(config.daemon.log_level)
+            setup_logging(config.daemon.log_level, config.daemon.log_format)
             self.pool.wake()
             log.info("config reloaded from %s", config.source or "the built-in defaults")
         systemd.notify_ready(self._status_line())
+
+
+@contextlib.asynccontextmanager
+async def _plugin_lifespan(plugin: str, lifespan: AbstractAsyncContextManager[None]) -> AsyncIterator[None]:
+    """A plugin's resources: a failure to open them stops the start naming the plugin; a
+    failure to close them is logged, and the shutdown goes on."""
+    try:
+        await lifespan.__aenter__()
+    except Exception as error:
+        raise PluginError(plugin, f"jobd_lifespan failed to start: {error!r}") from error
+    try:
+        yield
+    finally:
+        try:
+            await lifespan.__aexit__(None, None, None)
+        except Exception:
+            log.exception("plugin %s: jobd_lifespan failed to close", plugin)
 
 
 def run(config: Config, host: PluginHost, config_path: str | None) -> None:

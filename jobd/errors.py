@@ -24,6 +24,7 @@ Handler signals are not errors of jobd and are not `JobdError`s.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -173,8 +174,8 @@ class Retry(HandlerSignal):
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
-        if delay is not None and delay < 0:
-            raise ValueError("Retry delay must not be negative")
+        if delay is not None and not (isinstance(delay, int | float) and math.isfinite(delay) and delay >= 0):
+            raise ValueError(f"Retry delay must be a finite number of seconds >= 0, got {delay!r}")
         self.delay = delay
         self.reason = reason
 

@@ -87,12 +87,33 @@ def handler(
 
 
 def check_result(result: JSON) -> JSON:
-    """A handler's result, if the store can keep it (JSON); TypeError otherwise."""
+    """A handler's result, if every store can keep it; TypeError otherwise.
+
+    That is JSON without NaN or infinities, as UTF-8 (no lone surrogates), and without
+    NUL characters (PostgreSQL's jsonb refuses them).
+    """
     try:
-        json.dumps(result)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"the handler's result is not JSON: {error}") from None
+        json.dumps(result, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as error:  # UnicodeEncodeError is a ValueError
+        raise TypeError(f"the handler's result is not storable JSON: {error}") from None
+    if _holds_nul(result):
+        raise TypeError("the handler's result is not storable JSON: it holds a NUL character")
     return result
+
+
+def _holds_nul(value: JSON) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+def clean_text(text: str) -> str:
+    """`text` as every store can keep it: no NUL characters, no lone surrogates."""
+    return text.replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
 
 
 class JobLogger(logging.LoggerAdapter[logging.Logger]):

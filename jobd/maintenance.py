@@ -50,7 +50,13 @@ class Maintenance:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._promote_due)
-            nursery.start_soon(self._every, "rescue expired leases", self._lease_check_interval, self._rescue)
+            if self._store.shared:
+                # Only other daemons' jobs can be orphaned while this one runs; a store of
+                # this daemon alone is rescued once, at start (a stalled loop must not make
+                # it rescue its own live jobs).
+                nursery.start_soon(
+                    self._every, "rescue expired leases", self._lease_check_interval, self._rescue
+                )
             nursery.start_soon(self._every, "prune finished jobs", lambda: PRUNE_INTERVAL, self._prune)
             nursery.start_soon(
                 self._every, "refresh queue gauges", lambda: GAUGE_INTERVAL, self.refresh_gauges

@@ -141,7 +141,17 @@ class PluginHost:
                 return implementation.function
         return None
 
-    def lifespans(self) -> list[AbstractAsyncContextManager[None]]:
-        """The plugins' resource holders, in load order, to enter at start."""
-        results = self._manager.hook.jobd_lifespan()
-        return [result for result in reversed(results) if result is not None]
+    def lifespans(self) -> list[tuple[str, AbstractAsyncContextManager[None]]]:
+        """(plugin, resource holder) of every plugin that holds resources, in load order."""
+        found = []
+        for plugin in self._plugins:
+            hook = self._implementation("jobd_lifespan", plugin)
+            if hook is None:
+                continue
+            try:
+                lifespan = hook()
+            except Exception as error:
+                raise PluginError(plugin.distribution, f"jobd_lifespan failed: {error!r}") from error
+            if lifespan is not None:
+                found.append((plugin.distribution, lifespan))
+        return found

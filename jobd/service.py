@@ -25,6 +25,7 @@ from jobd.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
+from jobd.handlers import check_result
 from jobd.job import FINISHED_STATES, Job, JobState, parse_time
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
@@ -41,6 +42,7 @@ MAX_PRIORITY = 2**31 - 1
 MAX_ATTEMPTS = 1000
 MAX_KEY_LENGTH = 255
 MAX_WAIT = 3600.0
+MAX_DELAY = 10 * 366 * 86400.0
 HEALTH_TIMEOUT = 2.0
 STORE_OPEN_WAIT = 5.0
 REMOTE_WAIT_POLL = 1.0  # how often a long poll re-reads a job another daemon may finish
@@ -144,6 +146,10 @@ class JobService:
         if handler is None and not config.api.accept_unknown_types:
             raise InvalidJob(f"unknown job type {job_type!r}: no loaded plugin handles it", field="type")
         payload = body.get("payload")
+        try:
+            check_result(payload)
+        except TypeError as error:
+            raise InvalidJob(str(error).replace("the handler's result", "payload"), field="payload") from None
         size = len(json.dumps(payload, ensure_ascii=False).encode())
         if size > config.api.max_payload_bytes:
             raise PayloadTooLarge(
@@ -175,7 +181,7 @@ class JobService:
             priority=priority or 0,
             run_at=_run_at(body, now),
             max_attempts=max_attempts or defaults.max_attempts,
-            timeout=timeout if "timeout" in body else defaults.timeout,
+            timeout=timeout if timeout is not None else defaults.timeout,
             key=key,
             created_at=now,
         )
@@ -219,15 +225,17 @@ class JobService:
         deadline = trio.current_time() + seconds
         store = await self._ready_store()
         while True:
-            job = await store.get_job(parsed)
-            if job is None:
-                raise JobNotFound(job_id)
-            remaining = deadline - trio.current_time()
-            if job.state in FINISHED_STATES or remaining <= 0:
-                return job
-            # Jobs run by another daemon sharing the store finish without a local signal.
-            poll = REMOTE_WAIT_POLL if store.shared else remaining
-            await self._watch.wait_changed(parsed, min(remaining, poll))
+            with self._watch.watching(parsed) as changed:
+                job = await store.get_job(parsed)
+                if job is None:
+                    raise JobNotFound(job_id)
+                remaining = deadline - trio.current_time()
+                if job.state in FINISHED_STATES or remaining <= 0:
+                    return job
+                # Jobs run by another daemon sharing the store finish without a local signal.
+                poll = REMOTE_WAIT_POLL if store.shared else remaining
+                with trio.move_on_after(min(remaining, poll)):
+                    await changed.wait()
 
     # -- changing -----------------------------------------------------------------------
 
@@ -369,8 +377,10 @@ def _run_at(body: Mapping[str, Any], now: datetime) -> datetime:
             raise InvalidJob("run_at must be an RFC 3339 time such as 2026-01-31T12:00:00Z", field="run_at")
         try:
             run_at = parse_time(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InvalidJob(f"run_at is not an RFC 3339 time: {text!r}", field="run_at") from None
         return max(run_at, now)
     delay = _optional_seconds(body, "delay")
+    if delay is not None and delay > MAX_DELAY:
+        raise InvalidJob(f"delay must be at most {MAX_DELAY:g} seconds (10 years)", field="delay")
     return now + timedelta(seconds=delay) if delay else now

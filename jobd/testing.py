@@ -173,7 +173,7 @@ async def open_plugin(
     tables = {plugin_name: dict(table)} if table is not None else {}
     registry = host.configure(Config(plugins=tables))
     async with AsyncExitStack() as stack:
-        for lifespan in host.lifespans():
+        for _, lifespan in host.lifespans():
             await stack.enter_async_context(lifespan)
         yield registry
 

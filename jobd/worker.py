@@ -9,18 +9,20 @@ jobs and cancels any job this daemon no longer owns.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import logging
 import math
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import trio
 
-from jobd.errors import Fail, Retry, StoreUnavailable
-from jobd.handlers import JobContext, check_result
+from jobd.errors import Fail, InvalidJob, Retry, StoreUnavailable
+from jobd.handlers import JobContext, check_result, clean_text
 from jobd.job import JSON, Job, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
@@ -28,6 +30,9 @@ from jobd.store import Completion, Outcome, QueueSlots, Store
 
 Clock = Callable[[], datetime]
 COMPLETION_BATCH = 500
+MAX_RETRY_DELAY = 365 * 86400.0  # a longer back-off is a mistake: cap it
+DRAIN_GIVE_UP = 10.0  # seconds past the grace period a shutdown keeps trying to record outcomes
+CANCELLED, SHUTDOWN = "cancelled", "shutdown"
 CANCEL_POLL_INTERVAL = 0.5
 STORE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
@@ -42,18 +47,28 @@ class JobWatch:
     """Wakes the tasks waiting for a given job to change (the API's long poll)."""
 
     def __init__(self) -> None:
-        self._events: dict[uuid.UUID, trio.Event] = {}
+        self._events: dict[uuid.UUID, tuple[trio.Event, int]] = {}
 
     def changed(self, job_id: uuid.UUID) -> None:
-        event = self._events.pop(job_id, None)
-        if event is not None:
-            event.set()
+        entry = self._events.pop(job_id, None)
+        if entry is not None:
+            entry[0].set()
 
-    async def wait_changed(self, job_id: uuid.UUID, timeout: float) -> None:
-        """Return when `job_id` changes on this daemon, or after `timeout` seconds."""
-        event = self._events.setdefault(job_id, trio.Event())
-        with trio.move_on_after(timeout):
-            await event.wait()
+    @contextlib.contextmanager
+    def watching(self, job_id: uuid.UUID) -> Iterator[trio.Event]:
+        """An event set at the next change of `job_id`. Take it *before* reading the job,
+        so that a change between the read and the wait is not missed."""
+        event, waiters = self._events.get(job_id, (trio.Event(), 0))
+        self._events[job_id] = (event, waiters + 1)
+        try:
+            yield event
+        finally:
+            current = self._events.get(job_id)
+            if current is not None and current[0] is event:
+                if current[1] > 1:
+                    self._events[job_id] = (event, current[1] - 1)
+                else:
+                    del self._events[job_id]
 
 
 @dataclass(eq=False)
@@ -63,7 +78,8 @@ class _Running:
     stop_reason: str | None = None  # why this daemon stopped the handler, if it did
 
     def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
+        # A user's cancel wins over a shutdown: the job must not come back as pending.
+        if self.stop_reason is None or reason == CANCELLED:
             self.stop_reason = reason
         self.scope.cancel()
 
@@ -99,6 +115,7 @@ class WorkerPool:
         self._changed = trio.Event()
         self._stopping = False
         self._grace_scope = trio.CancelScope()
+        self._give_up_at = math.inf  # when a shutdown stops waiting for the store to record outcomes
         self._cancel_check = trio.Event()
         send, receive = trio.open_memory_channel[_Finished](math.inf)
         self._finished_send, self._finished_receive = send, receive
@@ -131,7 +148,7 @@ class WorkerPool:
         running = self._running.get(job_id)
         if running is None:
             return False
-        running.stop("cancelled")
+        running.stop(CANCELLED)
         return True
 
     def request_stop(self, *, immediately: bool = False) -> None:
@@ -140,6 +157,7 @@ class WorkerPool:
         self._stopping = True
         if immediately:
             self._grace_scope.cancel()
+            self._give_up_at = trio.current_time()
         self.wake()
 
     # -- the pool's life ----------------------------------------------------------------
@@ -151,18 +169,20 @@ class WorkerPool:
         finish, the rest are cancelled and requeued, and every outcome is committed."""
         async with trio.open_nursery() as services:
             services.start_soon(self._keep_leases)
-            if self._store.shared:
-                services.start_soon(self._watch_cancels)
+            # Also for a store only this daemon uses: a cancel that lands while the job's
+            # claim is still on its way finds no running handler to stop at once.
+            services.start_soon(self._watch_cancels)
             async with trio.open_nursery() as completer:
                 completer.start_soon(self._complete_batches)
                 async with trio.open_nursery() as jobs:
                     task_status.started()
                     await self._dispatch(jobs)
                     self._grace_scope.deadline = trio.current_time() + grace()
+                    self._give_up_at = min(self._give_up_at, self._grace_scope.deadline + DRAIN_GIVE_UP)
                     with self._grace_scope:
                         await self._wait_idle()
                     for running in list(self._running.values()):
-                        running.stop("shutdown")
+                        running.stop(SHUTDOWN)
                 # Every job has ended: the completer commits what is left, then returns.
                 await self._finished_send.aclose()
             services.cancel_scope.cancel()
@@ -226,7 +246,10 @@ class WorkerPool:
         try:
             outcome, result, error, run_at = await self._attempt(running)
         finally:
-            del self._running[job.id]
+            # The same job may run here twice (rescued elsewhere, then claimed back while
+            # its old handler still unwinds): remove only this run's entry.
+            if self._running.get(job.id) is running:
+                del self._running[job.id]
             self._busy_by_queue[job.queue] -= 1
             self.wake()
         duration = trio.current_time() - started
@@ -264,12 +287,20 @@ class WorkerPool:
                 if not timed_out:
                     return Outcome.COMPLETED, check_result(result), None, None
         except Retry as signal:
+            if running.stop_reason:
+                return self._after_stop(running)
             return self._after_failure(
                 job, f"retry requested: {signal.reason}" if signal.reason else "retry requested", signal.delay
             )
         except Fail as signal:
-            return Outcome.FAILED, None, f"failed: {signal.reason}", None
-        except Exception as error:
+            if running.stop_reason:
+                return self._after_stop(running)
+            return Outcome.FAILED, None, clean_text(f"failed: {signal.reason}"), None
+        except (Exception, SystemExit, KeyboardInterrupt) as error:
+            # SystemExit and KeyboardInterrupt here come from the handler's own code (the
+            # daemon's signals arrive through a signal receiver): a failed attempt, no more.
+            if running.stop_reason:
+                return self._after_stop(running)
             log.warning(
                 "job %s attempt %d raised %r",
                 job.id,
@@ -281,9 +312,13 @@ class WorkerPool:
             return self._after_failure(job, f"{type(error).__name__}: {error}", None)
         if timed_out:
             return self._after_failure(job, f"timed out after {job.timeout:g}s", None)
-        if running.stop_reason == "cancelled":
+        return self._after_stop(running)
+
+    def _after_stop(self, running: _Running) -> tuple[Outcome | None, JSON, str | None, datetime | None]:
+        """The outcome of a handler this daemon stopped, however the handler ended."""
+        if running.stop_reason == CANCELLED:
             return Outcome.CANCELLED, None, "cancelled while running", None
-        if running.stop_reason == "shutdown":
+        if running.stop_reason == SHUTDOWN:
             return Outcome.REQUEUED, None, "interrupted by a shutdown; requeued", None
         return None, None, None, None
 
@@ -294,12 +329,13 @@ class WorkerPool:
             return (
                 Outcome.FAILED,
                 None,
-                f"{error} (attempt {job.attempts} of {job.max_attempts}, no more left)",
+                clean_text(f"{error} (attempt {job.attempts} of {job.max_attempts}, no more left)"),
                 None,
             )
         if delay is None:
             delay = self._live.current.type_defaults(job.type).retry.delay(job.attempts, self._rng)
-        return Outcome.RETRIED, None, error, self._clock() + timedelta(seconds=delay)
+        run_at = self._clock() + timedelta(seconds=min(delay, MAX_RETRY_DELAY))
+        return Outcome.RETRIED, None, clean_text(error), run_at
 
     async def _record_progress(self, job: Job, progress: Progress) -> None:
         try:
@@ -327,6 +363,14 @@ class WorkerPool:
             try:
                 stored = await self._store.complete_jobs([item.completion for item in batch], self._clock())
                 break
+            except InvalidJob as error:
+                # A value the store cannot keep (a result PostgreSQL's jsonb refuses...):
+                # record each outcome on its own, so that one bad item holds up no other.
+                if len(batch) > 1:
+                    for item in batch:
+                        await self._commit([item])
+                    return
+                batch = [self._unstorable(batch[0], error)]
             except StoreUnavailable as error:
                 # The outcomes stay in memory until the store is back; if this daemon
                 # dies meanwhile, the expired leases get the jobs run again.
@@ -335,9 +379,37 @@ class WorkerPool:
                     log.warning(
                         "cannot record %d job outcomes yet, the store is unavailable: %s", len(batch), error
                     )
+                if trio.current_time() >= self._give_up_at:
+                    log.error(
+                        "shutting down without recording the outcomes of jobs %s; they stay running "
+                        "in the store and are rescued when their lease expires",
+                        ", ".join(str(item.job.id) for item in batch),
+                    )
+                    return
                 await trio.sleep(STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS)) - 1])
         for item, job in zip(batch, stored, strict=True):
             self._report(item, job)
+        # Room under a global limit shows in the store only now: the claim made when the
+        # slot was freed still counted these jobs as running. Claim again without waiting
+        # for the next poll.
+        queues = self._live.current.queues
+        limited = {name for name, limits in queues.items() if limits.global_concurrency is not None}
+        if any(item.job.queue in limited for item in batch):
+            self.wake()
+
+    @staticmethod
+    def _unstorable(item: _Finished, error: InvalidJob) -> _Finished:
+        if item.completion.outcome != Outcome.COMPLETED or item.completion.result is None:
+            # Nothing but the error text can be at fault: keep the outcome, drop the text.
+            completion = dataclasses.replace(item.completion, error="(the error text could not be stored)")
+        else:
+            completion = dataclasses.replace(
+                item.completion,
+                outcome=Outcome.FAILED,
+                result=None,
+                error=f"the handler's result could not be stored: {error.message}",
+            )
+        return dataclasses.replace(item, completion=completion)
 
     def _report(self, item: _Finished, stored: Job | None) -> None:
         job, completion = item.job, item.completion

@@ -167,3 +167,17 @@ def test_effective_config_round_trips_as_toml(tmp_path: Path) -> None:
     again = parse_config(tomllib.loads(text), env={}, uid=1000)
     assert again.to_toml_dict() == config.to_toml_dict()
     assert isinstance(again, Config)
+
+
+def test_an_environment_value_that_fails_a_check_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "[workers]\nconcurrency = 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"JOBD_STORE_URL": "sqlite://relative.db"}, uid=1000)
+    assert caught.value.key == "store.url" and caught.value.file == "$JOBD_STORE_URL"
+
+
+@pytest.mark.parametrize(("key", "value"), [("lease", "0s"), ("lease", "500ms"), ("poll_interval", "0")])
+def test_intervals_that_would_spin_are_refused(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match="at least") as caught:
+        load_config(write(tmp_path, f'[workers]\n{key} = "{value}"\n'), env={}, uid=1000)
+    assert caught.value.key == f"workers.{key}"

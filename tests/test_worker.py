@@ -458,3 +458,116 @@ async def test_metrics_move_as_jobs_submit_finish_retry_and_cancel(autojump: obj
     assert value("jobd_jobs", queue="default", state="completed") == 1
     assert value("jobd_jobs", queue="default", state="cancelled") == 1
     assert value("jobd_workers_capacity") == 10
+
+
+async def test_unstorable_results_and_bad_signals_fail_the_attempt_not_the_daemon(autojump: object) -> None:
+    bad_results = {"nul": {"text": "a\x00b"}, "inf": float("inf"), "surrogate": "\ud800"}
+
+    async def returns(job: JobContext) -> object:
+        return bad_results[job.payload]
+
+    async def bad_retry(job: JobContext) -> None:
+        raise jobd.Retry(delay=float("nan"))
+
+    async def huge_retry(job: JobContext) -> None:
+        raise jobd.Retry(delay=1e12)
+
+    async def exits(job: JobContext) -> None:
+        raise SystemExit(3)
+
+    handlers = (
+        handler_of("t.returns", returns, max_attempts=1),
+        handler_of("t.bad_retry", bad_retry, max_attempts=1),
+        handler_of("t.huge_retry", huge_retry, max_attempts=2),
+        handler_of("t.exits", exits, max_attempts=1),
+    )
+    async with running_engine(*handlers) as engine:
+        for give, reason in (("nul", "NUL"), ("inf", "Out of range"), ("surrogate", "surrogates")):
+            failed = await engine.wait(await engine.submit("t.returns", give))
+            assert failed.state == JobState.FAILED and reason in (failed.last_error or ""), failed.last_error
+        nan = await engine.wait(await engine.submit("t.bad_retry"))
+        assert nan.state == JobState.FAILED and "ValueError" in (nan.last_error or "")
+        huge = await engine.store.get_job((await engine.submit("t.huge_retry")).id)
+        while huge is not None and huge.state != JobState.SCHEDULED:
+            await trio.sleep(0.01)
+            huge = await engine.store.get_job(huge.id)
+        assert huge is not None and huge.run_at < virtual_now() + timedelta(days=366)  # capped
+        exited = await engine.wait(await engine.submit("t.exits"))
+        assert exited.state == JobState.FAILED and "SystemExit" in (exited.last_error or "")
+        assert (await engine.wait(await engine.submit("jobd.noop", 5))).result == 5
+
+
+async def test_submits_that_would_overflow_are_refused_by_field(autojump: object) -> None:
+    async with running_engine() as engine:
+        for options, field in (
+            ({"delay": 1e12}, "delay"),
+            ({"run_at": "0001-01-01T00:00:00+01:00"}, "run_at"),
+            ({"payload": "\ud800"}, "payload"),
+            ({"payload": {"k": "a\x00"}}, "payload"),
+        ):
+            with pytest.raises(jobd.InvalidJob) as caught:
+                await engine.service.submit({"type": "jobd.noop", **options})
+            assert caught.value.field == field
+
+
+async def test_a_null_timeout_means_the_default(autojump: object) -> None:
+    async def quick(job: JobContext) -> None:
+        return None
+
+    async with running_engine(handler_of("t.quick", quick, timeout=7)) as engine:
+        assert (await engine.submit("t.quick", timeout=None)).timeout == 7
+
+
+class SlowClaimStore(MemoryStore):
+    """Claims take a second to come back, as a busy store's would."""
+
+    async def claim_jobs(self, *args: Any, **kwargs: Any) -> list[Job]:
+        claimed = await super().claim_jobs(*args, **kwargs)
+        if claimed:
+            await trio.sleep(1)
+        return claimed
+
+
+async def test_a_cancel_during_the_claim_still_stops_the_job_soon(autojump: object) -> None:
+    async def long(job: JobContext) -> None:
+        await trio.sleep(3600)
+
+    async with running_engine(handler_of("t.long", long), store=SlowClaimStore()) as engine:
+        job = await engine.submit("t.long")
+        await trio.sleep(0.5)  # claimed in the store, the claim not yet back
+        assert (await engine.service.get(str(job.id))).state == JobState.RUNNING
+        assert engine.pool.busy == 0
+        await engine.service.cancel(str(job.id))
+        t0 = trio.current_time()
+        done = await engine.wait(job)
+        assert done.state == JobState.CANCELLED
+        assert trio.current_time() - t0 < 2
+
+
+async def test_a_shutdown_with_the_store_down_gives_up_instead_of_hanging(autojump: object) -> None:
+    from jobd.errors import StoreUnavailable
+
+    class DownStore(MemoryStore):
+        down = False
+
+        async def complete_jobs(self, *args: Any, **kwargs: Any) -> list[Job | None]:
+            if self.down:
+                raise StoreUnavailable("the store is down")
+            return await super().complete_jobs(*args, **kwargs)
+
+    store = DownStore()
+
+    async def long(job: JobContext) -> None:
+        await trio.sleep(3600)
+
+    t0 = 0.0
+    async with running_engine(handler_of("t.long", long), store=store) as engine:
+        job = await engine.submit("t.long")
+        while engine.pool.busy == 0:
+            await trio.sleep(0.01)
+        store.down = True
+        t0 = trio.current_time()
+    # 5 s of grace, then the outcome could not be written: given up after 10 s more.
+    assert trio.current_time() - t0 < 30
+    left = await store.get_job(job.id)
+    assert left is not None and left.state == JobState.RUNNING  # rescued at the next start
