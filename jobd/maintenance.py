@@ -35,6 +35,7 @@ class Maintenance:
         self._clock = clock
         self._schedule_changed = trio.Event()
         self.counts: QueueCounts = {}
+        self._warned_queues: set[str] = set()
         pool.on_scheduled = self.schedule_changed  # a retry's back-off may end before the next poll
 
     def schedule_changed(self) -> None:
@@ -139,9 +140,25 @@ class Maintenance:
                 return
             await trio.lowlevel.checkpoint()  # let other work in between large batches
 
+    def _warn_of_orphan_queues(self) -> None:
+        """Jobs wait in a queue this daemon does not serve (dropped from the config): say so once."""
+        served = self._live.current.queues
+        for queue, states in self.counts.items():
+            waiting = states.get(JobState.PENDING, 0) + states.get(JobState.SCHEDULED, 0)
+            if queue not in served and waiting and queue not in self._warned_queues:
+                self._warned_queues.add(queue)
+                log.warning(
+                    "%d jobs wait in queue %r, which this daemon does not serve: declare it under "
+                    "[queues.%s] or name it in a handler's settings",
+                    waiting,
+                    queue,
+                    queue,
+                )
+
     async def refresh_gauges(self) -> None:
         """Queue depths for the metrics and the status line: one query, cached."""
         self.counts = await self._store.count_jobs()
+        self._warn_of_orphan_queues()
         self._metrics.set_queue_counts(
             {queue: {state.value: n for state, n in states.items()} for queue, states in self.counts.items()}
         )

@@ -571,3 +571,16 @@ async def test_a_shutdown_with_the_store_down_gives_up_instead_of_hanging(autoju
     assert trio.current_time() - t0 < 30
     left = await store.get_job(job.id)
     assert left is not None and left.state == JobState.RUNNING  # rescued at the next start
+
+
+async def test_jobs_in_a_queue_no_longer_served_are_reported(
+    autojump: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore()
+    now = virtual_now()
+    await store.insert_jobs([NewJob(uuid.uuid4(), "jobd.noop", "gone", None, 0, now, 3, None, None, now)])
+    async with running_engine(store=store) as engine:
+        await engine.maintenance.refresh_gauges()
+        await engine.maintenance.refresh_gauges()
+    warnings = [r.getMessage() for r in caplog.records if "does not serve" in r.getMessage()]
+    assert len(warnings) == 1 and "'gone'" in warnings[0]
