@@ -140,11 +140,15 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No JOBD_* setting of the developer's shell may leak into a test."""
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No JOBD_* setting of the developer's shell, and no system jobd running on this
+    machine, may leak into a test."""
     for name in list(os.environ):
         if name.startswith("JOBD_") and name not in ("JOBD_TEST_POSTGRES_URL", "JOBD_REQUIRE_POSTGRES"):
             monkeypatch.delenv(name)
+    import jobd.client
+
+    monkeypatch.setattr(jobd.client, "SYSTEM_SOCKET", str(tmp_path_factory.getbasetemp() / "no-system-jobd.sock"))
 
 
 # -- the daemon as a process ------------------------------------------------------------
