@@ -507,10 +507,14 @@ def insert_job_rows(conn: Connection, jobs: Sequence[NewJob]) -> list[tuple[Row,
     holds gets that job's row instead. Shared by the store and `jobd.transactional`.
     """
     cursor = conn.cursor(row_factory=dict_row)
-    _refuse_taken_ids(cursor, jobs)
     params = [_insert_params(new) for new in jobs]
     # One pipelined batch; each insert returns its row, or none when its key is held.
-    cursor.executemany(QUERIES["insert_job"], params, returning=True)
+    try:
+        cursor.executemany(QUERIES["insert_job"], params, returning=True)
+    except psycopg.errors.UniqueViolation as error:
+        if error.diag.constraint_name == "jobs_pkey":
+            raise _taken_id(jobs, error) from None
+        raise
     inserted: list[Row | None] = []
     while True:
         inserted.append(cursor.fetchone())
@@ -525,12 +529,15 @@ def insert_job_rows(conn: Connection, jobs: Sequence[NewJob]) -> list[tuple[Row,
     return results
 
 
-def _refuse_taken_ids(cursor: psycopg.Cursor[Row], jobs: Sequence[NewJob]) -> None:
-    taken = {row["id"] for row in cursor.execute(QUERIES["existing_ids"], {"ids": [new.id for new in jobs]})}
+def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation) -> InvalidJob:
+    """The batch item whose id is taken (by a stored job, or by an earlier item)."""
+    detail = error.diag.message_detail or ""
+    seen: set[uuid.UUID] = set()
     for index, new in enumerate(jobs):
-        if new.id in taken:
-            raise InvalidJob(f"a job with id {new.id} already exists", field="id", index=index)
-        taken.add(new.id)
+        if new.id in seen or str(new.id) in detail:
+            return InvalidJob(f"a job with id {new.id} already exists", field="id", index=index)
+        seen.add(new.id)
+    return InvalidJob(f"a job id is already taken: {detail}", field="id")
 
 
 def _find_key_holder(cursor: psycopg.Cursor[Row], new: NewJob) -> tuple[Row, bool]:

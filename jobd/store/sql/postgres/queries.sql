@@ -13,9 +13,6 @@ ON CONFLICT (key) WHERE key IS NOT NULL AND state IN ('scheduled', 'pending', 'r
 DO NOTHING
 RETURNING *;
 
--- name: existing_ids
-SELECT id FROM jobd.jobs WHERE id = ANY(%(ids)s::uuid[]);
-
 -- name: live_job_with_key
 SELECT * FROM jobd.jobs
 WHERE key = %(key)s AND state IN ('scheduled', 'pending', 'running');
