@@ -368,3 +368,22 @@ def test_metrics_are_served_on_tcp_and_a_clean_exit_removes_the_socket(start_dae
     assert httpx.get(f"http://127.0.0.1:{port}/v1/stats", timeout=10).status_code == 404
     assert daemon.stop() == 0
     assert not Path(daemon.socket).exists()
+
+
+def test_jobd_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    database = tmp_path / "state" / "jobd.db"
+    config.write_text(f'[store]\nurl = "sqlite://{database}"\n')
+    for _ in range(2):  # a second run finds nothing to do
+        result = subprocess.run([*JOBD, "migrate", "--config", str(config)], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert "up to date" in result.stdout
+    connection = sqlite3.connect(database)
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    connection.close()
+    assert {"jobs", "paused_queues", "schema_migrations"} <= tables
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[store]\nurl = "sqlite:///proc/no/such/dir/jobd.db"\n')
+    failed = subprocess.run([*JOBD, "migrate", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr and "/proc/no/such" in failed.stderr
