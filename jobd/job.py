@@ -33,7 +33,6 @@ class JobState(enum.StrEnum):
 
 
 FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
-WAITING_STATES = frozenset({JobState.SCHEDULED, JobState.PENDING})
 
 
 class Action(enum.StrEnum):

@@ -131,9 +131,6 @@ class WorkerPool:
     def capacity(self) -> int:
         return self._live.current.config.workers.concurrency
 
-    def busy_in(self, queue: str) -> int:
-        return self._busy_by_queue[queue]
-
     def wake(self) -> None:
         """Something may be claimable: look now rather than at the next poll."""
         self._changed.set()

@@ -110,10 +110,6 @@ def _micros(value: datetime) -> int:
     return (value - _EPOCH) // _MICROSECOND
 
 
-def _optional_micros(value: datetime | None) -> int | None:
-    return None if value is None else _micros(value)
-
-
 def _time(value: int) -> datetime:
     return _EPOCH + value * _MICROSECOND
 
