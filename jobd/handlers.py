@@ -171,7 +171,8 @@ class JobContext:
             raise ValueError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
         if message is not None and not isinstance(message, str):
             raise TypeError("progress message must be a string or None")
-        await self._progress(Progress(min(max(float(fraction), 0.0), 1.0), message))
+        text = None if message is None else clean_text(message)
+        await self._progress(Progress(min(max(float(fraction), 0.0), 1.0), text))
 
     def __repr__(self) -> str:
         return f"<JobContext {self.type} {self.id} attempt {self.attempt}/{self.max_attempts}>"

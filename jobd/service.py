@@ -25,7 +25,7 @@ from jobd.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from jobd.handlers import check_result
+from jobd.handlers import check_result, clean_text
 from jobd.job import FINISHED_STATES, Job, JobState, parse_time
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
@@ -141,6 +141,9 @@ class JobService:
         job_type = body.get("type")
         if not isinstance(job_type, str) or not job_type:
             raise InvalidJob("type is required and must be a non-empty string", field="type")
+        for name in ("type", "queue", "key"):
+            if isinstance(body.get(name), str) and not _storable(body[name]):
+                raise InvalidJob(f"{name} holds a NUL character or a lone surrogate", field=name)
         handler = settings.handler(job_type)
         config = settings.config
         if handler is None and not config.api.accept_unknown_types:
@@ -212,6 +215,9 @@ class JobService:
             raise BadRequest(
                 f"limit must be a whole number from 1 to 1000, got {limit_text!r}", field="limit"
             )
+        for name, value in query.items():
+            if not _storable(value):
+                raise BadRequest(f"{name} holds a NUL character or a lone surrogate", field=name)
         search = JobFilter(state=state, type=query.get("type") or None, queue=query.get("queue") or None)
         store = await self._ready_store()
         try:
@@ -327,6 +333,11 @@ class JobService:
     def metrics(self) -> tuple[bytes, str]:
         self._metrics.set_workers(self._pool.busy, self._pool.capacity)
         return self._metrics.render()
+
+
+def _storable(text: str) -> bool:
+    """Whether every store can keep `text`: no NUL, valid UTF-8 (no lone surrogates)."""
+    return clean_text(text) == text
 
 
 def _parse_id(job_id: str) -> uuid.UUID:

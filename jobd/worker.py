@@ -337,7 +337,7 @@ class WorkerPool:
     async def _record_progress(self, job: Job, progress: Progress) -> None:
         try:
             await self._store.set_progress(job.id, self.owner, job.attempts, progress, self._clock())
-        except StoreUnavailable as error:  # progress is advisory: the job goes on
+        except (StoreUnavailable, InvalidJob) as error:  # progress is advisory: the job goes on
             log.warning("could not record progress of job %s: %s", job.id, error)
         self._watch.changed(job.id)
 

@@ -873,3 +873,22 @@ async def test_close_twice_is_safe(make_store: Callable[[], Store]) -> None:
     assert await store.get_job(job.id) == job
     await store.close()
     await store.close()
+
+
+async def test_a_valid_completion_after_a_fenced_one_of_the_same_job_applies(store: Store) -> None:
+    """Two runs of one job may end in one batch (rescued, then claimed back while the old
+    run unwound): the stale one is fenced out, the current one still applies."""
+    job = await running(store)
+    stale = completion(job, Outcome.COMPLETED, owner="daemon-gone", result="old")
+    valid = completion(job, Outcome.COMPLETED, result="new")
+    results = await store.complete_jobs([stale, valid], at(1))
+    assert results[0] is None
+    assert results[1] is not None and results[1].result == "new"
+    assert (await current(store, job)).state == JobState.COMPLETED
+
+
+async def test_prune_with_no_room_deletes_nothing(store: Store) -> None:
+    job = await running(store)
+    await finish(store, job, Outcome.COMPLETED)
+    assert await store.prune_jobs({JobState.COMPLETED: at(10)}, 0) == 0
+    assert await store.get_job(job.id) is not None

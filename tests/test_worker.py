@@ -504,10 +504,16 @@ async def test_submits_that_would_overflow_are_refused_by_field(autojump: object
             ({"run_at": "0001-01-01T00:00:00+01:00"}, "run_at"),
             ({"payload": "\ud800"}, "payload"),
             ({"payload": {"k": "a\x00"}}, "payload"),
+            ({"key": "k\x00"}, "key"),
+            ({"key": "\ud800"}, "key"),
+            ({"queue": "q\x00"}, "queue"),
         ):
             with pytest.raises(jobd.InvalidJob) as caught:
                 await engine.service.submit({"type": "jobd.noop", **options})
             assert caught.value.field == field
+        with pytest.raises(jobd.errors.BadRequest) as bad:
+            await engine.service.list({"type": "a\x00"})
+        assert bad.value.field == "type"
 
 
 async def test_a_null_timeout_means_the_default(autojump: object) -> None:

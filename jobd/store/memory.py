@@ -340,6 +340,8 @@ class MemoryStore:
         return rescued
 
     async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+        if limit <= 0:
+            return 0
         deleted = 0
         for state, cutoff in before.items():
             doomed = [

@@ -53,6 +53,9 @@ NOTIFY_CHANNEL = "jobd"
 LOCK_NAMESPACE = 0x6A6F6264  # "jobd": the first key of every advisory lock jobd takes
 _MIGRATION_LOCK = 0  # second key of the migration lock; queue locks use hashtext(queue)
 _LISTEN_BACKOFF_MAX = 5.0
+# Whatever the database's default: the claim of a globally limited queue counts the
+# running jobs after taking the queue's lock, which needs a snapshot per statement.
+_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _CANCEL_REPEAT = 0.1  # seconds between cancel requests while a cancelled query still runs
 _NO_CURSOR = 2**63 - 1
 
@@ -138,6 +141,9 @@ class PostgresStore:
                 keepalives_idle=10,
                 keepalives_interval=5,
                 keepalives_count=3,
+                # ...and one that vanished while a statement was in flight (packets dropped):
+                # without this the kernel retransmits for about 15 minutes.
+                tcp_user_timeout=int((self._connect_timeout + self._statement_timeout) * 1000),
             )
         except psycopg.Error as error:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_reason(error)}") from error
@@ -184,7 +190,8 @@ class PostgresStore:
                     )
                 except Exception as error:
                     failure.append(error)
-                finished = True
+                finally:
+                    finished = True
             nursery.cancel_scope.cancel()
         if failure:
             raise failure[0]
@@ -208,7 +215,7 @@ class PostgresStore:
     def _begin(self, checkout: _Checkout) -> Connection:
         if checkout.conn is not None:
             try:
-                checkout.conn.execute("BEGIN")
+                checkout.conn.execute(_BEGIN)
                 return checkout.conn
             except psycopg.Error:
                 # A pooled connection died while idle (server restart, terminated
@@ -216,7 +223,7 @@ class PostgresStore:
                 _discard(checkout)
         checkout.conn = self._connect()
         try:
-            checkout.conn.execute("BEGIN")
+            checkout.conn.execute(_BEGIN)
         except psycopg.Error as error:
             _discard(checkout)
             raise StoreUnavailable(f"PostgreSQL connection lost: {_reason(error)}") from error
@@ -300,35 +307,36 @@ class PostgresStore:
     async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
         if not completions:
             return []
-        first: dict[uuid.UUID, Completion] = {}
-        for completion in completions:
-            first.setdefault(completion.job_id, completion)  # a repeat finds the job no longer running
-        batch = list(first.values())
-        states = [next_state(c.job_id, JobState.RUNNING, _OUTCOME_ACTION[c.outcome]) for c in batch]
-        params = {
-            "now": now,
-            "ids": [c.job_id for c in batch],
-            "owners": [c.owner for c in batch],
-            "attempts": [c.attempt for c in batch],
-            "outcomes": [c.outcome.value for c in batch],
-            "states": [state.value for state in states],
-            "finals": [state in FINISHED_STATES for state in states],
-            "results": [json.dumps(c.result) if c.outcome == Outcome.COMPLETED else None for c in batch],
-            "errors": [c.error for c in batch],
-            "run_ats": [c.run_at for c in batch],
-        }
-        wakes = any(state in (JobState.PENDING, JobState.SCHEDULED) for state in states)
+        # The first completion of each job goes in one statement; a job named again
+        # (two runs of it ended together) has its later completions applied one by one
+        # after it, as if each came alone: whichever still holds the fence applies.
+        firsts: dict[uuid.UUID, int] = {}
+        repeats: list[int] = []
+        for index, completion in enumerate(completions):
+            if completion.job_id in firsts:
+                repeats.append(index)
+            else:
+                firsts[completion.job_id] = index
+        groups = [list(firsts.values()), *([index] for index in repeats)]
+        statements = [_completion_params([completions[i] for i in group], now) for group in groups]
+        wakes = any(
+            next_state(c.job_id, JobState.RUNNING, _OUTCOME_ACTION[c.outcome])
+            in (JobState.PENDING, JobState.SCHEDULED)
+            for c in completions
+        )
 
-        def complete(conn: Connection) -> list[Row]:
-            rows = _fetch_all(conn, QUERIES["complete_jobs"], params)
-            if wakes and rows:
+        def complete(conn: Connection) -> list[list[Row]]:
+            found = [_fetch_all(conn, QUERIES["complete_jobs"], params) for params in statements]
+            if wakes and any(found):
                 _notify(conn, "jobs")
-            return rows
+            return found
 
-        done = {row["id"]: _job(row) for row in await self._run(complete)}
-        results: list[Job | None] = []
-        for completion in completions:
-            results.append(done.pop(completion.job_id, None))
+        results: list[Job | None] = [None] * len(completions)
+        for group, rows in zip(groups, await self._run(complete), strict=True):
+            changed = {row["id"]: row for row in rows}
+            for index in group:
+                row = changed.get(completions[index].job_id)
+                results[index] = None if row is None else _job(row)
         return results
 
     async def renew_leases(
@@ -464,14 +472,24 @@ class PostgresStore:
                 await trio.sleep(delay)
                 delay = min(delay * 2, _LISTEN_BACKOFF_MAX)
                 continue
-            delay = 0.1
             if not started:
                 task_status.started()
                 started = True
             # Whatever was sent while we were not listening is lost: look once.
             wake("jobs")
             wake("cancel")
-            await trio.to_thread.run_sync(_receive_notifications, conn, wake, limiter=thread)
+            listening_since = trio.current_time()
+            try:
+                await trio.to_thread.run_sync(_receive_notifications, conn, wake, limiter=thread)
+            finally:
+                conn.close()  # also when cancelled before the thread started; closing twice is harmless
+            # A connection that drops at once again and again must not spin: back off
+            # unless it lasted.
+            if trio.current_time() - listening_since > _LISTEN_BACKOFF_MAX:
+                delay = 0.1
+            else:
+                await trio.sleep(delay)
+                delay = min(delay * 2, _LISTEN_BACKOFF_MAX)
 
     def _connect_listener(self) -> Connection:
         conn = self._connect()
@@ -549,6 +567,22 @@ def _find_key_holder(cursor: psycopg.Cursor[Row], new: NewJob) -> tuple[Row, boo
         row = cursor.execute(QUERIES["insert_job"], _insert_params(new)).fetchone()
         if row is not None:
             return row, True
+
+
+def _completion_params(batch: Sequence[Completion], now: datetime) -> dict[str, Any]:
+    states = [next_state(c.job_id, JobState.RUNNING, _OUTCOME_ACTION[c.outcome]) for c in batch]
+    return {
+        "now": now,
+        "ids": [c.job_id for c in batch],
+        "owners": [c.owner for c in batch],
+        "attempts": [c.attempt for c in batch],
+        "outcomes": [c.outcome.value for c in batch],
+        "states": [state.value for state in states],
+        "finals": [state in FINISHED_STATES for state in states],
+        "results": [json.dumps(c.result) if c.outcome == Outcome.COMPLETED else None for c in batch],
+        "errors": [c.error for c in batch],
+        "run_ats": [c.run_at for c in batch],
+    }
 
 
 def _insert_params(new: NewJob) -> dict[str, Any]:

@@ -703,6 +703,8 @@ class SQLiteStore:
         return await self._write(lambda conn: _rescue_jobs(conn, now, all_running))
 
     async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+        if limit <= 0:  # SQLite reads LIMIT -1 as "no limit"
+            return 0
         return await self._write(lambda conn: _prune_jobs(conn, before, limit))
 
     async def count_jobs(self) -> QueueCounts:
