@@ -237,6 +237,8 @@ def _json_object(request: Request) -> dict[str, Any]:
         value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         raise BadRequest(f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise BadRequest(f"malformed JSON: {error}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(value, dict):

@@ -39,6 +39,11 @@ from jobd.worker import JobWatch, WorkerPool, utc_now
 
 STORE_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 STATUS_INTERVAL = 5.0
+STORE_WAIT_MARGIN = 30.0
+# The metrics port may be reachable by anyone: scrapes send no body, and few come at once.
+METRICS_LIMITS = http.Limits(
+    max_body_bytes=0, request_timeout=10.0, max_connections=16
+)  # seconds of start timeout granted beyond each retry's delay
 
 log = logging.getLogger("jobd.daemon")
 
@@ -96,7 +101,7 @@ class Daemon:
             )
             if metrics_listeners:
                 await nursery.start(
-                    partial(http.serve, metrics_listeners, self._serve_metrics, limits=self._limits)
+                    partial(http.serve, metrics_listeners, self._serve_metrics, limits=METRICS_LIMITS)
                 )
             await nursery.start(systemd.run_watchdog)
             log.info(
@@ -162,6 +167,8 @@ class Daemon:
                     failures += 1
                     log.warning("the store is unavailable (%s); retrying in %gs", error, delay)
                     systemd.notify_status(f"waiting for the store: {error}")
+                    # Still starting, and alive: keep systemd from killing the start.
+                    systemd.notify(f"EXTEND_TIMEOUT_USEC={int((delay + STORE_WAIT_MARGIN) * 1_000_000)}")
                     await trio.sleep(delay)
         if scope.cancelled_caught:
             return False

@@ -37,6 +37,7 @@ from jobd.errors import ConfigError
 log = logging.getLogger("jobd.http")
 
 _RECEIVE_SIZE = 64 * 1024
+_PIPELINE_BUFFER = 1024 * 1024
 _LINGER_SECONDS = 2.0  # after an error answer, how long unread input is drained before closing
 _LINGER_BYTES = 1024 * 1024
 _ACCEPT_RETRY_SECONDS = 0.1
@@ -211,7 +212,10 @@ class _Connection:
                 await self._send(received, limits, close=True)
                 await self._linger()
                 return
-            if not await self._send(await self._call(received), limits, close=False):
+            response = await self._call(received)
+            if response is None:  # the client hung up while waiting for its answer
+                return
+            if not await self._send(response, limits, close=False):
                 return
             if self._conn.our_state is not h11.DONE or self._conn.their_state is not h11.DONE:
                 return  # either side asked to close
@@ -267,12 +271,35 @@ class _Connection:
             peer=self._peer,
         )
 
-    async def _call(self, request: Request) -> Response:
+    async def _call(self, request: Request) -> Response | None:
+        """The handler's answer; None when a GET's client hung up first. A GET may wait
+        long (a long poll): its handler is cancelled when the client leaves, so an
+        abandoned wait frees its connection slot at once. Other methods run to the end."""
+        if request.method != "GET":
+            return await self._answer(request)
+        answers: list[Response] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._cancel_on_hang_up, nursery.cancel_scope)
+            answers.append(await self._answer(request))
+            nursery.cancel_scope.cancel()
+        return answers[0] if answers else None
+
+    async def _answer(self, request: Request) -> Response:
         try:
             return await self._handler(request)
         except Exception:
             log.exception("handler failed on %s %s", request.method, request.path)
             return error_response(500, "internal", "internal error; the daemon's log has the details")
+
+    async def _cancel_on_hang_up(self, scope: trio.CancelScope) -> None:
+        # What arrives meanwhile is a pipelined request: h11 keeps it for the next cycle,
+        # up to a bound; past it, stop reading (and watching) until the answer is sent.
+        while len(self._conn.trailing_data[0]) < _PIPELINE_BUFFER:
+            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                scope.cancel()
+                return
+            self._conn.receive_data(data)
 
     async def _next_event(self) -> Any:
         while True:
@@ -356,6 +383,7 @@ def bind_unix_socket(path: str, mode: int, group: str) -> trio.SocketListener:
     if not os.path.isdir(parent):
         os.makedirs(parent, exist_ok=True)
         os.chmod(parent, 0o755)
+    _check_directory(parent)
     gid = _group_id(group)
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -380,6 +408,19 @@ def bind_unix_socket(path: str, mode: int, group: str) -> trio.SocketListener:
         if not listening:
             sock.close()
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def _check_directory(directory: str) -> None:
+    """Refuse a socket directory that someone else could swap the socket in (a
+    pre-made /tmp/jobd-UID of another user, a world-writable directory)."""
+    found = os.stat(directory)
+    if found.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"the socket's directory {directory} belongs to another user (uid {found.st_uid})",
+            key="api.socket",
+        )
+    if found.st_mode & stat.S_IWOTH and not found.st_mode & stat.S_ISVTX:
+        raise ConfigError(f"the socket's directory {directory} is writable by everyone", key="api.socket")
 
 
 def _bind_private(sock: socket.socket, path: str) -> None:

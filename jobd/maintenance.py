@@ -159,7 +159,8 @@ class Maintenance:
         """Queue depths for the metrics and the status line: one query, cached."""
         self.counts = await self._store.count_jobs()
         self._warn_of_orphan_queues()
-        self._metrics.set_queue_counts(
-            {queue: {state.value: n for state, n in states.items()} for queue, states in self.counts.items()}
-        )
+        per_queue: dict[str, dict[str, int]] = {queue: {} for queue in self._live.current.queues}
+        for queue, states in self.counts.items():
+            per_queue[queue] = {state.value: n for state, n in states.items()}
+        self._metrics.set_queue_counts(per_queue)  # every served queue, so an empty one reads 0
         self._metrics.set_workers(self._pool.busy, self._pool.capacity)

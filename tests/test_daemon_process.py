@@ -387,3 +387,21 @@ def test_jobd_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
     bad.write_text('[store]\nurl = "sqlite:///proc/no/such/dir/jobd.db"\n')
     failed = subprocess.run([*JOBD, "migrate", "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr and "/proc/no/such" in failed.stderr
+
+
+def test_the_metrics_port_takes_no_request_bodies(start_daemon: StartDaemon) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    start_daemon(config={"metrics": {"listen": f"127.0.0.1:{port}"}})
+    answer = httpx.post(f"http://127.0.0.1:{port}/metrics", content=b"x" * 10_000, timeout=10)
+    assert answer.status_code == 413
+    assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 200
+
+
+def test_a_json_number_too_long_to_convert_is_a_bad_request(start_daemon: StartDaemon) -> None:
+    daemon = start_daemon()
+    with daemon.http() as client:
+        answer = client.post("/v1/jobs", content=b'{"type": "jobd.noop", "payload": ' + b"9" * 5000 + b"}")
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_request"

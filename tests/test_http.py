@@ -560,3 +560,51 @@ async def test_bad_tcp_address_names_the_key(address: str) -> None:
     with pytest.raises(ConfigError) as caught:
         await bind_tcp(address)
     assert caught.value.key == "metrics.listen"
+
+
+async def test_a_get_whose_client_hangs_up_is_cancelled_at_once(socket_dir: Path) -> None:
+    """An abandoned long poll must not hold its connection slot until its timeout."""
+    started, cancelled = trio.Event(), trio.Event()
+
+    async def long_poll(request: Request) -> Response:
+        if request.method == "POST":
+            return json_response(200, {"posted": True})
+        started.set()
+        try:
+            await trio.sleep(3600)
+        finally:
+            cancelled.set()
+        return json_response(200, {})
+
+    path = socket_dir / "s.sock"
+    async with trio.open_nursery() as nursery:
+        listener = bind_unix_socket(str(path), 0o600, "")
+        await nursery.start(partial(serve, [listener], long_poll, limits=SMALL))
+        client = await RawClient.connect(path)
+        await client.send(b"GET /wait HTTP/1.1\r\nHost: jobd\r\n\r\n")
+        await started.wait()
+        await client.stream.aclose()
+        with trio.fail_after(5):
+            await cancelled.wait()
+        # A POST is answered even when its client half-closes after sending it.
+        other = await RawClient.connect(path)
+        await other.send(b"POST /x HTTP/1.1\r\nHost: jobd\r\nContent-Length: 0\r\n\r\n")
+        await other.stream.send_eof()
+        status, _, body = await other.response()
+        assert status == 200 and json.loads(body) == {"posted": True}
+        nursery.cancel_scope.cancel()
+
+
+def test_a_socket_directory_others_could_write_is_refused(socket_dir: Path) -> None:
+    shared = socket_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by everyone"):
+        bind_unix_socket(str(shared / "s.sock"), 0o600, "")
+    if os.geteuid() != 0:
+        return  # only root can give a directory to another user
+    foreign = socket_dir / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 12345, -1)
+    with pytest.raises(ConfigError, match="another user"):
+        bind_unix_socket(str(foreign / "s.sock"), 0o600, "")
