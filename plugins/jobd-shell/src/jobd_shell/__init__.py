@@ -2,9 +2,13 @@
 
 The command runs without a shell (argv is executed as given) in a process group of
 its own, so that cancelling the job or reaching a timeout ends the command and every
-process it started: SIGTERM to the group, then SIGKILL after `kill_grace`. Output is
+process it started: SIGTERM to the group, then SIGKILL after a grace period (`kill_grace`
+when the payload's own `timeout` runs out, at most `CANCEL_GRACE` when the job itself is
+cancelled, so the worker can record that within the contract's second). Output is
 captured up to `max_output_bytes` per stream; the rest is read and thrown away so a
 chatty command can neither block on a full pipe nor fill the daemon's memory.
+The daemon's own plumbing (`JOBD_*`, systemd's notify, watchdog and socket variables)
+is removed from the environment the command inherits.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ SHELL = "/bin/sh"
 PAYLOAD_KEYS = frozenset({"argv", "cwd", "env", "stdin", "timeout", "shell"})
 STDERR_TAIL = 500  # characters of stderr quoted in a failed attempt's reason
 GROUP_POLL = 0.05  # seconds between checks that a terminated process group is gone
+CANCEL_GRACE = 0.5  # longest wait between SIGTERM and SIGKILL when the job is cancelled
+# Variables meant for the daemon alone: secrets (JOBD_*) and systemd's handles on it.
+PRIVATE_PREFIX = "JOBD_"
+PRIVATE_VARIABLES = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,23 +159,22 @@ async def run(job: jobd.JobContext) -> dict[str, Any]:
         raise jobd.Fail(f"{program!r} is not in [plugins.shell] allowed_commands")
     command = [SHELL, "-c", argv[0], "sh", *argv[1:]] if use_shell else argv
     executable = _executable(command[0])
-    env = {**os.environ, **payload.get("env", {})}
-    stdin = payload.get("stdin", "").encode()
-    timeout = payload.get("timeout", math.inf)
+    # An optional field given as null counts as absent.
+    env = {**_inherited_environment(), **(payload.get("env") or {})}
+    stdin = (payload.get("stdin") or "").encode()
+    timeout = payload.get("timeout") or math.inf
+    process = _Process(command, executable, payload.get("cwd"), env, stdin, timeout)
 
     started = trio.current_time()
     stdout, stderr = _Capture(config.max_output_bytes), _Capture(config.max_output_bytes)
-    with trio.move_on_after(timeout) as deadline:
-        try:
-            exit_code = await _run_process(
-                command, executable, payload.get("cwd"), env, stdin, stdout, stderr, config.kill_grace
-            )
-        except* OSError as errors:  # the program could not be started: missing, not executable, bad cwd
-            error = errors.exceptions[0]
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise jobd.Fail(f"cannot run {command[0]!r}: {reason}") from None
+    try:
+        exit_code = await _run_process(process, stdout, stderr, config.kill_grace)
+    except* OSError as errors:  # the program could not be started: missing, not executable, bad cwd
+        error = errors.exceptions[0]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise jobd.Fail(f"cannot run {command[0]!r}: {reason}") from None
     duration = round(trio.current_time() - started, 3)
-    if deadline.cancelled_caught:
+    if exit_code is None:
         raise jobd.Retry(reason=f"{program} timed out after {timeout:g}s and was killed")
     if exit_code != 0:
         tail = stderr.text()[-STDERR_TAIL:].strip()
@@ -194,10 +203,39 @@ def _executable(program: str) -> str:
     return found
 
 
+def _inherited_environment() -> dict[str, str]:
+    """The daemon's environment without what is meant for the daemon alone."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(PRIVATE_PREFIX) and name not in PRIVATE_VARIABLES
+    }
+
+
 def _describe_exit(program: str, exit_code: int) -> str:
     if exit_code < 0:
-        return f"{program} was killed by {signal.Signals(-exit_code).name}"
+        return f"{program} was killed by {_signal_name(-exit_code)}"
     return f"{program} exited with code {exit_code}"
+
+
+def _signal_name(number: int) -> str:
+    """SIGTERM, SIGKILL, …; a signal Python has no name for (a realtime one) by its number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Process:
+    """What to start: the command line, where and with what, and its own time limit."""
+
+    command: list[str]
+    executable: str
+    cwd: str | None
+    env: dict[str, str]
+    stdin: bytes
+    timeout: float  # seconds; math.inf for none
 
 
 class _Capture:
@@ -221,12 +259,11 @@ class _Capture:
 
 
 class _Group:
-    """The child's process group: terminated once, killed after the grace period."""
+    """The child's process group: terminated once, killed when the grace period asked for is over."""
 
-    def __init__(self, grace: float) -> None:
-        self.grace = grace
+    def __init__(self) -> None:
         self.pgid: int | None = None  # the child's pid, which leads its own group
-        self.kill_at: float | None = None
+        self.terminated_at: float | None = None
 
     def _signal(self, signum: int) -> bool:
         """Send `signum` to the group; False when no process is left in it."""
@@ -237,67 +274,71 @@ class _Group:
             return False
         return True
 
-    async def end(self) -> None:
-        """SIGTERM the group, wait up to the grace period for it to empty, then SIGKILL what is left."""
+    async def end(self, grace: float) -> None:
+        """SIGTERM the group (once), wait until `grace` after that for it to empty, then SIGKILL what is left.
+
+        A shorter grace asked for later (the job cancelled while a timed-out command was
+        being given its full grace) cuts the wait short.
+        """
         if self.pgid is None:
             return
-        if self.kill_at is None:
-            self.kill_at = trio.current_time() + self.grace
+        if self.terminated_at is None:
+            self.terminated_at = trio.current_time()
             if not self._signal(signal.SIGTERM):
                 return
-        while trio.current_time() < self.kill_at:
+        kill_at = self.terminated_at + grace
+        while trio.current_time() < kill_at:
             if not self._signal(0):
                 return
             await trio.sleep(GROUP_POLL)
         self._signal(signal.SIGKILL)
 
-    async def deliver_cancel(self, process: trio.Process) -> None:
-        """For `trio.run_process`: how to stop the child when the job is cancelled."""
-        self.pgid = process.pid
-        await self.end()
 
+async def _run_process(process: _Process, stdout: _Capture, stderr: _Capture, grace: float) -> int | None:
+    """Run the command to its end in its own session; its exit code, or None when its timeout ran out.
 
-async def _run_process(
-    command: list[str],
-    executable: str,
-    cwd: str | None,
-    env: dict[str, str],
-    stdin: bytes,
-    stdout: _Capture,
-    stderr: _Capture,
-    grace: float,
-) -> int:
-    """Run the command to its end in its own session; no process of its group survives this call."""
-    group = _Group(grace)
+    No process of its group survives this call. Cancelled (the job cancelled, timed out,
+    or the daemon stopping), the group gets at most `CANCEL_GRACE` before SIGKILL, so the
+    handler ends promptly; the command's own timeout gives it the whole `grace`.
+    """
+    group = _Group()
+    cancel_grace = min(grace, CANCEL_GRACE)
+
+    async def deliver_cancel(child: trio.Process) -> None:
+        group.pgid = child.pid
+        await group.end(cancel_grace)
+
     try:
         async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
+            child: trio.Process = await nursery.start(
                 partial(
                     trio.run_process,
-                    command,
-                    executable=executable,
-                    cwd=cwd,
-                    env=env,
-                    stdin=stdin,
+                    process.command,
+                    executable=process.executable,
+                    cwd=process.cwd,
+                    env=process.env,
+                    stdin=process.stdin,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     check=False,
                     start_new_session=True,  # its own session, hence its own process group
-                    deliver_cancel=group.deliver_cancel,
+                    deliver_cancel=deliver_cancel,
                 )
             )
-            group.pgid = process.pid
-            assert process.stdout is not None and process.stderr is not None
+            group.pgid = child.pid
+            assert child.stdout is not None and child.stderr is not None
             async with trio.open_nursery() as readers:
-                readers.start_soon(stdout.drain, process.stdout)
-                readers.start_soon(stderr.drain, process.stderr)
-                await process.wait()
-                # The command is done; whatever it left behind in its group goes too,
+                readers.start_soon(stdout.drain, child.stdout)
+                readers.start_soon(stderr.drain, child.stderr)
+                with trio.move_on_after(process.timeout) as deadline:
+                    await child.wait()
+                # The command is done or out of time. Whatever is left of its group goes too,
                 # else a background child holding the pipes would keep the job running.
-                await group.end()
+                await group.end(grace)
+                await child.wait()
                 readers.cancel_scope.deadline = trio.current_time() + grace
-        assert process.returncode is not None
-        return process.returncode
+        assert child.returncode is not None
+        return None if deadline.cancelled_caught else child.returncode
     finally:
         with trio.CancelScope(shield=True):
-            await group.end()
+            await group.end(cancel_grace)
