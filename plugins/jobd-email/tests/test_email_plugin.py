@@ -38,7 +38,7 @@ class Sink:
     """What the server answers (by command, or by recipient for RCPT) and what it received."""
 
     port: int = 0
-    replies: dict[str, str] = field(default_factory=dict)  # "MAIL", "DATA", "AUTH", "GREETING" -> reply
+    replies: dict[str, str] = field(default_factory=dict)  # by command (or "GREETING") -> reply
     recipient_replies: dict[str, str] = field(default_factory=dict)
     silent: bool = False  # accept connections but never greet
     received: list[Received] = field(default_factory=list)
@@ -88,7 +88,7 @@ class SmtpSession(socketserver.StreamRequestHandler):
                     sink.received.append(Received(sender, recipients, b"".join(lines)))
                 self.reply(answer)
             elif verb == "QUIT":
-                self.reply("221 bye")
+                self.reply(sink.replies.get("QUIT", "221 bye"))
                 return
             else:  # RSET, NOOP and anything else
                 self.reply("250 ok")
@@ -224,6 +224,15 @@ async def test_4xx_replies_retry_and_5xx_replies_fail(
     assert outcome.kind is kind
     assert reply.split()[0] in outcome.reason
     assert sink.received == []
+
+
+@pytest.mark.parametrize("reply", ["421 closing down", "500 what quit"])
+async def test_a_failed_quit_after_the_message_was_accepted_still_completes(sink: Sink, reply: str) -> None:
+    sink.replies["QUIT"] = reply
+    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert outcome.result["accepted"] == ["a@example.org"]
+    assert len(sink.received) == 1
 
 
 async def test_a_refused_connection_is_retried() -> None:

@@ -124,6 +124,32 @@ async def test_json_is_sent_as_json_with_the_given_headers(server: str) -> None:
     assert echoed["headers"]["X-Trace"] == "7"
 
 
+@pytest.mark.parametrize(
+    ("payload", "method"),
+    [({}, "GET"), ({"json": {"n": 1}}, "POST"), ({"body": "x"}, "POST"), ({"json": None}, "POST")],
+)
+async def test_without_a_method_a_body_is_posted_and_anything_else_is_a_get(
+    server: str, payload: dict[str, Any], method: str
+) -> None:
+    outcome = await run({"url": f"{server}/echo", **payload})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert json.loads(outcome.result["body"])["method"] == method
+
+
+async def test_printable_header_values_are_accepted_and_sent(server: str) -> None:
+    headers = {"Authorization": "Bearer a.b-c~d", "X-Tabbed": "one\ttwo", "X-Empty": ""}
+    outcome = await run({"url": f"{server}/echo", "headers": headers})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    echoed = json.loads(outcome.result["body"])["headers"]
+    assert echoed["Authorization"] == "Bearer a.b-c~d" and echoed["X-Tabbed"] == "one\ttwo"
+
+
+async def test_a_null_timeout_is_the_configured_one(server: str) -> None:
+    outcome = await run({"url": f"{server}/slow", "timeout": None}, {"timeout": "300ms"})
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "no answer within 0.3s" in outcome.reason
+
+
 async def test_the_body_is_truncated_at_max_body_bytes(server: str) -> None:
     outcome = await run({"method": "GET", "url": f"{server}/big?size=3000000"}, {"max_body_bytes": 1000})
     assert outcome.result["body"] == "z" * 1000
@@ -244,13 +270,20 @@ async def test_the_client_is_shared_and_closed_with_the_lifespan(server: str) ->
     ("payload", "field"),
     [
         ("GET http://x", "payload"),
-        ({"url": "http://x/"}, "payload.method"),
+        ({"method": 5, "url": "http://x/"}, "payload.method"),
         ({"method": "GE T", "url": "http://x/"}, "payload.method"),
         ({"method": "GET"}, "payload.url"),
         ({"method": "GET", "url": "ftp://x/"}, "payload.url"),
         ({"method": "GET", "url": "/relative"}, "payload.url"),
-        ({"method": "GET", "url": "http://x/", "headers": {"A": 1}}, "payload.headers"),
-        ({"method": "GET", "url": "http://x/", "headers": {"A": "1\r\nB: 2"}}, "payload.headers"),
+        ({"method": "GET", "url": "http://x/", "headers": []}, "payload.headers"),
+        ({"method": "GET", "url": "http://x/", "headers": {"A": 1}}, "payload.headers.A"),
+        ({"method": "GET", "url": "http://x/", "headers": {"A": "1\r\nB: 2"}}, "payload.headers.A"),
+        ({"url": "http://x/", "headers": {"X-Name": "Zoë €"}}, "payload.headers.X-Name"),
+        ({"url": "http://x/", "headers": {"X-Bell": "a\x07b"}}, "payload.headers.X-Bell"),
+        ({"url": "http://x/", "headers": {"X-Lf": "value\n"}}, "payload.headers.X-Lf"),
+        ({"url": "http://x/", "headers": {"X-Pad": " x "}}, "payload.headers.X-Pad"),
+        ({"url": "http://x/", "headers": {"Bad Name": "x"}}, "payload.headers.Bad Name"),
+        ({"url": "http://x/", "headers": {"Näme": "x"}}, "payload.headers.Näme"),
         ({"method": "POST", "url": "http://x/", "json": {}, "body": ""}, "payload.body"),
         ({"method": "POST", "url": "http://x/", "body": {"a": 1}}, "payload.body"),
         ({"method": "POST", "url": "http://x/", "json": float("nan")}, "payload.json"),

@@ -9,6 +9,7 @@ fail the job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import smtplib
 import socket
@@ -237,12 +238,23 @@ def _deliver(config: Settings, message: EmailMessage, recipients: list[str]) -> 
         smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=context)
     else:
         smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
-    with smtp:
+    try:
         if config.starttls:
             smtp.starttls(context=context)
         if config.username:
             smtp.login(config.username, config.password)
         return smtp.send_message(message, from_addr=_address(config.sender), to_addrs=recipients)
+    finally:
+        _hang_up(smtp)
+
+
+def _hang_up(smtp: smtplib.SMTP) -> None:
+    """QUIT and close, ignoring any error: the message's fate is already known, and a
+    failed QUIT after an accepted message must neither fail the job nor send it twice."""
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        smtp.quit()
+    with contextlib.suppress(OSError):
+        smtp.close()
 
 
 def _text(reply: bytes | str) -> str:

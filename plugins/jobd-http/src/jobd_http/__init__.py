@@ -46,7 +46,10 @@ TIMESTAMP_HEADER = "X-Jobd-Timestamp"
 JOB_ID_HEADER = "X-Jobd-Job-Id"
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx
 REASON_BODY = 200  # characters of the answer's body quoted in a failed attempt's reason
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: methods and header names
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 token: methods and header names
+# A header value that goes on the wire as it is: printable ASCII (httpx encodes values as
+# ASCII), tabs and spaces only between visible characters (h11 refuses them at either end).
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[ \t]*[\x21-\x7e])*)?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,16 +146,19 @@ def validate(payload: Any) -> None:
         known = ", ".join(sorted(PAYLOAD_KEYS))
         raise jobd.InvalidJob(f"unknown field (known: {known})", field=f"payload.{unknown[0]}")
     method = payload.get("method")
-    if not isinstance(method, str) or not _TOKEN.match(method):
+    if method is not None and (not isinstance(method, str) or not _TOKEN.match(method)):
         raise jobd.InvalidJob("must be an HTTP method such as GET or POST", field="payload.method")
     _validate_url(payload.get("url"))
     headers = payload.get("headers", {})
     if not isinstance(headers, dict):
         raise jobd.InvalidJob("must be an object of header names to strings", field="payload.headers")
     for name, value in headers.items():
-        if not _TOKEN.match(name) or not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-            message = f"{name!r} must be a header name with a one-line string value"
-            raise jobd.InvalidJob(message, field="payload.headers")
+        field = f"payload.headers.{name}"
+        if not _TOKEN.match(name):
+            raise jobd.InvalidJob("not a header name: letters, digits and !#$%&'*+.^_`|~- only", field=field)
+        if not isinstance(value, str) or not _HEADER_VALUE.match(value):
+            message = "must be a string of printable ASCII, without control characters or surrounding spaces"
+            raise jobd.InvalidJob(message, field=field)
     if "json" in payload and "body" in payload:
         raise jobd.InvalidJob("give either json or body, not both", field="payload.body")
     if "body" in payload and not isinstance(payload["body"], str):
@@ -204,7 +210,7 @@ async def request(job: jobd.JobContext) -> dict[str, Any]:
         raise RuntimeError("jobd-http's client is closed: its jobd_lifespan is not open")
     config = _settings
     payload = job.payload
-    method: str = payload["method"].upper()
+    method = _method(payload)
     url: str = payload["url"]
     content, headers = _content(payload)
     if config.signing_secret is not None:
@@ -212,7 +218,7 @@ async def request(job: jobd.JobContext) -> dict[str, Any]:
         headers[TIMESTAMP_HEADER] = timestamp
         headers[JOB_ID_HEADER] = str(job.id)
         headers[config.signing_header] = signature(config.signing_secret, timestamp, str(job.id), content)
-    timeout = payload.get("timeout", config.timeout)
+    timeout = payload.get("timeout") or config.timeout  # null counts as absent
     try:
         async with _client.stream(method, url, content=content, headers=headers, timeout=timeout) as response:
             body, truncated = await _read_body(response, config.max_body_bytes)
@@ -229,6 +235,14 @@ async def request(job: jobd.JobContext) -> dict[str, Any]:
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise jobd.Retry(delay=retry_after(response.headers.get("Retry-After")), reason=reason)
     raise jobd.Fail(reason)
+
+
+def _method(payload: Mapping[str, Any]) -> str:
+    """The payload's method, upper-cased; without one, POST when there is a body to send, else GET."""
+    method = payload.get("method")
+    if method is not None:
+        return str(method).upper()
+    return "POST" if "json" in payload or "body" in payload else "GET"
 
 
 def _content(payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
