@@ -213,7 +213,7 @@ class WorkerPool:
                     claimed = await self._store.claim_jobs(self.owner, slots, limit, now, lease_until)
                 except StoreUnavailable as error:
                     failures += 1
-                    delay = STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS)) - 1]
+                    delay = _store_retry_delay(failures)
                     if failures == 1:
                         log.warning("cannot claim jobs, the store is unavailable: %s", error)
                     await trio.sleep(delay)
@@ -383,7 +383,7 @@ class WorkerPool:
                         ", ".join(str(item.job.id) for item in batch),
                     )
                     return
-                await trio.sleep(STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS)) - 1])
+                await trio.sleep(_store_retry_delay(failures))
         for item, job in zip(batch, stored, strict=True):
             self._report(item, job)
         # Room under a global limit shows in the store only now: the claim made when the
@@ -465,6 +465,11 @@ class WorkerPool:
                 continue
             for job_id in requested:
                 self.cancel_running(job_id)
+
+
+def _store_retry_delay(failures: int) -> float:
+    """How long to wait before asking an unavailable store again, after `failures` tries."""
+    return STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS)) - 1]
 
 
 def _job_fields(job: Job, outcome: str, duration: float | None) -> dict[str, object]:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import trio
 
-from jobd.job import JSON, Job, JobState, Progress
+from jobd.job import JSON, Action, Job, JobState, Progress
 
 WakeCallback = Callable[[str], None]
 """Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"."""
@@ -63,6 +63,20 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # -> failed, with `error`
     CANCELLED = "cancelled"  # -> cancelled, with `error`
     REQUEUED = "requeued"  # -> pending, the attempt given back (attempts - 1): graceful shutdown
+
+    @property
+    def action(self) -> Action:
+        """What this outcome does to a running job, for `jobd.job.next_state`."""
+        return _OUTCOME_ACTIONS[self]
+
+
+_OUTCOME_ACTIONS = {
+    Outcome.COMPLETED: Action.COMPLETE,
+    Outcome.RETRIED: Action.BACK_OFF,
+    Outcome.FAILED: Action.FAIL,
+    Outcome.CANCELLED: Action.CANCEL,
+    Outcome.REQUEUED: Action.REQUEUE,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,15 +26,6 @@ from jobd.store import (
     WakeCallback,
 )
 
-_OUTCOME_ACTION = {
-    Outcome.COMPLETED: Action.COMPLETE,
-    Outcome.RETRIED: Action.BACK_OFF,
-    Outcome.FAILED: Action.FAIL,
-    Outcome.CANCELLED: Action.CANCEL,
-    Outcome.REQUEUED: Action.REQUEUE,
-}
-
-
 ReadyHeaps = dict[str, list[tuple[tuple[int, datetime, int], int, "_Row"]]]
 _entries = itertools.count()  # ties between heap entries never compare rows
 
@@ -219,7 +210,7 @@ class MemoryStore:
             if row is None:
                 results.append(None)
                 continue
-            state = next_state(row.job.id, row.job.state, _OUTCOME_ACTION[completion.outcome])
+            state = next_state(row.job.id, row.job.state, completion.outcome.action)
             job = dataclasses.replace(row.job, state=state, updated_at=now)
             if completion.outcome == Outcome.COMPLETED:
                 job = dataclasses.replace(job, result=completion.result, finished_at=now)

@@ -59,13 +59,6 @@ _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _CANCEL_REPEAT = 0.1  # seconds between cancel requests while a cancelled query still runs
 _NO_CURSOR = 2**63 - 1
 
-_OUTCOME_ACTION = {
-    Outcome.COMPLETED: Action.COMPLETE,
-    Outcome.RETRIED: Action.BACK_OFF,
-    Outcome.FAILED: Action.FAIL,
-    Outcome.CANCELLED: Action.CANCEL,
-    Outcome.REQUEUED: Action.REQUEUE,
-}
 _LIST_FILTERS = ("state", "type", "queue")
 
 
@@ -319,11 +312,8 @@ class PostgresStore:
                 firsts[completion.job_id] = index
         groups = [list(firsts.values()), *([index] for index in repeats)]
         statements = [_completion_params([completions[i] for i in group], now) for group in groups]
-        wakes = any(
-            next_state(c.job_id, JobState.RUNNING, _OUTCOME_ACTION[c.outcome])
-            in (JobState.PENDING, JobState.SCHEDULED)
-            for c in completions
-        )
+        # A job back to pending or scheduled is work for any daemon: tell them.
+        wakes = any(c.outcome in (Outcome.RETRIED, Outcome.REQUEUED) for c in completions)
 
         def complete(conn: Connection) -> list[list[Row]]:
             found = [_fetch_all(conn, QUERIES["complete_jobs"], params) for params in statements]
@@ -570,7 +560,7 @@ def _find_key_holder(cursor: psycopg.Cursor[Row], new: NewJob) -> tuple[Row, boo
 
 
 def _completion_params(batch: Sequence[Completion], now: datetime) -> dict[str, Any]:
-    states = [next_state(c.job_id, JobState.RUNNING, _OUTCOME_ACTION[c.outcome]) for c in batch]
+    states = [next_state(c.job_id, JobState.RUNNING, c.outcome.action) for c in batch]
     return {
         "now": now,
         "ids": [c.job_id for c in batch],

@@ -41,7 +41,6 @@ from jobd.store import (
     JobFilter,
     JobPage,
     NewJob,
-    Outcome,
     QueueCounts,
     QueueSlots,
     Rescued,
@@ -59,14 +58,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _LIST_FILTERS = ("state", "type", "queue")
 _MAX_CURSOR_DIGITS = 18  # keeps a cursor within SQLite's 64-bit integers
-
-_OUTCOME_ACTION = {
-    Outcome.COMPLETED: Action.COMPLETE,
-    Outcome.RETRIED: Action.BACK_OFF,
-    Outcome.FAILED: Action.FAIL,
-    Outcome.CANCELLED: Action.CANCEL,
-    Outcome.REQUEUED: Action.REQUEUE,
-}
 
 # Primary SQLite result codes a user can do something about, in plain words.
 _REASONS = {
@@ -282,7 +273,7 @@ def _complete_jobs(
             "owner": completion.owner,
             "attempt": completion.attempt,
             "outcome": completion.outcome.value,
-            "state": next_state(completion.job_id, JobState.RUNNING, _OUTCOME_ACTION[completion.outcome]),
+            "state": next_state(completion.job_id, JobState.RUNNING, completion.outcome.action),
             "result": _dump(completion.result),
             "error": completion.error,
             "run_at": _micros(completion.run_at or now),
