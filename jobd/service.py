@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from jobd.clock import Clock
 from jobd.durations import parse_duration
 from jobd.errors import (
     BadRequest,
@@ -26,13 +27,14 @@ from jobd.errors import (
     StoreUnavailable,
 )
 from jobd.handlers import check_result, clean_text
-from jobd.job import FINISHED_STATES, Job, JobState, parse_time
+from jobd.job import FINISHED_STATES, Job, JobState, new_job_id, parse_time
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings, Settings
 from jobd.store import Inserted, JobFilter, JobPage, NewJob, Store
 from jobd.version import __version__
-from jobd.worker import Clock, JobWatch, WorkerPool
+from jobd.watch import JobWatch
+from jobd.worker import WorkerPool
 
 JOB_FIELDS = frozenset(
     {"type", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "timeout", "key"}
@@ -177,7 +179,7 @@ class JobService:
         if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
             raise InvalidJob(f"key must be 1 to {MAX_KEY_LENGTH} characters", field="key")
         return NewJob(
-            id=uuid.uuid4(),
+            id=new_job_id(),
             type=job_type,
             queue=queue,
             payload=payload,

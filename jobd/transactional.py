@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from jobd.errors import InvalidJob
+from jobd.job import new_job_id
 from jobd.store import NewJob
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def submit(
     Raises `jobd.errors.InvalidJob` naming the wrong argument, before touching `conn`;
     an error from the database is psycopg's own, as for any statement on `conn`.
     """
-    from jobd.store.postgres import insert_job_rows
+    from jobd.store.postgres import insert_jobs_on
 
     _check_name("type", type)
     _check_name("queue", queue)
@@ -75,7 +76,7 @@ def submit(
     elif run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
         raise InvalidJob(f"run_at must be a datetime with a time zone, not {run_at!r}", field="run_at")
     job = NewJob(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         type=type,
         queue=queue,
         payload=payload,
@@ -86,9 +87,8 @@ def submit(
         key=key,
         created_at=now,
     )
-    [(row, _created)] = insert_job_rows(conn, [job])
-    job_id: uuid.UUID = row["id"]
-    return job_id
+    [inserted] = insert_jobs_on(conn, [job])
+    return inserted.job.id
 
 
 def _check_name(field: str, value: object) -> None:
