@@ -32,7 +32,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
-from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, Progress, next_state
+from jobd.job import FINISHED_STATES, Action, Job, JobState, Progress, next_state
 from jobd.store import (
     ClaimRequest,
     CompletedAndClaimed,
@@ -531,19 +531,24 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
     """Insert `jobs` in order on `conn`, inside whatever transaction it is in (or, in
     autocommit mode, as one statement). An item whose key a live job holds gets that job
     instead (created=False). Shared by the store and `jobd.transactional`."""
-    params = {
-        "ids": [new.id for new in jobs],
-        "types": [new.type for new in jobs],
-        "queues": [new.queue for new in jobs],
-        "payloads": [_json_text(new.payload, index) for index, new in enumerate(jobs)],
-        "states": [new.state.value for new in jobs],
-        "priorities": [new.priority for new in jobs],
-        "max_attempts": [new.max_attempts for new in jobs],
-        "timeouts": [new.timeout for new in jobs],
-        "run_ats": [new.run_at for new in jobs],
-        "created_ats": [new.created_at for new in jobs],
-        "keys": [new.key for new in jobs],
-    }
+    times = _TimeTexts()
+    items = [
+        {
+            "id": str(new.id),
+            "type": new.type,
+            "queue": new.queue,
+            "payload": new.payload,
+            "state": new.state.value,
+            "priority": new.priority,
+            "max_attempts": new.max_attempts,
+            "timeout": new.timeout,
+            "run_at": times.text(new.run_at),
+            "created_at": times.text(new.created_at),
+            "key": new.key,
+        }
+        for new in jobs
+    ]
+    params = {"jobs": _json_text(items, jobs)}
     try:
         # A cursor of our own: the caller's connection may make rows of another kind.
         rows = conn.cursor(row_factory=tuple_row).execute(QUERIES["insert_jobs"], params).fetchall()
@@ -572,11 +577,32 @@ def _key_holder(conn: Connection, new: NewJob) -> Inserted:
             return inserted
 
 
-def _json_text(value: JSON, index: int) -> str:
+def _json_text(items: list[dict[str, Any]], jobs: Sequence[NewJob]) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        return json.dumps(items, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as error:
-        raise InvalidJob(f"payload is not JSON: {error}", field="payload", index=index) from None
+        for index, new in enumerate(jobs):  # which item: the rare path may take its time
+            try:
+                json.dumps(new.payload, allow_nan=False)
+            except (TypeError, ValueError):
+                raise InvalidJob(f"payload is not JSON: {error}", field="payload", index=index) from None
+        raise InvalidJob(f"a job is not JSON: {error}") from None
+
+
+class _TimeTexts:
+    """Times as PostgreSQL reads them, each distinct one formatted once per call: the
+    times of one batch are mostly the same instant."""
+
+    def __init__(self) -> None:
+        self._texts: dict[datetime, str] = {}
+
+    def text(self, value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        text = self._texts.get(value)
+        if text is None:
+            text = self._texts[value] = value.isoformat()
+        return text
 
 
 def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation) -> InvalidJob:
@@ -593,21 +619,30 @@ def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation) -> 
 def _exchange_params(
     completions: Sequence[Completion], slots: Sequence[QueueSlots], claim: ClaimRequest | None, now: datetime
 ) -> dict[str, Any]:
-    states = [next_state(c.job_id, JobState.RUNNING, c.outcome.action) for c in completions]
+    times = _TimeTexts()
+    done = []
+    for c in completions:
+        state = next_state(c.job_id, JobState.RUNNING, c.outcome.action)
+        done.append(
+            {
+                "id": str(c.job_id),
+                "owner": c.owner,
+                "attempt": c.attempt,
+                "outcome": c.outcome.value,
+                "state": state.value,
+                "final": state in FINISHED_STATES,
+                "result": c.result if c.outcome == Outcome.COMPLETED else None,
+                "error": c.error,
+                "run_at": times.text(c.run_at),
+            }
+        )
+    try:
+        completions_text = json.dumps(done, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidJob(f"a result is not JSON: {error}") from None
     return {
         "now": now,
-        "ids": [c.job_id for c in completions],
-        "owners": [c.owner for c in completions],
-        "attempts": [c.attempt for c in completions],
-        "outcomes": [c.outcome.value for c in completions],
-        "states": [state.value for state in states],
-        "finals": [state in FINISHED_STATES for state in states],
-        "results": [
-            json.dumps(c.result, ensure_ascii=False) if c.outcome == Outcome.COMPLETED else None
-            for c in completions
-        ],
-        "errors": [c.error for c in completions],
-        "run_ats": [c.run_at for c in completions],
+        "completions": completions_text,
         "queues": [slot.queue for slot in slots],
         "free": [slot.free for slot in slots],
         "global_limits": [slot.global_limit for slot in slots],

@@ -8,21 +8,21 @@
 -- complete) are each one statement, sent without BEGIN/COMMIT: one round trip.
 
 -- name: insert_jobs
--- The whole batch, in order. An item whose key a live job holds (or an earlier item of
--- the batch) is not inserted and is missing from the answer; the caller then reads the
--- holder. One NOTIFY wakes every daemon when anything was inserted.
+-- The whole batch, in order, as one JSON array (one parameter, encoded in one call).
+-- An item whose key a live job holds (or an earlier item of the batch) is not inserted
+-- and is missing from the answer; the caller then reads the holder. One NOTIFY wakes
+-- every daemon when anything was inserted.
 WITH new AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(types)s::text[], %(queues)s::text[], %(payloads)s::text[],
-                         %(states)s::text[], %(priorities)s::int[], %(max_attempts)s::int[],
-                         %(timeouts)s::float8[], %(run_ats)s::timestamptz[], %(created_ats)s::timestamptz[],
-                         %(keys)s::text[])
-         WITH ORDINALITY
-         AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key, position)
+    SELECT * FROM ROWS FROM (json_to_recordset(%(jobs)s::json) AS (
+        id uuid, type text, queue text, payload jsonb, state text, priority int, max_attempts int,
+        timeout float8, run_at timestamptz, created_at timestamptz, key text
+    )) WITH ORDINALITY
+    AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key, position)
 ),
 inserted AS (
     INSERT INTO jobd.live_jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
                                 run_at, created_at, updated_at, key)
-    SELECT id, type, queue, payload::jsonb, state, priority, max_attempts, timeout,
+    SELECT id, type, queue, payload, state, priority, max_attempts, timeout,
            run_at, created_at, created_at, key
     FROM new ORDER BY position
     ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
@@ -66,7 +66,7 @@ LIMIT %(limit)s;
 SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(queue)s));
 
 -- name: complete_and_claim_jobs
--- One statement records a batch of outcomes and claims the next jobs.
+-- One statement records a batch of outcomes (one JSON array) and claims the next jobs.
 --   done:      the completions, one row each (no job twice: see PostgresStore);
 --   archived:  the final ones move to finished_jobs, only while still fenced in (the
 --              job is running under the claim's owner and attempt);
@@ -78,10 +78,10 @@ SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(queue)s));
 -- running count still includes the jobs this statement completes: it claims too few,
 -- never too many, and the caller claims again at once.
 WITH done AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(owners)s::text[], %(attempts)s::int[], %(outcomes)s::text[],
-                         %(states)s::text[], %(finals)s::bool[], %(results)s::text[], %(errors)s::text[],
-                         %(run_ats)s::timestamptz[])
-         AS c(id, owner, attempt, outcome, state, final, result, error, run_at)
+    SELECT * FROM json_to_recordset(%(completions)s::json) AS c(
+        id uuid, owner text, attempt int, outcome text, state text, final bool, result jsonb, error text,
+        run_at timestamptz
+    )
 ),
 ended AS (
     DELETE FROM jobd.live_jobs j
@@ -96,7 +96,7 @@ archived AS (
     SELECT id, seq, type, queue, payload, new_state, priority, attempts, max_attempts,
            timeout, run_at, created_at, %(now)s, started_at, %(now)s,
            CASE WHEN outcome = 'completed' THEN last_error ELSE error END,
-           CASE WHEN outcome = 'completed' THEN new_result::jsonb ELSE result END,
+           CASE WHEN outcome = 'completed' THEN new_result ELSE result END,
            progress, key
     FROM ended
     RETURNING id
