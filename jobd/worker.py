@@ -257,7 +257,7 @@ class WorkerPool:
         self._running[job.id] = running
         self._busy_by_queue[job.queue] += 1
         self._metrics.job_started(job.queue, (now - job.run_at).total_seconds())
-        jobs.start_soon(self._run_job, running, name=f"job {job.type} {job.id}")
+        jobs.start_soon(self._run_job, running, name=job.type)
 
     # -- running one job ----------------------------------------------------------------
 

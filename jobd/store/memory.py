@@ -10,17 +10,17 @@ jobs it keeps.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import heapq
 import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import trio
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse
-from jobd.job import FINISHED_STATES, Action, Job, JobState, Progress, next_state
+from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, Progress, next_state
 from jobd.store import (
     ClaimRequest,
     CompletedAndClaimed,
@@ -195,7 +195,7 @@ class MemoryStore:
         claimed: list[Job] = []
         state = next_state("", JobState.PENDING, Action.CLAIM)
         for row in candidates[: max(limit, 0)]:
-            row.job = dataclasses.replace(
+            row.job = _changed(
                 row.job,
                 state=state,
                 attempts=row.job.attempts + 1,
@@ -233,15 +233,15 @@ class MemoryStore:
         job = row.job
         state = next_state(job.id, job.state, completion.outcome.action)
         if completion.outcome == Outcome.COMPLETED:
-            job = dataclasses.replace(
+            job = _changed(
                 job, state=state, updated_at=now, result=completion.result, finished_at=now
             )
         elif completion.outcome == Outcome.RETRIED:
-            job = dataclasses.replace(
+            job = _changed(
                 job, state=state, updated_at=now, last_error=completion.error, run_at=completion.run_at or now
             )
         elif completion.outcome == Outcome.REQUEUED:
-            job = dataclasses.replace(
+            job = _changed(
                 job,
                 state=state,
                 updated_at=now,
@@ -250,7 +250,7 @@ class MemoryStore:
                 last_error=completion.error,
             )
         else:
-            job = dataclasses.replace(
+            job = _changed(
                 job, state=state, updated_at=now, last_error=completion.error, finished_at=now
             )
         row.owner, row.lease_until, row.cancel_requested = None, None, False
@@ -281,7 +281,7 @@ class MemoryStore:
         row = self._fenced(job_id, owner, attempt)
         if row is None:
             return False
-        row.job = dataclasses.replace(row.job, progress=progress, updated_at=now)
+        row.job = _changed(row.job, progress=progress, updated_at=now)
         return True
 
     async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
@@ -292,7 +292,7 @@ class MemoryStore:
         if row.job.state == JobState.RUNNING:
             row.cancel_requested = True
             return row.job
-        row.job = dataclasses.replace(
+        row.job = _changed(
             row.job, state=state, updated_at=now, finished_at=now, last_error="cancelled before it ran"
         )
         return row.job
@@ -312,7 +312,7 @@ class MemoryStore:
         key = row.job.key
         if key is not None and key in self._indexes.live_keys:
             raise KeyInUse(str(job_id), key)
-        row.job = dataclasses.replace(
+        row.job = _changed(
             row.job,
             state=state,
             attempts=0,
@@ -334,7 +334,7 @@ class MemoryStore:
                 heapq.heappop(heap)  # stale: the row changed since
             elif run_at <= now:
                 heapq.heappop(heap)
-                row.job = dataclasses.replace(row.job, state=state, updated_at=now)
+                row.job = _changed(row.job, state=state, updated_at=now)
             else:
                 return run_at
         return None
@@ -349,7 +349,7 @@ class MemoryStore:
             owner = row.owner
             decision = rescue_decision(row.job, owner, cancel_requested=row.cancel_requested)
             row.owner, row.lease_until, row.cancel_requested = None, None, False
-            row.job = dataclasses.replace(
+            row.job = _changed(
                 row.job,
                 state=decision.state,
                 last_error=decision.error,
@@ -403,6 +403,46 @@ class MemoryStore:
     ) -> None:
         task_status.started()
         await trio.sleep_forever()
+
+
+_KEEP: Any = object()
+
+
+def _changed(
+    job: Job,
+    *,
+    state: JobState = _KEEP,
+    attempts: int = _KEEP,
+    run_at: datetime = _KEEP,
+    updated_at: datetime = _KEEP,
+    started_at: datetime | None = _KEEP,
+    finished_at: datetime | None = _KEEP,
+    last_error: str | None = _KEEP,
+    result: JSON = _KEEP,
+    progress: Progress | None = _KEEP,
+) -> Job:
+    """`dataclasses.replace` for the fields a store changes, at less than half its cost:
+    every claim and completion of this store makes a new `Job`."""
+    return Job(
+        job.id,
+        job.type,
+        job.queue,
+        job.payload,
+        job.state if state is _KEEP else state,
+        job.priority,
+        job.attempts if attempts is _KEEP else attempts,
+        job.max_attempts,
+        job.timeout,
+        job.run_at if run_at is _KEEP else run_at,
+        job.created_at,
+        job.updated_at if updated_at is _KEEP else updated_at,
+        job.started_at if started_at is _KEEP else started_at,
+        job.finished_at if finished_at is _KEEP else finished_at,
+        job.last_error if last_error is _KEEP else last_error,
+        job.result if result is _KEEP else result,
+        job.progress if progress is _KEEP else progress,
+        job.key,
+    )
 
 
 def _parse_cursor(after: str | None) -> int | None:
