@@ -142,7 +142,7 @@ def fill_history(store: str, url: str, jobs: int) -> float:
     return time.perf_counter() - started
 
 
-def drain(daemons: list[Daemon], jobs: int, server_pids: list[int]) -> dict[str, float]:
+def drain(daemons: list[Daemon], jobs: int, postgres: bool) -> dict[str, float]:
     with daemons[0].client() as client:
         client.post("/v1/queues/default/pause").raise_for_status()
         started = time.perf_counter()
@@ -152,6 +152,7 @@ def drain(daemons: list[Daemon], jobs: int, server_pids: list[int]) -> dict[str,
         submit_seconds = time.perf_counter() - started
         baseline = client.get("/v1/stats").json()["queues"]["default"]["completed"]
         daemon_pids = [daemon.process.pid for daemon in daemons]
+        server_pids = postgres_pids() if postgres else []  # now that the daemons' backends exist
         daemon_cpu, server_cpu = cpu_seconds(daemon_pids), cpu_seconds(server_pids)
         started = time.perf_counter()
         client.post("/v1/queues/default/resume").raise_for_status()
@@ -226,9 +227,9 @@ def main() -> None:
     parser.add_argument("--daemons", type=int, default=1)
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--history", type=int, default=0, help="completed jobs to keep in the store first")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory with the daemons' logs")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="jobd-bench-", dir="/tmp"))
-    server_pids: list[int] = []
     if args.store == "memory":
         if args.daemons != 1 or args.history:
             raise SystemExit("the memory store serves one daemon only, and keeps no history")
@@ -239,7 +240,6 @@ def main() -> None:
         url = f"sqlite://{directory}/jobd.db"
     else:
         url = args.postgres_url
-        server_pids = postgres_pids()
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:  # start from an empty queue
@@ -260,14 +260,17 @@ def main() -> None:
         results["history_fill_seconds"] = fill_history(args.store, url, args.history)
     daemons = [Daemon(directory, url, args.concurrency, f"d{i}") for i in range(args.daemons)]
     try:
-        results.update(drain(daemons, args.jobs, server_pids))
+        results.update(drain(daemons, args.jobs, args.store == "postgres"))
         if args.latency_samples:
             results.update(latency(daemons[0], args.latency_samples))
         results.update(stats_latency(daemons[0]))
     finally:
         for daemon in daemons:
             daemon.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        if args.keep:
+            print(f"run directory kept: {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
     for key, value in results.items():
         print(f"{key:26} {value:.2f}" if isinstance(value, float) else f"{key:26} {value}")
 

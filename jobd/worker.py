@@ -1,10 +1,12 @@
 """The worker pool: claim -> run under the job's timeout -> outcome -> record.
 
-One `WorkerPool` per daemon. Its nursery owns every running job. One loop, the
-dispatcher, talks to the store for the pool: each round records the attempts that
-ended since the last round (held by the `Completer`) and claims a job for every free
-slot, in one store call. A lease keeper renews the leases of running jobs and stops any
-job this daemon no longer owns; a cancel watcher stops jobs cancelled elsewhere.
+One `WorkerPool` per daemon. Its nursery owns every running job. The dispatcher talks
+to the store for the pool: each round records the attempts that ended since the last
+round (held by the `Completer`) and claims jobs for the free slots, in one store call.
+It runs in two lanes, so that while one lane's call is with the store, the jobs the
+other lane claimed run: the store and the handlers work at the same time. A lease
+keeper renews the leases of running jobs and stops any job this daemon no longer owns;
+a cancel watcher stops jobs cancelled elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import trio
+import trio.lowlevel
 
 from jobd.backoff import StoreOutage
 from jobd.clock import Clock, utc_now
@@ -36,6 +39,7 @@ COMPLETION_BATCH = 500
 MAX_RETRY_DELAY = 365 * 86400.0  # a longer back-off is a mistake: cap it
 DRAIN_GIVE_UP = 10.0  # seconds past the grace period a shutdown keeps trying to record outcomes
 CANCEL_POLL_INTERVAL = 0.5
+LANES = 2  # store calls of the dispatcher in flight at once; each claims at most its share
 
 log = logging.getLogger("jobd.worker")
 
@@ -97,10 +101,14 @@ class WorkerPool:
         self._rng = rng or random.Random()
         self._running: dict[uuid.UUID, _Running] = {}
         self._busy_by_queue: collections.Counter[str] = collections.Counter()
-        self._wakeup = trio.Event()  # the dispatcher has something to do
+        # Slots that claims in flight may fill: no lane claims them again meanwhile.
+        self._claiming_by_queue: collections.Counter[str] = collections.Counter()
+        self._claiming = 0
+        self._wakeups = [trio.Event() for _ in range(LANES)]  # each lane's: it has something to do
         self._claimable = True  # new work may be waiting: the next round claims
         self._stopping = False
         self._immediately = False
+        self._drain_deadline = self._give_up_at = math.inf
         self._cancel_check = trio.Event()
 
     # -- what others may ask of the pool ------------------------------------------------
@@ -116,7 +124,8 @@ class WorkerPool:
     def wake(self) -> None:
         """Something may be claimable: look now rather than at the next poll."""
         self._claimable = True
-        self._wakeup.set()
+        for wakeup in self._wakeups:
+            wakeup.set()
 
     def check_cancels(self) -> None:
         """A cancel may have been requested for a job this daemon runs (another daemon's API)."""
@@ -135,7 +144,8 @@ class WorkerPool:
         or, `immediately`, cancels and requeues them now."""
         self._stopping = True
         self._immediately = self._immediately or immediately
-        self._wakeup.set()
+        for wakeup in self._wakeups:
+            wakeup.set()
 
     # -- the pool's life ----------------------------------------------------------------
 
@@ -151,64 +161,85 @@ class WorkerPool:
             services.start_soon(self._watch_cancels)
             async with trio.open_nursery() as jobs:
                 task_status.started()
-                await self._dispatch(jobs, grace)
+                async with trio.open_nursery() as lanes:
+                    for lane in range(LANES):
+                        lanes.start_soon(self._dispatch, jobs, grace, lane)
             services.cancel_scope.cancel()
 
     # -- the dispatcher: record what ended, claim what fits ------------------------------
 
-    async def _dispatch(self, jobs: trio.Nursery, grace: Callable[[], float]) -> None:
+    async def _dispatch(self, jobs: trio.Nursery, grace: Callable[[], float], lane: int) -> None:
+        """One lane: until stopped and drained, record what ended and claim what fits."""
         outage = StoreOutage(log, "record outcomes and claim jobs")
-        drain_deadline = give_up_at = math.inf
         while True:
-            wakeup = self._wakeup = trio.Event()
+            wakeup = self._wakeups[lane] = trio.Event()
             if self._stopping:
-                if drain_deadline == math.inf:
-                    drain_deadline = trio.current_time() + grace()
-                    give_up_at = drain_deadline + DRAIN_GIVE_UP
-                if self._immediately:
-                    drain_deadline = give_up_at = min(give_up_at, trio.current_time())
-                if trio.current_time() >= drain_deadline:
-                    for running in list(self._running.values()):
-                        running.stop(StopReason.SHUTDOWN)
+                self._drain(grace)
                 if not self._running and not self._completer.waiting:
                     return
             batch = self._completer.take(COMPLETION_BATCH)
             claim = None if self._stopping or not self._claimable else self._claim_request()
             if not batch and claim is None:
                 wait_until = trio.current_time() + self._live.current.config.workers.poll_interval
-                if drain_deadline > trio.current_time():
-                    wait_until = min(wait_until, drain_deadline)
+                if self._drain_deadline > trio.current_time():
+                    wait_until = min(wait_until, self._drain_deadline)
                 with trio.move_on_at(wait_until) as waited:
                     await wakeup.wait()
                 if waited.cancelled_caught:
                     self._claimable = True  # nothing told us of new work: look anyway
+                # Let every job that can run to its end now do so before the next round,
+                # so that the round records them all, not only the one that woke us.
+                await trio.lowlevel.checkpoint()
                 continue
             now = self._clock()
+            self._reserve(claim, 1)
             try:
                 claimed = await self._record_and_claim(batch, claim, now)
             except StoreUnavailable as error:
                 delay = outage.failed(error)
-                if self._stopping and trio.current_time() >= give_up_at:
+                if self._stopping and trio.current_time() >= self._give_up_at:
                     self._give_up()
                 else:
                     await trio.sleep(delay)
                 continue
+            finally:
+                self._reserve(claim, -1)
             outage.succeeded()
             for job in claimed:
                 self._start(jobs, job, now)
 
+    def _drain(self, grace: Callable[[], float]) -> None:
+        """While stopping: fix the deadline once, and at it stop whatever still runs."""
+        if self._drain_deadline == math.inf:
+            self._drain_deadline = trio.current_time() + grace()
+            self._give_up_at = self._drain_deadline + DRAIN_GIVE_UP
+        if self._immediately:
+            self._drain_deadline = self._give_up_at = min(self._give_up_at, trio.current_time())
+        if trio.current_time() >= self._drain_deadline:
+            for running in list(self._running.values()):
+                running.stop(StopReason.SHUTDOWN)
+
     def _claim_request(self) -> ClaimRequest | None:
+        """Free slots, less those a claim in flight may fill; at most a lane's share."""
         settings = self._live.current
-        limit = settings.config.workers.concurrency - len(self._running)
-        slots = [
-            QueueSlots(name, limits.concurrency - self._busy_by_queue[name], limits.global_concurrency)
-            for name, limits in settings.queues.items()
-            if limits.concurrency > self._busy_by_queue[name]
-        ]
+        capacity = settings.config.workers.concurrency
+        limit = min(capacity - len(self._running) - self._claiming, math.ceil(capacity / LANES))
+        slots = []
+        for name, limits in settings.queues.items():
+            free = limits.concurrency - self._busy_by_queue[name] - self._claiming_by_queue[name]
+            if free > 0:
+                slots.append(QueueSlots(name, free, limits.global_concurrency))
         if not slots or limit <= 0:
             return None
         lease_until = self._clock() + timedelta(seconds=settings.config.workers.lease)
         return ClaimRequest(self.owner, slots, limit, lease_until)
+
+    def _reserve(self, claim: ClaimRequest | None, sign: int) -> None:
+        """Hold (+1) or release (-1) the slots `claim` may fill while it is in flight."""
+        if claim is not None:
+            self._claiming += sign * claim.limit
+            for slot in claim.slots:
+                self._claiming_by_queue[slot.queue] += sign * min(slot.free, claim.limit)
 
     async def _record_and_claim(
         self, batch: list[FinishedAttempt], claim: ClaimRequest | None, now: datetime
