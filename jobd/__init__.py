@@ -6,6 +6,7 @@ importing pluggy or psycopg.
 
 from typing import TYPE_CHECKING, Any
 
+from jobd.config import parse_settings, setting
 from jobd.durations import parse_duration
 from jobd.errors import (
     ApiError,
@@ -49,6 +50,8 @@ __all__ = [
     "handler",
     "hookimpl",
     "parse_duration",
+    "parse_settings",
+    "setting",
     "submit",
 ]
 

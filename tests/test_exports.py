@@ -8,7 +8,7 @@ import jobd
 PUBLIC = {
     "ApiError", "Client", "ConfigError", "DaemonUnreachable", "Fail", "Handler", "IllegalTransition",
     "InvalidJob", "Job", "JobContext", "JobNotFound", "JobState", "JobdError", "PluginError", "Progress",
-    "Retry", "__version__", "handler", "hookimpl", "parse_duration", "submit",
+    "Retry", "__version__", "handler", "hookimpl", "parse_duration", "parse_settings", "setting", "submit",
 }
 
 
