@@ -16,7 +16,6 @@ import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from functools import partial
 
 import trio
@@ -29,7 +28,7 @@ from jobd.job import JobState
 from jobd.logs import setup_logging
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
-from jobd.plugins import PluginHost
+from jobd.plugins import Lifespan, PluginHost
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import Store
@@ -177,8 +176,8 @@ class Daemon:
 
     async def _run_engine(self) -> None:
         async with contextlib.AsyncExitStack() as lifespans:
-            for plugin, lifespan in self._host.lifespans():
-                await lifespans.enter_async_context(_plugin_lifespan(plugin, lifespan))
+            for lifespan in self._host.lifespans(self.live.current.registry):
+                await lifespans.enter_async_context(_plugin_lifespan(lifespan))
             async with trio.open_nursery() as background:
                 await background.start(self.maintenance.run)
                 await background.start(self.store.listen, self._on_store_event)
@@ -251,7 +250,8 @@ class Daemon:
             self._cancel_store_wait.cancel()
 
     async def reload(self) -> None:
-        """Re-read the config; a bad one is refused and the old one stays in force."""
+        """Re-read the config and swap in one new settings generation, plugins' settings
+        included; a bad config is refused and the old generation stays in force, whole."""
         if self.service.stopping:
             log.info("reload ignored: jobd is stopping")
             return
@@ -262,10 +262,6 @@ class Daemon:
             registry = self._host.configure(config)
         except JobdError as error:
             log.error("reload refused, keeping the old config: %s", error)
-            try:
-                self._host.configure(old)  # the plugins saw the new tables: give them the old again
-            except JobdError as again:
-                log.error("a plugin refused its old config too; it keeps whatever it took: %s", again)
         else:
             for what, before, after in (
                 ("store.url", old.store.url, config.store.url),
@@ -282,20 +278,20 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def _plugin_lifespan(plugin: str, lifespan: AbstractAsyncContextManager[None]) -> AsyncIterator[None]:
+async def _plugin_lifespan(lifespan: Lifespan) -> AsyncIterator[None]:
     """A plugin's resources: a failure to open them stops the start naming the plugin; a
     failure to close them is logged, and the shutdown goes on."""
     try:
-        await lifespan.__aenter__()
+        await lifespan.context.__aenter__()
     except Exception as error:
-        raise PluginError(plugin, f"jobd_lifespan failed to start: {error!r}") from error
+        raise PluginError(lifespan.plugin, f"jobd_lifespan failed to start: {error!r}") from error
     try:
         yield
     finally:
         try:
-            await lifespan.__aexit__(None, None, None)
+            await lifespan.context.__aexit__(None, None, None)
         except Exception:
-            log.exception("plugin %s: jobd_lifespan failed to close", plugin)
+            log.exception("plugin %s: jobd_lifespan failed to close", lifespan.plugin)
 
 
 def run(config: Config, host: PluginHost, config_path: str | None) -> None:

@@ -269,14 +269,15 @@ class WorkerPool:
                 if handler is None:
                     raise LookupError(f"no handler for job type {job.type!r} on this daemon")
                 context = JobContext(
-                    id=job.id,
-                    type=job.type,
+                    job_id=job.id,
+                    job_type=job.type,
                     queue=job.queue,
                     payload=job.payload,
                     attempt=job.attempts,
                     max_attempts=job.max_attempts,
                     created_at=job.created_at,
                     progress=lambda progress: self._record_progress(job, progress),
+                    settings=handler.settings,
                 )
                 with trio.move_on_after(math.inf if job.timeout is None else job.timeout) as deadline:
                     result = await handler(context)
