@@ -25,6 +25,15 @@ ProgressSink = Callable[[Progress], Awaitable[None]]
 
 _TYPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
 
+ATTEMPT_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+"""What a handler may raise that fails its attempt, to be retried after the back-off.
+
+The worker and `jobd.testing` both catch exactly these. `SystemExit` and
+`KeyboardInterrupt` here come from the handler's own code (a library's `sys.exit()`):
+the daemon's signals arrive through a signal receiver, never raised inside a handler.
+Anything else that is not an `Exception` (`trio.Cancelled`) passes through.
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Handler:

@@ -32,7 +32,7 @@ import trio
 
 from jobd.config import Config
 from jobd.errors import Fail, Retry
-from jobd.handlers import Handler, JobContext, check_result
+from jobd.handlers import ATTEMPT_ERRORS, Handler, JobContext, check_result
 from jobd.job import JSON, JobState, Progress
 from jobd.plugins import ENTRY_POINT_GROUP, PluginHost, Registry
 
@@ -67,7 +67,7 @@ class Outcome:
     result: JSON = None  # COMPLETED: the handler's return value
     delay: float | None = None  # RETRY: the delay asked for (None: the normal back-off)
     reason: str = ""  # RETRY, FAILED, ERROR, TIMED_OUT: why, as `last_error` would say
-    error: Exception | None = None  # RETRY, FAILED, ERROR: the exception raised
+    error: BaseException | None = None  # RETRY, FAILED, ERROR: the exception raised
     progress: tuple[Progress, ...] = ()  # every `job.progress(...)` report, in order
 
     @property
@@ -148,7 +148,7 @@ async def run_handler(
             return ended(OutcomeKind.RETRY, delay=signal.delay, reason=reason, error=signal)
         except Fail as signal:
             return ended(OutcomeKind.FAILED, reason=f"failed: {signal.reason}", error=signal)
-        except Exception as error:  # any other exception backs off, as in the daemon
+        except ATTEMPT_ERRORS as error:  # backs off, as in the daemon
             return ended(OutcomeKind.ERROR, reason=f"{type(error).__name__}: {error}", error=error)
         return ended(OutcomeKind.COMPLETED, result=result)
     assert scope.cancelled_caught

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 import trio
 
 from jobd.errors import Fail, InvalidJob, Retry, StoreUnavailable
-from jobd.handlers import JobContext, check_result, clean_text
+from jobd.handlers import ATTEMPT_ERRORS, JobContext, check_result, clean_text
 from jobd.job import JSON, Job, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
@@ -294,9 +294,7 @@ class WorkerPool:
             if running.stop_reason:
                 return self._after_stop(running)
             return Outcome.FAILED, None, clean_text(f"failed: {signal.reason}"), None
-        except (Exception, SystemExit, KeyboardInterrupt) as error:
-            # SystemExit and KeyboardInterrupt here come from the handler's own code (the
-            # daemon's signals arrive through a signal receiver): a failed attempt, no more.
+        except ATTEMPT_ERRORS as error:
             if running.stop_reason:
                 return self._after_stop(running)
             log.warning(

@@ -54,6 +54,10 @@ async def signal(job: JobContext) -> Any:
         raise Fail("bad input")
     if kind == "error":
         raise KeyError("missing")
+    if kind == "exit":
+        raise SystemExit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
     if kind == "not-json":
         return {"when": object()}
     return None
@@ -103,6 +107,16 @@ async def test_any_other_exception_is_an_error_that_backs_off() -> None:
     assert outcome.kind is OutcomeKind.ERROR
     assert isinstance(outcome.error, KeyError)
     assert outcome.reason == "KeyError: 'missing'"
+    assert outcome.state is JobState.SCHEDULED
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt: ")]
+)
+async def test_a_handlers_own_exit_or_interrupt_is_an_error_as_in_the_worker(kind: str, reason: str) -> None:
+    """The worker counted these as failed attempts while run_handler let them escape."""
+    outcome = await run_handler(signal, {"kind": kind})
+    assert outcome.kind is OutcomeKind.ERROR and outcome.reason == reason
     assert outcome.state is JobState.SCHEDULED
 
 
