@@ -16,6 +16,7 @@ import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -51,6 +52,14 @@ class StartupError(JobdError):
     code = "startup_error"
 
 
+@dataclass(frozen=True, slots=True)
+class _SocketFile:
+    """The control socket this daemon bound: removed at exit only if it is still that file."""
+
+    path: str
+    inode: int
+
+
 class Daemon:
     def __init__(self, config: Config, host: PluginHost, config_path: str | None) -> None:
         self._config_path = config_path
@@ -70,7 +79,7 @@ class Daemon:
         self._signals_seen = 0
         self._cancel_store_wait: trio.CancelScope | None = None
         self._listening_on = ""
-        self._socket_file: tuple[str, int] | None = None  # (path, inode) of the socket we bound
+        self._socket_file: _SocketFile | None = None  # the socket we bound, if we did
 
     @property
     def config(self) -> Config:
@@ -135,17 +144,16 @@ class Daemon:
             raise ConfigError(
                 f"cannot listen on {api.socket}: {error.strerror or error}", key="api.socket"
             ) from None
-        self._socket_file = (api.socket, os.stat(api.socket).st_ino)
+        self._socket_file = _SocketFile(api.socket, os.stat(api.socket).st_ino)
         return [listener]
 
     def _remove_socket_file(self) -> None:
         """A clean exit removes the socket file it made (not one passed by systemd)."""
         if self._socket_file is None:
             return
-        path, inode = self._socket_file
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
+            if os.stat(self._socket_file.path).st_ino == self._socket_file.inode:
+                os.unlink(self._socket_file.path)
 
     async def _open_store(self) -> bool:
         """Open the store, retrying a shared store until it answers; False if stopped first."""
@@ -210,8 +218,8 @@ class Daemon:
     async def _serve_metrics(self, request: http.Request) -> http.Response:
         if request.path != "/metrics":
             return http.error_response(404, "not_found", f"no such path: {request.path}")
-        body, content_type = self.service.metrics()
-        return http.Response(200, body, content_type)
+        exposition = self.service.metrics()
+        return http.Response(200, exposition.body, exposition.content_type)
 
     async def _report_status(self) -> None:
         while True:

@@ -10,6 +10,7 @@ caller fetched in one batch (see `set_queue_counts`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +36,14 @@ TIME_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
     3600.0, 7200.0, 21600.0, 86400.0,
 )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Exposition:
+    """The metrics as `GET /metrics` answers them."""
+
+    body: bytes
+    content_type: str
 
 
 class Metrics:
@@ -84,20 +93,20 @@ class Metrics:
         build_info.labels(version=version).set(1)
         self._queues_seen: set[str] = set()
 
-    def job_submitted(self, queue: str, type: str) -> None:
-        self._submitted.labels(queue=queue, type=type).inc()
+    def job_submitted(self, queue: str, job_type: str) -> None:
+        self._submitted.labels(queue=queue, type=job_type).inc()
 
     def job_started(self, queue: str, wait_seconds: float) -> None:
         """A ready job was claimed; `wait_seconds` is ready -> started."""
         self._wait.labels(queue=queue).observe(max(wait_seconds, 0.0))
 
-    def job_finished(self, queue: str, type: str, outcome: str, duration: float | None) -> None:
+    def job_finished(self, queue: str, job_type: str, outcome: str, duration: float | None) -> None:
         """An attempt ended (or a waiting job was cancelled: `duration` None)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r} (known: {', '.join(sorted(OUTCOMES))})")
-        self._finished.labels(queue=queue, type=type, outcome=outcome).inc()
+        self._finished.labels(queue=queue, type=job_type, outcome=outcome).inc()
         if duration is not None:
-            self._duration.labels(queue=queue, type=type).observe(max(duration, 0.0))
+            self._duration.labels(queue=queue, type=job_type).observe(max(duration, 0.0))
 
     def set_queue_counts(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         """Replace the `jobd_jobs` gauge from queue -> state -> count.
@@ -115,6 +124,5 @@ class Metrics:
         self._busy.set(busy)
         self._capacity.set(capacity)
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition body and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def render(self) -> Exposition:
+        return Exposition(generate_latest(self.registry), CONTENT_TYPE_LATEST)

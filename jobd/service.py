@@ -12,6 +12,7 @@ import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +30,7 @@ from jobd.errors import (
 )
 from jobd.job import FINISHED_STATES, Job, JobState, parse_time
 from jobd.maintenance import Maintenance
-from jobd.metrics import Metrics
+from jobd.metrics import Exposition, Metrics
 from jobd.settings import LiveSettings, Settings
 from jobd.store import Inserted, JobFilter, JobPage, NewJob, Store
 from jobd.submission import check_submission, storable
@@ -44,6 +45,14 @@ MAX_WAIT = 3600.0
 HEALTH_TIMEOUT = 2.0
 STORE_OPEN_WAIT = 5.0
 REMOTE_WAIT_POLL = 1.0  # how often a long poll re-reads a job another daemon may finish
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The daemon's health: `ok` when its store answers; `body` is `GET /v1/health`'s."""
+
+    ok: bool
+    body: dict[str, Any]
 
 
 class JobService:
@@ -187,7 +196,7 @@ class JobService:
             raise JobNotFound(job_id)
         return job
 
-    async def list(self, query: Mapping[str, str]) -> JobPage:
+    async def list_jobs(self, query: Mapping[str, str]) -> JobPage:
         unknown = sorted(set(query) - {"state", "type", "queue", "limit", "after"})
         if unknown:
             raise BadRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
@@ -301,7 +310,7 @@ class JobService:
             )
         return {"handlers": items}
 
-    async def health(self) -> tuple[bool, dict[str, Any]]:
+    async def health(self) -> Health:
         store_ok = False
         if self._store_ready.is_set():
             with trio.move_on_after(HEALTH_TIMEOUT):
@@ -316,9 +325,9 @@ class JobService:
             "store": "ok" if store_ok else "unavailable",
             "workers": {"busy": self._pool.busy, "capacity": self._pool.capacity},
         }
-        return store_ok, body
+        return Health(store_ok, body)
 
-    def metrics(self) -> tuple[bytes, str]:
+    def metrics(self) -> Exposition:
         self._metrics.set_workers(self._pool.busy, self._pool.capacity)
         return self._metrics.render()
 

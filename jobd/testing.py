@@ -164,8 +164,8 @@ def plugin_settings(
 ) -> Any:
     """What the plugin `module` makes of `table` as its `[plugins.NAME]`: the value its
     `jobd_configure` returns, checked as the daemon checks it (see `configure_plugin`)."""
-    plugin_name, registry = _configure(module, table, name)
-    return registry.settings[plugin_name]
+    entry_point = _entry_point(module, name)
+    return _host(entry_point).configure(_config(entry_point.name, table)).settings[entry_point.name]
 
 
 def configure_plugin(
@@ -179,7 +179,8 @@ def configure_plugin(
     `Registry` holds the plugin's handlers next to the built-ins, each carrying the
     plugin's settings (`registry.settings[NAME]`).
     """
-    return _configure(module, table, name)[1]
+    entry_point = _entry_point(module, name)
+    return _host(entry_point).configure(_config(entry_point.name, table))
 
 
 @asynccontextmanager
@@ -191,37 +192,36 @@ async def open_plugin(
     Use it for plugins whose handlers need shared resources (a client, a pool) opened
     by their lifespan; they are closed when the block ends.
     """
-    host = PluginHost()
-    plugin_name = _load(host, module, name)
-    registry = host.configure(_config(plugin_name, table))
+    entry_point = _entry_point(module, name)
+    host = _host(entry_point)
+    registry = host.configure(_config(entry_point.name, table))
     async with AsyncExitStack() as stack:
         for lifespan in host.lifespans(registry):
             await stack.enter_async_context(lifespan.context)
         yield registry
 
 
-def _configure(module: ModuleType, table: Mapping[str, Any] | None, name: str | None) -> tuple[str, Registry]:
-    host = PluginHost()
-    plugin_name = _load(host, module, name)
-    return plugin_name, host.configure(_config(plugin_name, table))
-
-
 def _config(plugin_name: str, table: Mapping[str, Any] | None) -> Config:
     return Config(plugins={plugin_name: dict(table)} if table is not None else {})
 
 
-def _load(host: PluginHost, module: ModuleType, name: str | None) -> str:
-    """Load the built-ins and `module` into `host`; return the plugin's name."""
+def _entry_point(module: ModuleType, name: str | None) -> importlib.metadata.EntryPoint:
+    """The installed `jobd` entry point naming `module` (and called `name`, if given), else
+    one made up for it, named `name` or the module's last dotted part."""
     installed = [
         entry_point
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
         if entry_point.value == module.__name__ and (name is None or entry_point.name == name)
     ]
     if installed:
-        entry_point = installed[0]
-    else:
-        entry_point = importlib.metadata.EntryPoint(
-            name=name or module.__name__.rpartition(".")[2], value=module.__name__, group=ENTRY_POINT_GROUP
-        )
+        return installed[0]
+    return importlib.metadata.EntryPoint(
+        name=name or module.__name__.rpartition(".")[2], value=module.__name__, group=ENTRY_POINT_GROUP
+    )
+
+
+def _host(entry_point: importlib.metadata.EntryPoint) -> PluginHost:
+    """A plugin host of its own, as the daemon's: the built-ins and this one plugin."""
+    host = PluginHost()
     host.load([entry_point])
-    return entry_point.name
+    return host
