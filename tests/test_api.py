@@ -424,6 +424,7 @@ async def test_retry_409_unless_finished_badly_then_200_and_key_in_use(
     service.key_held = True
     answer = await call(api, "POST", f"/v1/jobs/{job['id']}/retry")
     assert (answer.status, answer.error()["code"]) == (409, "conflict")
+    assert answer.error()["details"] == {"job_id": job["id"], "key": "k"}  # tells it from a state conflict
     service.key_held = False
     answer = await call(api, "POST", f"/v1/jobs/{job['id']}/retry")
     assert (answer.status, answer.json()["state"]) == (200, "pending")
