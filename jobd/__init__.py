@@ -6,9 +6,11 @@ importing pluggy or psycopg.
 
 from typing import TYPE_CHECKING, Any
 
+from jobd.config import parse_settings, setting
 from jobd.durations import parse_duration
 from jobd.errors import (
     ApiError,
+    BadRequest,
     ConfigError,
     DaemonUnreachable,
     Fail,
@@ -16,8 +18,13 @@ from jobd.errors import (
     InvalidJob,
     JobdError,
     JobNotFound,
+    KeyInUse,
+    PayloadTooLarge,
     PluginError,
+    QueueNotFound,
     Retry,
+    ShuttingDown,
+    StoreUnavailable,
 )
 from jobd.handlers import Handler, JobContext, handler
 from jobd.job import Job, JobState, Progress
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApiError",
+    "BadRequest",
     "Client",
     "ConfigError",
     "DaemonUnreachable",
@@ -42,13 +50,20 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "JobdError",
+    "KeyInUse",
+    "PayloadTooLarge",
     "PluginError",
     "Progress",
+    "QueueNotFound",
     "Retry",
+    "ShuttingDown",
+    "StoreUnavailable",
     "__version__",
     "handler",
     "hookimpl",
     "parse_duration",
+    "parse_settings",
+    "setting",
     "submit",
 ]
 

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 from jobd.errors import (
     BadRequest,
@@ -28,6 +28,8 @@ from jobd.errors import (
 )
 from jobd.http import Handler, Request, Response, error_response, json_response
 from jobd.job import Job
+from jobd.metrics import Exposition
+from jobd.service import Health
 from jobd.store import Inserted, JobPage
 
 log = logging.getLogger("jobd.api")
@@ -46,7 +48,8 @@ _STATUS_OF_ERROR: tuple[tuple[type[JobdError], int], ...] = (
 )
 
 
-class JobService(Protocol):
+@runtime_checkable
+class Operations(Protocol):
     """What the routes need of the job service (`jobd.service.JobService` provides it)."""
 
     async def submit(self, body: object) -> Inserted: ...
@@ -55,7 +58,7 @@ class JobService(Protocol):
 
     async def get(self, job_id: str) -> Job: ...
 
-    async def list(self, query: Mapping[str, str]) -> JobPage: ...
+    async def list_jobs(self, query: Mapping[str, str]) -> JobPage: ...
 
     async def cancel(self, job_id: str) -> Job: ...
 
@@ -71,23 +74,23 @@ class JobService(Protocol):
 
     async def resume(self, queue: str) -> dict[str, Any]: ...
 
-    async def health(self) -> tuple[bool, dict[str, Any]]: ...
+    async def health(self) -> Health: ...
 
-    def metrics(self) -> tuple[bytes, str]: ...
+    def metrics(self) -> Exposition: ...
 
 
 Endpoint = Callable[[Request, tuple[str, ...]], Awaitable[Response]]
 """Called with the request and the path segments captured by the route's "{}" parts."""
 
 
-def make_handler(service: JobService) -> Handler:
+def make_handler(service: Operations) -> Handler:
     return ControlApi(service)
 
 
 class ControlApi:
     """The request handler of the control socket."""
 
-    def __init__(self, service: JobService) -> None:
+    def __init__(self, service: Operations) -> None:
         self._service = service
         self._routes: tuple[tuple[tuple[str, ...], dict[str, Endpoint]], ...] = (
             (("v1", "health"), {"GET": self._health}),
@@ -156,8 +159,8 @@ class ControlApi:
         return error_response(500, "internal", "internal error; the daemon's log has the details")
 
     async def _health(self, request: Request, captured: tuple[str, ...]) -> Response:
-        ok, body = await self._service.health()
-        return json_response(200 if ok else 503, body)
+        health = await self._service.health()
+        return json_response(200 if health.ok else 503, health.body)
 
     async def _submit(self, request: Request, captured: tuple[str, ...]) -> Response:
         inserted = await self._service.submit(_json_object(request))
@@ -168,7 +171,7 @@ class ControlApi:
         return json_response(201, {"jobs": [item.job.to_json() for item in inserted]})
 
     async def _list(self, request: Request, captured: tuple[str, ...]) -> Response:
-        page = await self._service.list(request.query)
+        page = await self._service.list_jobs(request.query)
         return json_response(200, {"jobs": [job.to_json() for job in page.jobs], "next": page.next})
 
     async def _get(self, request: Request, captured: tuple[str, ...]) -> Response:
@@ -197,8 +200,8 @@ class ControlApi:
         return json_response(200, await self._service.resume(captured[0]))
 
     async def _metrics(self, request: Request, captured: tuple[str, ...]) -> Response:
-        body, content_type = self._service.metrics()
-        return Response(200, body, content_type)
+        exposition = self._service.metrics()
+        return Response(200, exposition.body, exposition.content_type)
 
 
 def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> tuple[str, ...] | None:

@@ -18,7 +18,7 @@ async def noop(job: JobContext) -> JSON:
     return job.payload
 
 
-def _validate_sleep(payload: JSON) -> None:
+def _validate_sleep(payload: JSON, settings: None) -> None:
     if not isinstance(payload, dict):
         raise InvalidJob('payload must be an object such as {"seconds": 5}', field="payload")
     seconds = payload.get("seconds")

@@ -1,9 +1,10 @@
 """`Client`: the synchronous, typed client of the control API, over the daemon's Unix socket.
 
 Applications and `jobd-ctl` both use it. No httpx exception leaves this module: an error
-answer becomes `ApiError` (with the API's `code`), and a daemon that cannot be reached at
-all becomes `DaemonUnreachable`. Like `jobd-ctl`, it imports neither trio nor a database
-driver, so it stays cheap to import.
+answer becomes the specific exported error it stands for (`JobNotFound`,
+`IllegalTransition`, `InvalidJob`, …), which is also an `ApiError` carrying the API's
+`code`, and a daemon that cannot be reached at all becomes `DaemonUnreachable`. Like
+`jobd-ctl`, it imports neither trio nor a database driver, so it stays cheap to import.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
+from jobd import errors
 from jobd.errors import ApiError, DaemonUnreachable
 from jobd.job import JSON, Job, JobState, format_time
 
@@ -172,7 +174,8 @@ class Client:
         return _jobs(_json(self._request("POST", "/v1/jobs/batch", body=body)))
 
     def get(self, id: uuid.UUID | str) -> Job:
-        return _job(_json(self._request("GET", f"/v1/jobs/{_job_id(id)}")))
+        job_id = _job_id(id)
+        return _job(_json(self._request("GET", f"/v1/jobs/{job_id}", about=_Subject(job_id))))
 
     def list(
         self,
@@ -204,10 +207,14 @@ class Client:
         return JobPage(jobs=tuple(_jobs(body)), next=None if cursor is None else str(cursor))
 
     def cancel(self, id: uuid.UUID | str) -> Job:
-        return _job(_json(self._request("POST", f"/v1/jobs/{_job_id(id)}/cancel")))
+        job_id = _job_id(id)
+        about = _Subject(job_id, action="cancel")
+        return _job(_json(self._request("POST", f"/v1/jobs/{job_id}/cancel", about=about)))
 
     def retry(self, id: uuid.UUID | str) -> Job:
-        return _job(_json(self._request("POST", f"/v1/jobs/{_job_id(id)}/retry")))
+        job_id = _job_id(id)
+        about = _Subject(job_id, action="retry")
+        return _job(_json(self._request("POST", f"/v1/jobs/{job_id}/retry", about=about)))
 
     def wait(self, id: uuid.UUID | str, timeout: float | None = None) -> Job:
         """The job once finished, or as it stands when `timeout` seconds ran out (None: no limit).
@@ -216,7 +223,8 @@ class Client:
         """
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must not be negative, got {timeout!r}")
-        path = f"/v1/jobs/{_job_id(id)}/wait"
+        job_id = _job_id(id)
+        path = f"/v1/jobs/{job_id}/wait"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = self.timeout if deadline is None else max(0.0, deadline - time.monotonic())
@@ -224,7 +232,11 @@ class Client:
             # on top, so a daemon answering a little late is not taken for a dead one.
             poll = min(remaining, self.timeout, LONGEST_POLL)
             response = self._request(
-                "GET", path, params={"timeout": _seconds(poll)}, timeout=poll + self.timeout
+                "GET",
+                path,
+                params={"timeout": _seconds(poll)},
+                timeout=poll + self.timeout,
+                about=_Subject(job_id),
             )
             job = _job(_json(response))
             if job.state.finished or (deadline is not None and time.monotonic() >= deadline):
@@ -246,10 +258,12 @@ class Client:
 
     def pause(self, queue: str) -> dict[str, Any]:
         """Stop starting jobs of `queue`, on every daemon sharing the store; returns its stats."""
-        return _json(self._request("POST", f"/v1/queues/{quote(queue, safe='')}/pause"))
+        path = f"/v1/queues/{quote(queue, safe='')}/pause"
+        return _json(self._request("POST", path, about=_Subject(queue=queue)))
 
     def resume(self, queue: str) -> dict[str, Any]:
-        return _json(self._request("POST", f"/v1/queues/{quote(queue, safe='')}/resume"))
+        path = f"/v1/queues/{quote(queue, safe='')}/resume"
+        return _json(self._request("POST", path, about=_Subject(queue=queue)))
 
     # -- transport ------------------------------------------------------------------------
 
@@ -262,6 +276,7 @@ class Client:
         body: JSON = None,
         timeout: float | None = None,
         accept_degraded: bool = False,
+        about: _Subject | None = None,
     ) -> httpx.Response:
         request_timeout = self.timeout if timeout is None else timeout
         try:
@@ -282,7 +297,7 @@ class Client:
             return response
         if accept_degraded and response.status_code == 503 and _is_status_body(response):
             return response
-        raise _api_error(response)
+        raise _api_error(response, about or _Subject())
 
 
 def _job_id(value: uuid.UUID | str) -> str:
@@ -361,7 +376,16 @@ def _is_status_body(response: httpx.Response) -> bool:
     return isinstance(body, dict) and "status" in body
 
 
-def _api_error(response: httpx.Response) -> ApiError:
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What a request is about, for the error its answer may be."""
+
+    job_id: str | None = None
+    queue: str | None = None
+    action: str = ""  # what it asks of the job: "cancel", "retry"
+
+
+def _api_error(response: httpx.Response, about: _Subject) -> ApiError:
     """The contract's `{"error": {"code", "message", "details"}}`, or the best reading of another body."""
     status = response.status_code
     try:
@@ -373,12 +397,86 @@ def _api_error(response: httpx.Response) -> ApiError:
         code = error.get("code")
         message = error.get("message")
         details = error.get("details")
-        return ApiError(
+        return _specific(
             status,
             code if isinstance(code, str) and code else f"http_{status}",
             message if isinstance(message, str) and message else response.reason_phrase,
-            details if isinstance(details, dict) else None,
+            details if isinstance(details, dict) else {},
+            about,
         )
     text = response.text.strip()
     message = f"HTTP {status} {response.reason_phrase}" + (f": {text[:200]}" if text else "")
     return ApiError(status, f"http_{status}", message)
+
+
+# The daemon's errors as the client raises them: each the specific error and an ApiError.
+class _JobNotFound(ApiError, errors.JobNotFound):
+    pass
+
+
+class _QueueNotFound(ApiError, errors.QueueNotFound):
+    pass
+
+
+class _IllegalTransition(ApiError, errors.IllegalTransition):
+    pass
+
+
+class _KeyInUse(ApiError, errors.KeyInUse):
+    pass
+
+
+class _InvalidJob(ApiError, errors.InvalidJob):
+    pass
+
+
+class _PayloadTooLarge(ApiError, errors.PayloadTooLarge):
+    pass
+
+
+class _BadRequest(ApiError, errors.BadRequest):
+    pass
+
+
+class _StoreUnavailable(ApiError, errors.StoreUnavailable):
+    pass
+
+
+class _ShuttingDown(ApiError, errors.ShuttingDown):
+    pass
+
+
+def _specific(status: int, code: str, message: str, details: dict[str, Any], about: _Subject) -> ApiError:
+    """The most specific exported error an answer stands for, its data filled in from the
+    answer's details and what the request was about; a plain ApiError for anything else."""
+    answer = (status, code, message, details)
+    if code == "not_found" and about.job_id is not None:
+        missing = _JobNotFound(*answer)
+        missing.job_id = about.job_id
+        return missing
+    if code == "not_found" and about.queue is not None:
+        no_queue = _QueueNotFound(*answer)
+        no_queue.queue = about.queue
+        return no_queue
+    if code == "conflict" and "key" in details:
+        held = _KeyInUse(*answer)
+        held.job_id, held.key = str(details.get("job_id", about.job_id)), str(details["key"])
+        return held
+    if code == "conflict":
+        illegal = _IllegalTransition(*answer)
+        illegal.job_id = str(details.get("job_id", about.job_id))
+        illegal.state, illegal.action = str(details.get("state", "")), about.action
+        return illegal
+    if code in ("invalid_job", "payload_too_large"):
+        invalid = (_PayloadTooLarge if code == "payload_too_large" else _InvalidJob)(*answer)
+        invalid.field, invalid.index = details.get("field"), details.get("index")
+        return invalid
+    if code == "bad_request":
+        bad = _BadRequest(*answer)
+        bad.field = details.get("field")
+        return bad
+    if code == "store_unavailable":
+        return _StoreUnavailable(*answer)
+    if code == "shutting_down":
+        return _ShuttingDown(*answer)
+    return ApiError(*answer)

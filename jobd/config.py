@@ -1,36 +1,63 @@
-"""TOML file + environment -> one frozen, typed `Config`.
+"""TOML file + environment -> one frozen, typed `Config`; and the strict parser behind it.
 
 Strict: an unknown key or a bad value is a `ConfigError` naming the key and the file
 (or the environment variable) it came from. The sections `daemon`, `store`, `api`,
 `metrics`, `workers`, `retry` and `retention` may be overridden key by key through
 `JOBD_<SECTION>_<KEY>`; `queues`, `handlers` and `plugins` come from the file only.
+
+`parse_settings` is that parser, for any frozen dataclass: the daemon's own sections
+and every plugin's `[plugins.NAME]` table go through it. `setting` declares a field's
+key, whether it is a duration, and its bounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import MappingProxyType, NoneType, UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from jobd.durations import format_duration, parse_duration
 from jobd.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/jobd/jobd.toml")
 DEFAULT_QUEUE = "default"
+SettingsT = TypeVar("SettingsT")
 
 
-def duration(default: float, minimum: float = 0.0) -> Any:
-    """A dataclass field holding seconds, written in TOML as a duration string."""
-    return field(default=default, metadata={"duration": True, "minimum": minimum})
+def setting(
+    default: Any,
+    *,
+    key: str | None = None,
+    duration: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    from_config: bool = True,
+) -> Any:
+    """A field of a settings dataclass read by `parse_settings`.
+
+    `key` is the name in the table when it is not the field's (`from` is a Python
+    keyword); `duration` reads "30s"-style strings or seconds; `minimum` and `maximum`
+    bound a number (a duration's in seconds). A field with `from_config=False` is no
+    key at all: the plugin fills it after parsing (a secret read from a named file).
+    """
+    metadata = {"key": key, "duration": duration, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata={**metadata, "from_config": from_config})
 
 
-def optional_duration() -> Any:
-    return field(default=None, metadata={"duration": True})
+def duration(default: float | None, minimum: float = 0.0) -> Any:
+    """A field holding seconds, written in TOML as a duration string."""
+    return setting(default, duration=True, minimum=minimum)
+
+
+def count(default: int | None) -> Any:
+    """A field holding a whole number of at least 1: a size, a limit, a number of attempts."""
+    return setting(default, minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +71,7 @@ class DaemonConfig:
 class StoreConfig:
     url: str = ""  # filled from the zero-config defaults
     sqlite_synchronous: Literal["full", "normal"] = "full"
-    pool_size: int = 4
+    pool_size: int = count(4)
     connect_timeout: float = duration(5.0)
 
 
@@ -53,11 +80,11 @@ class ApiConfig:
     socket: str = ""  # filled from the zero-config defaults
     socket_mode: str = "0660"
     socket_group: str = ""
-    max_payload_bytes: int = 1_048_576
-    max_request_bytes: int = 67_108_864
+    max_payload_bytes: int = count(1_048_576)
+    max_request_bytes: int = count(67_108_864)
     accept_unknown_types: bool = False
     request_timeout: float = duration(30.0)
-    max_connections: int = 256
+    max_connections: int = count(256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +94,14 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class WorkersConfig:
-    concurrency: int = 10
+    concurrency: int = count(10)
     lease: float = duration(30.0, minimum=1.0)  # renewed every third of it
     poll_interval: float = duration(1.0, minimum=0.01)
 
 
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
-    max_attempts: int = 3
+    max_attempts: int = count(3)
     base_delay: float = duration(1.0)
     max_delay: float = duration(60.0)
     jitter: bool = True
@@ -89,17 +116,17 @@ class RetentionConfig:
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
-    concurrency: int | None = None  # None: workers.concurrency
-    global_concurrency: int | None = None
+    concurrency: int | None = count(None)  # None: workers.concurrency
+    global_concurrency: int | None = count(None)
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerConfig:
     queue: str | None = None
-    timeout: float | None = optional_duration()
-    max_attempts: int | None = None
-    base_delay: float | None = optional_duration()
-    max_delay: float | None = optional_duration()
+    timeout: float | None = duration(None)
+    max_attempts: int | None = count(None)
+    base_delay: float | None = duration(None)
+    max_delay: float | None = duration(None)
     jitter: bool | None = None
 
 
@@ -148,11 +175,11 @@ class Config:
 
 def _section_to_dict(section: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in dataclasses.fields(section):
+    for key, item in _config_fields(type(section)).items():
         value = getattr(section, item.name)
         if value is None:
             continue
-        out[item.name] = format_duration(value) if item.metadata.get("duration") else value
+        out[key] = format_duration(value) if item.metadata.get("duration") else value
     return out
 
 
@@ -242,9 +269,9 @@ def parse_config(
     origin: dict[str, str] = {}  # "section.key" -> the file or the variable it came from
     for name, cls in SECTIONS.items():
         table = _table(raw, name, where)
-        values = {key: (value, where) for key, value in table.items()}
+        values = _sourced(table, where)
         values.update(_env_overrides(env, name, cls))
-        origin.update({f"{name}.{key}": source for key, (_, source) in values.items()})
+        origin.update({f"{name}.{key}": given.origin or where for key, given in values.items()})
         sections[name] = _build(cls, name, values)
     if not sections["store"].url:
         sections["store"] = dataclasses.replace(sections["store"], url=default_store_url(env, uid))
@@ -293,14 +320,14 @@ def _named_tables(raw: Mapping[str, Any], name: str, where: str) -> dict[str, Ma
     return dict(tables)
 
 
-def _sourced(table: Mapping[str, Any], where: str) -> dict[str, tuple[Any, str]]:
-    return {key: (value, where) for key, value in table.items()}
+def _sourced(table: Mapping[str, Any], where: str | None) -> dict[str, _Given]:
+    return {key: _Given(value, where) for key, value in table.items()}
 
 
-def _env_overrides(env: Mapping[str, str], section: str, cls: type) -> dict[str, tuple[Any, str]]:
+def _env_overrides(env: Mapping[str, str], section: str, cls: type) -> dict[str, _Given]:
     prefix = f"JOBD_{section.upper()}_"
-    known = {item.name for item in dataclasses.fields(cls)}
-    found: dict[str, tuple[Any, str]] = {}
+    known = _config_fields(cls)
+    found: dict[str, _Given] = {}
     for variable, text in env.items():
         if not variable.startswith(prefix):
             continue
@@ -311,94 +338,227 @@ def _env_overrides(env: Mapping[str, str], section: str, cls: type) -> dict[str,
                 key=f"{section}.{key}",
                 file=f"${variable}",
             )
-        found[key] = (_EnvText(text), f"${variable}")
+        found[key] = _Given(_EnvText(text), f"${variable}")
     return found
+
+
+# -- the strict parser ------------------------------------------------------------------
+
+
+def parse_settings(cls: type[SettingsT], table: Mapping[str, Any], prefix: str = "") -> SettingsT:
+    """Read `table` into `cls`, a dataclass whose fields are its keys, as strictly as jobd
+    reads its own config.
+
+    An unknown key, a value of the wrong type, a bad duration, a value that is not one
+    of a `Literal`'s choices or is outside the bounds given with `setting` raise
+    `ConfigError` whose `key` is the key's path below `prefix` (`"limits.max"` for the
+    prefix `"limits"`). A key left out keeps the field's default. Field types: `bool`,
+    `int`, `float`, `str`, a `Literal` of choices, `tuple[T, ...]` of those (a TOML
+    array), each also `| None` (for a default of None).
+
+    In a plugin's `jobd_configure`, keys are relative to the plugin's own table: the
+    daemon reports them as `plugins.NAME.KEY`, with the config file's name.
+    """
+    return _build(cls, prefix, _sourced(table, None))
+
+
+@dataclass(frozen=True, slots=True)
+class _Given:
+    """A value as the config gives it, and where from: the file, or `$VARIABLE`."""
+
+    value: Any
+    origin: str | None
 
 
 class _EnvText(str):
     """A value from the environment: parsed as the key's type rather than taken as a string."""
 
 
-def _build(cls: type, section: str, values: Mapping[str, tuple[Any, str]]) -> Any:
+_Reader = Callable[[Any], Any]
+"""Turns a value as given into the field's value, or raises ValueError saying why not."""
+
+
+def _config_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """The fields of `cls` that are keys, by key."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    return {
+        item.metadata.get("key") or item.name: item
+        for item in dataclasses.fields(cls)
+        if item.metadata.get("from_config", True)
+    }
+
+
+def _build(cls: type[SettingsT], section: str, values: Mapping[str, _Given]) -> SettingsT:
+    known = _config_fields(cls)
     hints = get_type_hints(cls)
-    known = {item.name: item for item in dataclasses.fields(cls)}
+    # Every field's reader, given or not: an unsupported type shows on the first parse.
+    readers = {
+        key: _reader(hints[item.name], item.metadata, f"{cls.__name__}.{item.name}")
+        for key, item in known.items()
+    }
     parsed: dict[str, Any] = {}
-    for key, (value, where) in values.items():
-        item = known.get(key)
-        full_key = f"{section}.{key}"
-        if item is None:
+    for key, given in values.items():
+        full_key = f"{section}.{key}" if section else key
+        if key not in known:
+            where = f" in [{section}]" if section else ""
             raise ConfigError(
-                f"unknown key (known in [{section}]: {', '.join(known)})", key=full_key, file=where
+                f"unknown key (known{where}: {', '.join(known)})", key=full_key, file=given.origin
             )
         try:
-            parsed[key] = _coerce(value, hints[key], bool(item.metadata.get("duration")))
-            minimum = item.metadata.get("minimum", 0.0)
-            if parsed[key] is not None and item.metadata.get("duration") and parsed[key] < minimum:
-                raise ValueError(f"must be at least {format_duration(minimum)}, got {value!r}")
+            parsed[known[key].name] = readers[key](given.value)
         except ValueError as error:
-            raise ConfigError(str(error), key=full_key, file=where) from None
+            raise ConfigError(str(error), key=full_key, file=given.origin) from None
     return cls(**parsed)
 
 
-def _coerce(value: Any, hint: Any, is_duration: bool) -> Any:
-    from_env = isinstance(value, _EnvText)
-    if is_duration:
-        return parse_duration(str(value) if from_env else value)
+def _reader(hint: Any, metadata: Mapping[str, Any], name: str) -> _Reader:
+    if get_origin(hint) in (Union, UnionType):
+        kinds = [arg for arg in get_args(hint) if arg is not NoneType]
+        if len(kinds) != 1:
+            raise TypeError(f"{name}: no parser for {hint!r}")
+        hint = kinds[0]
+    minimum, maximum = metadata.get("minimum"), metadata.get("maximum")
+    if metadata.get("duration"):
+        return lambda value: _bounded(parse_duration(value), value, minimum, maximum, format_duration)
     if get_origin(hint) is Literal:
-        choices = get_args(hint)
+        return _choice(get_args(hint))
+    if get_origin(hint) is tuple:
+        item, ellipsis = (*get_args(hint), None)[:2]
+        if ellipsis is not Ellipsis:
+            raise TypeError(f"{name}: a tuple setting is tuple[T, ...], not {hint!r}")
+        return _items(_reader(item, {}, name))
+    if hint is bool:
+        return _read_bool
+    if hint is int:
+        return lambda value: _bounded(_read_int(value), value, minimum, maximum, str)
+    if hint is float:
+        return lambda value: _bounded(_read_float(value), value, minimum, maximum, str)
+    if hint is str:
+        return _read_str
+    raise TypeError(f"{name}: no parser for {hint!r}")
+
+
+def _bounded(
+    number: Any, given: Any, minimum: float | None, maximum: float | None, show: Callable[[Any], str]
+) -> Any:
+    if minimum is not None and number < minimum:
+        raise ValueError(f"must be at least {show(minimum)}, got {given!r}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"must be at most {show(maximum)}, got {given!r}")
+    return number
+
+
+def _choice(choices: tuple[Any, ...]) -> _Reader:
+    def read(value: Any) -> Any:
         if value not in choices:
-            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        return str(value)
-    kind = next((arg for arg in get_args(hint) if arg is not type(None)), hint)
-    if kind is bool:
-        return _coerce_bool(value, from_env)
-    if kind is int:
-        return _coerce_int(value, from_env)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ValueError(f"must be a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"no parser for {hint!r}")  # a programming error in this module
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {str(value)!r}")
+        return str(value) if isinstance(value, _EnvText) else value
+
+    return read
 
 
-def _coerce_bool(value: Any, from_env: bool) -> bool:
+def _items(read_item: _Reader) -> _Reader:
+    def read(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list, got {value!r}")
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(read_item(item))
+            except ValueError as error:
+                raise ValueError(f"item {index}: {error}") from None
+        return tuple(items)
+
+    return read
+
+
+def _read_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if from_env and value.lower() in ("true", "false"):
-        return bool(value.lower() == "true")
+    if isinstance(value, _EnvText) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     raise ValueError(f"must be true or false, got {str(value)!r}")
 
 
-def _coerce_int(value: Any, from_env: bool) -> int:
-    if from_env:
+def _read_int(value: Any) -> int:
+    if isinstance(value, _EnvText):
         try:
-            value = int(value)
+            return int(value)
         except ValueError:
             raise ValueError(f"must be a whole number, got {str(value)!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be a whole number, got {value!r}")
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
     return value
 
 
-def _check_store_url(url: str, where: str) -> None:
-    if url == "memory:" or url.startswith(("postgresql://", "postgres://")):
-        return
+def _read_float(value: Any) -> float:
+    if isinstance(value, _EnvText):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, got {str(value)!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _read_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return str(value)
+
+
+# -- rules of single values ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLocation:
+    """Where a store URL points: its kind, and the SQLite file or the PostgreSQL URL."""
+
+    kind: Literal["memory", "sqlite", "postgresql"]
+    target: str  # the SQLite file's absolute path, the PostgreSQL URL as given, "" for memory:
+
+
+def parse_store_url(url: str) -> StoreLocation:
+    """`memory:`, `sqlite:///ABSOLUTE/PATH` or `postgresql://…` (also `postgres://…`); ValueError
+    for anything else, naming at most the scheme so that no password reaches a log."""
+    if url == "memory:":
+        return StoreLocation("memory", "")
+    if url.startswith(("postgresql://", "postgres://")):
+        return StoreLocation("postgresql", url)
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/"):
-            raise ConfigError(
-                f"the SQLite path must be absolute (sqlite:///ABSOLUTE/PATH), got {url!r}",
-                key="store.url",
-                file=where,
-            )
-        return
-    raise ConfigError(
-        f"expected sqlite:///ABSOLUTE/PATH, postgresql://... or memory:, got {url!r}",
-        key="store.url",
-        file=where,
-    )
+            raise ValueError(f"the SQLite path must be absolute (sqlite:///ABSOLUTE/PATH), got {url!r}")
+        return StoreLocation("sqlite", path)
+    scheme = url.partition("://")[0] if "://" in url else url
+    raise ValueError(f"expected sqlite:///ABSOLUTE/PATH, postgresql://... or memory:, got {scheme!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP address to listen on."""
+
+    host: str  # a name or an address, an IPv6 one without its brackets
+    port: int
+
+
+def parse_address(text: str) -> Address:
+    """Read "HOST:PORT" ("[::1]:9464" for IPv6); ValueError otherwise. The port is 1-65535:
+    a listener that scrapers must find has no use for whatever port happens to be free."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as '127.0.0.1:9464' (port 1-65535), got {text!r}")
+    return Address(host, int(port))
+
+
+def _check_store_url(url: str, where: str) -> None:
+    try:
+        parse_store_url(url)
+    except ValueError as error:
+        raise ConfigError(str(error), key="store.url", file=where) from None
 
 
 def _check_socket_mode(mode: str, where: str) -> None:
@@ -415,13 +575,10 @@ def _check_socket_mode(mode: str, where: str) -> None:
 def _check_listen(listen: str, where: str) -> None:
     if listen == "":
         return
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(
-            f"expected HOST:PORT such as '127.0.0.1:9464', or '' to disable, got {listen!r}",
-            key="metrics.listen",
-            file=where,
-        )
+    try:
+        parse_address(listen)
+    except ValueError as error:
+        raise ConfigError(f"{error}; '' turns the listener off", key="metrics.listen", file=where) from None
 
 
 def _check_name(name: str, key: str, where: str) -> None:

@@ -16,7 +16,6 @@ import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
 
@@ -33,7 +32,7 @@ from jobd.job import JobState
 from jobd.logs import setup_logging
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
-from jobd.plugins import PluginHost
+from jobd.plugins import Lifespan, PluginHost
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import Store
@@ -85,6 +84,14 @@ def build_engine(
     return Engine(store, live, metrics, watch, pool, maintenance, service)
 
 
+@dataclass(frozen=True, slots=True)
+class _SocketFile:
+    """The control socket this daemon bound: removed at exit only if it is still that file."""
+
+    path: str
+    inode: int
+
+
 class Daemon:
     def __init__(self, config: Config, host: PluginHost, config_path: str | None) -> None:
         self._config_path = config_path
@@ -100,7 +107,7 @@ class Daemon:
         self._signals_seen = 0
         self._cancel_store_wait: trio.CancelScope | None = None
         self._listening_on = ""
-        self._socket_file: tuple[str, int] | None = None  # (path, inode) of the socket we bound
+        self._socket_file: _SocketFile | None = None  # the socket we bound, if we did
 
     @property
     def config(self) -> Config:
@@ -165,17 +172,16 @@ class Daemon:
             raise ConfigError(
                 f"cannot listen on {api.socket}: {error.strerror or error}", key="api.socket"
             ) from None
-        self._socket_file = (api.socket, os.stat(api.socket).st_ino)
+        self._socket_file = _SocketFile(api.socket, os.stat(api.socket).st_ino)
         return [listener]
 
     def _remove_socket_file(self) -> None:
         """A clean exit removes the socket file it made (not one passed by systemd)."""
         if self._socket_file is None:
             return
-        path, inode = self._socket_file
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
+            if os.stat(self._socket_file.path).st_ino == self._socket_file.inode:
+                os.unlink(self._socket_file.path)
 
     async def _open_store(self) -> bool:
         """Open the store, retrying a shared store until it answers; False if stopped first."""
@@ -205,8 +211,8 @@ class Daemon:
 
     async def _run_engine(self) -> None:
         async with contextlib.AsyncExitStack() as lifespans:
-            for plugin, lifespan in self._host.lifespans():
-                await lifespans.enter_async_context(_plugin_lifespan(plugin, lifespan))
+            for lifespan in self._host.lifespans(self.live.current.registry):
+                await lifespans.enter_async_context(_plugin_lifespan(lifespan))
             async with trio.open_nursery() as background:
                 await background.start(self.maintenance.run)
                 await background.start(self.store.listen, self._on_store_event)
@@ -239,8 +245,8 @@ class Daemon:
     async def _serve_metrics(self, request: http.Request) -> http.Response:
         if request.path != "/metrics":
             return http.error_response(404, "not_found", f"no such path: {request.path}")
-        body, content_type = self.service.metrics()
-        return http.Response(200, body, content_type)
+        exposition = self.service.metrics()
+        return http.Response(200, exposition.body, exposition.content_type)
 
     async def _report_status(self) -> None:
         while True:
@@ -277,7 +283,8 @@ class Daemon:
             self._cancel_store_wait.cancel()
 
     async def reload(self) -> None:
-        """Re-read the config; a bad one is refused and the old one stays in force."""
+        """Re-read the config and swap in one new settings generation, plugins' settings
+        included; a bad config is refused and the old generation stays in force, whole."""
         if self.service.stopping:
             log.info("reload ignored: jobd is stopping")
             return
@@ -288,10 +295,6 @@ class Daemon:
             registry = self._host.configure(config)
         except JobdError as error:
             log.error("reload refused, keeping the old config: %s", error)
-            try:
-                self._host.configure(old)  # the plugins saw the new tables: give them the old again
-            except JobdError as again:
-                log.error("a plugin refused its old config too; it keeps whatever it took: %s", again)
         else:
             for what, before, after in (
                 ("store.url", old.store.url, config.store.url),
@@ -308,20 +311,20 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def _plugin_lifespan(plugin: str, lifespan: AbstractAsyncContextManager[None]) -> AsyncIterator[None]:
+async def _plugin_lifespan(lifespan: Lifespan) -> AsyncIterator[None]:
     """A plugin's resources: a failure to open them stops the start naming the plugin; a
     failure to close them is logged, and the shutdown goes on."""
     try:
-        await lifespan.__aenter__()
+        await lifespan.context.__aenter__()
     except Exception as error:
-        raise PluginError(plugin, f"jobd_lifespan failed to start: {error!r}") from error
+        raise PluginError(lifespan.plugin, f"jobd_lifespan failed to start: {error!r}") from error
     try:
         yield
     finally:
         try:
-            await lifespan.__aexit__(None, None, None)
+            await lifespan.context.__aexit__(None, None, None)
         except Exception:
-            log.exception("plugin %s: jobd_lifespan failed to close", plugin)
+            log.exception("plugin %s: jobd_lifespan failed to close", lifespan.plugin)
 
 
 def run(config: Config, host: PluginHost, config_path: str | None) -> None:

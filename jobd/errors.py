@@ -15,6 +15,11 @@
     └── ApiError                 the client side: the daemon answered with an error (.status)
         └── DaemonUnreachable    the client could not reach the daemon at all
 
+`jobd.Client` translates an error answer into the specific error above that it stands
+for, as a class that is both that error and an `ApiError`: a caller catches
+`jobd.JobNotFound` (with its `.job_id`), or `ApiError` for any answer; `.code`,
+`.status` and `.details()` are the daemon's.
+
     HandlerSignal                raised by a handler to choose its job's outcome
     ├── Retry                    try again after `delay` (spends an attempt)
     └── Fail                     fail now, no more attempts
@@ -97,6 +102,9 @@ class KeyInUse(JobdError):
         self.job_id = job_id
         self.key = key
 
+    def details(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "key": self.key}
+
 
 class InvalidJob(JobdError):
     code = "invalid_job"
@@ -147,7 +155,9 @@ class ApiError(JobdError):
     def __init__(
         self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None
     ) -> None:
-        super().__init__(message)
+        # Not super(): in the client's translations the next class is the specific error,
+        # whose __init__ takes that error's data rather than the daemon's answer.
+        JobdError.__init__(self, message)
         self.status = status
         self.code = code
         self._details = dict(details or {})

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,10 +19,20 @@ from jobd.errors import InvalidJob
 from jobd.job import JSON, Progress
 
 HandlerFunction = Callable[["JobContext"], Awaitable[JSON]]
-PayloadValidator = Callable[[JSON], None]
+PayloadValidator = Callable[[JSON, Any], None]
+"""Called with a payload and the handler's plugin's settings; raises to refuse the payload."""
 ProgressSink = Callable[[Progress], Awaitable[None]]
 
 _TYPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}$")
+
+ATTEMPT_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+"""What a handler may raise that fails its attempt, to be retried after the back-off.
+
+The worker and `jobd.testing` both catch exactly these. `SystemExit` and
+`KeyboardInterrupt` here come from the handler's own code (a library's `sys.exit()`):
+the daemon's signals arrive through a signal receiver, never raised inside a handler.
+Anything else that is not an `Exception` (`trio.Cancelled`) passes through.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +40,11 @@ class Handler:
     """A job type and the coroutine function that runs its jobs.
 
     `queue`, `timeout` (seconds) and `max_attempts` are defaults: the request and
-    `[handlers."TYPE"]` in the config both win over them. `validate` checks a payload
-    at submit: it raises `jobd.InvalidJob` (with `field=`), `ValueError` or `TypeError`
-    to refuse it. `plugin` is filled in by the plugin host: the distribution's name.
+    `[handlers."TYPE"]` in the config both win over them. `validate(payload, settings)`
+    checks a payload at submit: it raises `jobd.InvalidJob` (with `field=`), `ValueError`
+    or `TypeError` to refuse it. The plugin host fills in `plugin`, the distribution's
+    name, and `settings`, what the plugin's `jobd_configure` returned for the config in
+    force: a handler registered by a reload carries that reload's settings.
     """
 
     type: str
@@ -41,20 +54,23 @@ class Handler:
     max_attempts: int | None = None
     validate: PayloadValidator | None = None
     plugin: str = ""
+    settings: Any = field(default=None, compare=False, repr=False)
 
     async def __call__(self, job: JobContext) -> JSON:
         return await self.function(job)
 
-    def with_plugin(self, plugin: str) -> Handler:
-        return dataclasses.replace(self, plugin=plugin)
+    def with_plugin(self, plugin: str, settings: Any = None) -> Handler:
+        """This handler as registered by `plugin`, whose settings are `settings`."""
+        return dataclasses.replace(self, plugin=plugin, settings=settings)
 
     def check_payload(self, payload: JSON) -> None:
-        """Run `validate` as `POST /v1/jobs` does: raise `InvalidJob` naming the field,
-        `payload` itself when the validator raised ValueError, TypeError or KeyError."""
+        """Run `validate` with this handler's settings as `POST /v1/jobs` does: raise
+        `InvalidJob` naming the field, `payload` itself when the validator raised
+        ValueError, TypeError or KeyError."""
         if self.validate is None:
             return
         try:
-            self.validate(payload)
+            self.validate(payload, self.settings)
         except InvalidJob:
             raise
         except (ValueError, TypeError, KeyError) as error:
@@ -79,11 +95,23 @@ def handler(
     seconds = None if timeout is None else parse_duration(timeout)
     if max_attempts is not None and max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
+    if validate is not None:
+        _check_validator(validate)
 
     def decorate(function: HandlerFunction) -> Handler:
         return Handler(type, function, queue, seconds, max_attempts, validate)
 
     return decorate
+
+
+def _check_validator(validate: PayloadValidator) -> None:
+    """Refuse at import, not at the first submit, a validator that cannot take (payload, settings)."""
+    try:
+        inspect.signature(validate).bind(None, None)
+    except ValueError:  # no signature to inspect (a builtin): take it on trust
+        return
+    except TypeError:
+        raise TypeError(f"validate= must take (payload, settings), got {validate!r}") from None
 
 
 def check_result(result: JSON) -> JSON:
@@ -141,29 +169,32 @@ class JobContext:
         "max_attempts",
         "payload",
         "queue",
+        "settings",
         "type",
     )
 
     def __init__(
         self,
         *,
-        id: uuid.UUID,
-        type: str,
+        job_id: uuid.UUID,
+        job_type: str,
         queue: str,
         payload: JSON,
         attempt: int,
         max_attempts: int,
         created_at: datetime,
         progress: ProgressSink,
+        settings: Any = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        self.id = id
-        self.type = type
+        self.id = job_id
+        self.type = job_type
         self.queue = queue
         self.payload = payload
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.created_at = created_at
+        self.settings = settings  # the plugin's settings in force when the attempt started
         self._progress = progress
         self._logger = logger
         self._log: JobLogger | None = None

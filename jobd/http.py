@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
+from jobd.config import parse_address
 from jobd.errors import ConfigError
 
 log = logging.getLogger("jobd.http")
@@ -481,15 +482,12 @@ def listener_from_fd(fd: int) -> trio.SocketListener:
 
 
 async def bind_tcp(address: str, key: str = "metrics.listen") -> list[trio.SocketListener]:
-    """Listen on "HOST:PORT" ("[::1]:9464" for IPv6), on every address HOST resolves to.
-
-    Port 0 picks a free port.
-    """
-    host, sep, port_text = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"{address!r} is not HOST:PORT", key=key)
+    """Listen on "HOST:PORT" (`jobd.config.parse_address`), on every address HOST resolves to."""
     try:
-        return await trio.open_tcp_listeners(int(port_text), host=host)
+        parsed = parse_address(address)
+    except ValueError as error:
+        raise ConfigError(str(error), key=key) from None
+    try:
+        return await trio.open_tcp_listeners(parsed.port, host=parsed.host)
     except OSError as error:
         raise ConfigError(f"cannot listen on {address}: {error.strerror or error}", key=key) from None

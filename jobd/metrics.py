@@ -10,6 +10,7 @@ caller fetched in one batch (see `set_queue_counts`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +36,14 @@ TIME_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
     3600.0, 7200.0, 21600.0, 86400.0,
 )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Exposition:
+    """The metrics as `GET /metrics` answers them."""
+
+    body: bytes
+    content_type: str
 
 
 class Metrics:
@@ -136,6 +145,5 @@ class Metrics:
         self._busy.set(busy)
         self._capacity.set(capacity)
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition body and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def render(self) -> Exposition:
+        return Exposition(generate_latest(self.registry), CONTENT_TYPE_LATEST)

@@ -32,17 +32,34 @@ class LoadedPlugin:
 
 @dataclass(frozen=True, slots=True)
 class Registry:
-    """The handlers of every loaded plugin, by job type."""
+    """One configuration of every loaded plugin: its handlers by job type, and each
+    plugin's settings by plugin name (what its `jobd_configure` returned, else None).
+
+    Each handler carries its plugin's settings from this same configuration.
+    """
 
     handlers: Mapping[str, Handler] = field(default_factory=dict)
     plugins: Sequence[LoadedPlugin] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def get(self, job_type: str) -> Handler | None:
         return self.handlers.get(job_type)
 
 
+@dataclass(frozen=True, slots=True)
+class Lifespan:
+    """The resources a plugin holds while the daemon runs (`jobd_lifespan`)."""
+
+    plugin: str  # the distribution's name, for messages
+    context: AbstractAsyncContextManager[None]
+
+
 class PluginHost:
-    """Owns the pluggy manager; `load` once, then `configure` at start and on every reload."""
+    """Owns the pluggy manager; `load` once, then `configure` at start and on every reload.
+
+    `configure` changes nothing in the host or the plugins: it returns a new `Registry`,
+    or raises, so a refused reload leaves every plugin on the settings already in force.
+    """
 
     def __init__(self) -> None:
         self._manager = pluggy.PluginManager(hookspecs.PROJECT)
@@ -80,7 +97,7 @@ class PluginHost:
         return tuple(self._plugins)
 
     def configure(self, config: Config) -> Registry:
-        """Hand each plugin its table, then collect the handlers into a `Registry`."""
+        """Hand each plugin its table, then collect the handlers with their plugin's settings."""
         names = {plugin.name for plugin in self._plugins}
         for table_name in config.plugins:
             if table_name not in names:
@@ -89,34 +106,36 @@ class PluginHost:
                     key=f"plugins.{table_name}",
                     file=config.source,
                 )
-        for plugin in self._plugins:
-            self._configure_one(plugin, config.plugins.get(plugin.name, {}), config.source)
-        return Registry(MappingProxyType(self._collect_handlers()), tuple(self._plugins))
+        settings = {
+            plugin.name: self._configure_one(plugin, config.plugins.get(plugin.name, {}), config.source)
+            for plugin in self._plugins
+        }
+        handlers = self._collect_handlers(settings)
+        return Registry(MappingProxyType(handlers), tuple(self._plugins), MappingProxyType(settings))
 
-    def _configure_one(self, plugin: LoadedPlugin, table: Mapping[str, Any], source: str | None) -> None:
-        hook = self._implementation("jobd_configure", plugin)
-        if hook is None:
+    def _configure_one(self, plugin: LoadedPlugin, table: Mapping[str, Any], source: str | None) -> Any:
+        """The plugin's settings for `table`: what its `jobd_configure` returns, None without one."""
+        if self._implementation("jobd_configure", plugin) is None:
             if table:
                 raise ConfigError(
                     "this plugin takes no configuration", key=f"plugins.{plugin.name}", file=source
                 )
-            return
+            return None
         try:
-            hook(config=MappingProxyType(dict(table)))
+            return self._call("jobd_configure", plugin, config=MappingProxyType(dict(table)))
         except ConfigError as error:
             key = f"plugins.{plugin.name}" + (f".{error.key}" if error.key else "")
             raise ConfigError(error.reason, key=key, file=source) from None
         except Exception as error:
             raise PluginError(plugin.distribution, f"jobd_configure failed: {error!r}") from error
 
-    def _collect_handlers(self) -> dict[str, Handler]:
+    def _collect_handlers(self, settings: Mapping[str, Any]) -> dict[str, Handler]:
         found: dict[str, Handler] = {}
         for plugin in self._plugins:
-            hook = self._implementation("jobd_handlers", plugin)
-            if hook is None:
+            if self._implementation("jobd_handlers", plugin) is None:
                 continue
             try:
-                handlers = list(hook())
+                handlers = list(self._call("jobd_handlers", plugin, settings=settings[plugin.name]))
             except Exception as error:
                 raise PluginError(plugin.distribution, f"jobd_handlers failed: {error!r}") from error
             for item in handlers:
@@ -130,28 +149,35 @@ class PluginHost:
                         plugin.distribution,
                         f"job type {item.type!r} is already handled by plugin {found[item.type].plugin!r}",
                     )
-                found[item.type] = item.with_plugin(plugin.distribution)
+                found[item.type] = item.with_plugin(plugin.distribution, settings[plugin.name])
         return found
 
-    def _implementation(self, hook_name: str, plugin: LoadedPlugin) -> Any:
-        """The function `plugin` registered for `hook_name` with @jobd.hookimpl, if any."""
+    def lifespans(self, registry: Registry) -> list[Lifespan]:
+        """The resource holders of every plugin that has some, in load order, each given its
+        plugin's settings from `registry`."""
+        found = []
+        for plugin in self._plugins:
+            if self._implementation("jobd_lifespan", plugin) is None:
+                continue
+            try:
+                context = self._call("jobd_lifespan", plugin, settings=registry.settings.get(plugin.name))
+            except Exception as error:
+                raise PluginError(plugin.distribution, f"jobd_lifespan failed: {error!r}") from error
+            if context is not None:
+                found.append(Lifespan(plugin.distribution, context))
+        return found
+
+    def _implementation(self, hook_name: str, plugin: LoadedPlugin) -> pluggy.HookImpl | None:
+        """What `plugin` registered for `hook_name` with @jobd.hookimpl, if anything."""
         caller = getattr(self._manager.hook, hook_name)
         for implementation in caller.get_hookimpls():
             if implementation.plugin_name == plugin.name:
-                return implementation.function
+                return implementation  # type: ignore[no-any-return]
         return None
 
-    def lifespans(self) -> list[tuple[str, AbstractAsyncContextManager[None]]]:
-        """(plugin, resource holder) of every plugin that holds resources, in load order."""
-        found = []
-        for plugin in self._plugins:
-            hook = self._implementation("jobd_lifespan", plugin)
-            if hook is None:
-                continue
-            try:
-                lifespan = hook()
-            except Exception as error:
-                raise PluginError(plugin.distribution, f"jobd_lifespan failed: {error!r}") from error
-            if lifespan is not None:
-                found.append((plugin.distribution, lifespan))
-        return found
+    def _call(self, hook_name: str, plugin: LoadedPlugin, **arguments: Any) -> Any:
+        """Call `plugin`'s implementation of `hook_name` alone, with the arguments it names
+        (pluggy lets an implementation take fewer than its hookspec offers)."""
+        implementation = self._implementation(hook_name, plugin)
+        assert implementation is not None
+        return implementation.function(**{name: arguments[name] for name in implementation.argnames})

@@ -1,7 +1,9 @@
 """The operations the control API offers, on top of the store, the settings and the pool.
 
-Every request body is validated here, field by field, before anything is stored:
-a bad field is an `InvalidJob` naming it, so the API can answer 422 precisely.
+Every request body is validated here, field by field, before anything is stored: the
+rules every job meets (`jobd.submission`), then this daemon's own (a handler for the
+type, the queue, the payload's size and the handler's validation). A bad field is an
+`InvalidJob` naming it, so the API can answer 422 precisely.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -26,12 +29,12 @@ from jobd.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from jobd.handlers import check_result, clean_text
 from jobd.job import FINISHED_STATES, Job, JobState, new_job_id, parse_time
 from jobd.maintenance import Maintenance
-from jobd.metrics import Metrics
+from jobd.metrics import Exposition, Metrics
 from jobd.settings import LiveSettings, Settings
 from jobd.store import Inserted, JobFilter, JobPage, NewJob, Store
+from jobd.submission import check_submission, storable
 from jobd.version import __version__
 from jobd.watch import JobWatch
 from jobd.worker import WorkerPool
@@ -40,14 +43,18 @@ JOB_FIELDS = frozenset(
     {"type", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "timeout", "key"}
 )
 MAX_BATCH = 10_000
-MAX_PRIORITY = 2**31 - 1
-MAX_ATTEMPTS = 1000
-MAX_KEY_LENGTH = 255
 MAX_WAIT = 3600.0
-MAX_DELAY = 10 * 366 * 86400.0
 HEALTH_TIMEOUT = 2.0
 STORE_OPEN_WAIT = 5.0
 REMOTE_WAIT_POLL = 1.0  # how often a long poll re-reads a job another daemon may finish
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The daemon's health: `ok` when its store answers; `body` is `GET /v1/health`'s."""
+
+    ok: bool
+    body: dict[str, Any]
 
 
 class JobService:
@@ -140,54 +147,44 @@ class JobService:
             raise InvalidJob(
                 f"unknown field {unknown[0]!r} (known: {', '.join(sorted(JOB_FIELDS))})", field=unknown[0]
             )
-        job_type = body.get("type")
-        if not isinstance(job_type, str) or not job_type:
-            raise InvalidJob("type is required and must be a non-empty string", field="type")
-        for name in ("type", "queue", "key"):
-            if isinstance(body.get(name), str) and not _storable(body[name]):
-                raise InvalidJob(f"{name} holds a NUL character or a lone surrogate", field=name)
-        handler = settings.handler(job_type)
+        asked = check_submission(
+            job_type=body.get("type"),
+            payload=body.get("payload"),
+            now=now,
+            queue=body.get("queue"),
+            priority=body.get("priority"),
+            delay=_optional_seconds(body, "delay"),
+            run_at=_optional_time(body, "run_at"),
+            max_attempts=body.get("max_attempts"),
+            timeout=_optional_seconds(body, "timeout"),
+            key=body.get("key"),
+        )
+        handler = settings.handler(asked.job_type)
         config = settings.config
         if handler is None and not config.api.accept_unknown_types:
-            raise InvalidJob(f"unknown job type {job_type!r}: no loaded plugin handles it", field="type")
-        payload = body.get("payload")
-        try:
-            check_result(payload)
-        except TypeError as error:
-            raise InvalidJob(str(error).replace("the handler's result", "payload"), field="payload") from None
-        size = len(json.dumps(payload, ensure_ascii=False).encode())
+            message = f"unknown job type {asked.job_type!r}: no loaded plugin handles it"
+            raise InvalidJob(message, field="type")
+        size = len(json.dumps(asked.payload, ensure_ascii=False).encode())
         if size > config.api.max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload is {size} bytes, over the limit of {config.api.max_payload_bytes}", field="payload"
             )
         if handler is not None:
-            handler.check_payload(payload)
-        defaults = settings.type_defaults(job_type)
-        queue = _optional(body, "queue", str) or defaults.queue
+            handler.check_payload(asked.payload)
+        defaults = settings.type_defaults(asked.job_type)
+        queue = asked.queue or defaults.queue
         if queue not in settings.queues:
             raise InvalidJob(f"unknown queue {queue!r} (known: {', '.join(settings.queues)})", field="queue")
-        priority = _optional(body, "priority", int)
-        if priority is not None and not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-            raise InvalidJob(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}", field="priority")
-        max_attempts = _optional(body, "max_attempts", int)
-        if max_attempts is not None and not 1 <= max_attempts <= MAX_ATTEMPTS:
-            raise InvalidJob(f"max_attempts must be between 1 and {MAX_ATTEMPTS}", field="max_attempts")
-        timeout = _optional_seconds(body, "timeout")
-        if timeout is not None and timeout <= 0:
-            raise InvalidJob("timeout must be more than 0 seconds", field="timeout")
-        key = _optional(body, "key", str)
-        if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
-            raise InvalidJob(f"key must be 1 to {MAX_KEY_LENGTH} characters", field="key")
         return NewJob(
             id=new_job_id(),
-            type=job_type,
+            type=asked.job_type,
             queue=queue,
-            payload=payload,
-            priority=priority or 0,
-            run_at=_run_at(body, now),
-            max_attempts=max_attempts or defaults.max_attempts,
-            timeout=timeout if timeout is not None else defaults.timeout,
-            key=key,
+            payload=asked.payload,
+            priority=asked.priority,
+            run_at=asked.run_at,
+            max_attempts=asked.max_attempts or defaults.max_attempts,
+            timeout=asked.timeout if asked.timeout is not None else defaults.timeout,
+            key=asked.key,
             created_at=now,
         )
 
@@ -201,7 +198,7 @@ class JobService:
             raise JobNotFound(job_id)
         return job
 
-    async def list(self, query: Mapping[str, str]) -> JobPage:
+    async def list_jobs(self, query: Mapping[str, str]) -> JobPage:
         unknown = sorted(set(query) - {"state", "type", "queue", "limit", "after"})
         if unknown:
             raise BadRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
@@ -218,7 +215,7 @@ class JobService:
                 f"limit must be a whole number from 1 to 1000, got {limit_text!r}", field="limit"
             )
         for name, value in query.items():
-            if not _storable(value):
+            if not storable(value):
                 raise BadRequest(f"{name} holds a NUL character or a lone surrogate", field=name)
         search = JobFilter(state=state, type=query.get("type") or None, queue=query.get("queue") or None)
         store = await self._ready_store()
@@ -315,7 +312,7 @@ class JobService:
             )
         return {"handlers": items}
 
-    async def health(self) -> tuple[bool, dict[str, Any]]:
+    async def health(self) -> Health:
         store_ok = False
         if self._store_ready.is_set():
             with trio.move_on_after(HEALTH_TIMEOUT):
@@ -330,16 +327,11 @@ class JobService:
             "store": "ok" if store_ok else "unavailable",
             "workers": {"busy": self._pool.busy, "capacity": self._pool.capacity},
         }
-        return store_ok, body
+        return Health(store_ok, body)
 
-    def metrics(self) -> tuple[bytes, str]:
+    def metrics(self) -> Exposition:
         self._metrics.set_workers(self._pool.busy, self._pool.capacity)
         return self._metrics.render()
-
-
-def _storable(text: str) -> bool:
-    """Whether every store can keep `text`: no NUL, valid UTF-8 (no lone surrogates)."""
-    return clean_text(text) == text
 
 
 def _parse_id(job_id: str) -> uuid.UUID:
@@ -361,16 +353,6 @@ def _parse_wait(text: str) -> float:
     return seconds
 
 
-def _optional(body: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, kind):
-        expected = "a whole number" if kind is int else "a string"
-        raise InvalidJob(f"{name} must be {expected}, got {value!r}", field=name)
-    return value
-
-
 def _optional_seconds(body: Mapping[str, Any], name: str) -> float | None:
     value = body.get(name)
     if value is None:
@@ -381,19 +363,13 @@ def _optional_seconds(body: Mapping[str, Any], name: str) -> float | None:
         raise InvalidJob(f"{name}: {error}", field=name) from None
 
 
-def _run_at(body: Mapping[str, Any], now: datetime) -> datetime:
-    if body.get("run_at") is not None and body.get("delay") is not None:
-        raise InvalidJob("give run_at or delay, not both", field="delay")
-    if body.get("run_at") is not None:
-        text = body["run_at"]
-        if not isinstance(text, str):
-            raise InvalidJob("run_at must be an RFC 3339 time such as 2026-01-31T12:00:00Z", field="run_at")
-        try:
-            run_at = parse_time(text)
-        except (ValueError, OverflowError):
-            raise InvalidJob(f"run_at is not an RFC 3339 time: {text!r}", field="run_at") from None
-        return max(run_at, now)
-    delay = _optional_seconds(body, "delay")
-    if delay is not None and delay > MAX_DELAY:
-        raise InvalidJob(f"delay must be at most {MAX_DELAY:g} seconds (10 years)", field="delay")
-    return now + timedelta(seconds=delay) if delay else now
+def _optional_time(body: Mapping[str, Any], name: str) -> datetime | None:
+    text = body.get(name)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InvalidJob(f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z", field=name)
+    try:
+        return parse_time(text)
+    except (ValueError, OverflowError):
+        raise InvalidJob(f"{name} is not an RFC 3339 time: {text!r}", field=name) from None

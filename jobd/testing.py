@@ -1,13 +1,17 @@
 """Test a handler without a daemon: run it against a job, check payloads and plugin config.
 
-    outcome = await run_handler(my_handler, {"argv": ["true"]})
+    settings = plugin_settings(jobd_shell, {"max_output_bytes": 1000})
+    outcome = await run_handler(jobd_shell.run, {"argv": ["true"]}, settings=settings)
     assert outcome.kind is OutcomeKind.COMPLETED, outcome
 
 `run_handler` does what a worker does with one attempt: it builds a `JobContext`,
 runs the handler under the job's timeout and turns how it ended into an `Outcome`.
-`validate_payload` refuses a payload the way `POST /v1/jobs` would, and
-`configure_plugin` / `open_plugin` hand a plugin its `[plugins.NAME]` table through
-the same `PluginHost` the daemon uses, so errors read exactly as the daemon's do.
+`validate_payload` refuses a payload the way `POST /v1/jobs` would. Settings are passed
+explicitly: the handler sees them as `job.settings`, its validator as its second
+argument. `plugin_settings`, `configure_plugin` and `open_plugin` hand a plugin its
+`[plugins.NAME]` table through the same `PluginHost` the daemon uses, so errors read
+exactly as the daemon's do; each call stands alone and changes nothing any other host
+(a daemon in the same process, another test) sees.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import trio
 
 from jobd.config import Config
 from jobd.errors import Fail, Retry
-from jobd.handlers import Handler, JobContext, check_result
+from jobd.handlers import ATTEMPT_ERRORS, Handler, JobContext, check_result
 from jobd.job import JSON, JobState, Progress
 from jobd.plugins import ENTRY_POINT_GROUP, PluginHost, Registry
 
@@ -37,6 +41,7 @@ __all__ = [
     "OutcomeKind",
     "configure_plugin",
     "open_plugin",
+    "plugin_settings",
     "run_handler",
     "validate_payload",
 ]
@@ -62,7 +67,7 @@ class Outcome:
     result: JSON = None  # COMPLETED: the handler's return value
     delay: float | None = None  # RETRY: the delay asked for (None: the normal back-off)
     reason: str = ""  # RETRY, FAILED, ERROR, TIMED_OUT: why, as `last_error` would say
-    error: Exception | None = None  # RETRY, FAILED, ERROR: the exception raised
+    error: BaseException | None = None  # RETRY, FAILED, ERROR: the exception raised
     progress: tuple[Progress, ...] = ()  # every `job.progress(...)` report, in order
 
     @property
@@ -75,19 +80,22 @@ class Outcome:
         return JobState.SCHEDULED
 
 
-def validate_payload(handler: Handler, payload: JSON) -> None:
+def validate_payload(handler: Handler, payload: JSON, *, settings: Any = None) -> None:
     """Check `payload` with the handler's `validate=`, as `POST /v1/jobs` does before storing.
 
-    Raises `jobd.InvalidJob` (the API's 422) with the handler's `field`, or with
+    The validator gets `settings`, else the settings `handler` was registered with (a
+    handler from `configure_plugin`'s registry; None for a bare one). Raises
+    `jobd.InvalidJob` (the API's 422) with the handler's `field`, or with
     `field="payload"` when the validator raised `ValueError`, `TypeError` or `KeyError`.
     """
-    handler.check_payload(payload)
+    _with_settings(handler, settings).check_payload(payload)
 
 
 async def run_handler(
     handler: Handler,
     payload: JSON,
     *,
+    settings: Any = None,
     attempt: int = 1,
     max_attempts: int = 3,
     job_type: str | None = None,
@@ -98,29 +106,33 @@ async def run_handler(
 ) -> Outcome:
     """Run one attempt of a job with `payload` through `handler` and say how it ended.
 
-    `timeout` (seconds) defaults to the handler's own; with neither, the attempt may run
-    for ever, as in the daemon. With `validate` (the default) the payload is first checked
-    by `validate_payload`, so an invalid one raises `jobd.InvalidJob` like a refused submit.
-    Cancelling the caller cancels the handler, as cancelling the job would.
+    The handler sees `settings` as `job.settings`; without them, the settings it was
+    registered with (None for a bare handler). `timeout` (seconds) defaults to the
+    handler's own; with neither, the attempt may run for ever, as in the daemon. With
+    `validate` (the default) the payload is first checked by `validate_payload`, so an
+    invalid one raises `jobd.InvalidJob` like a refused submit. Cancelling the caller
+    cancels the handler, as cancelling the job would.
     """
     if not 1 <= attempt <= max_attempts:
         raise ValueError(f"attempt must be from 1 to max_attempts ({max_attempts}), got {attempt}")
+    handler = _with_settings(handler, settings)
     if validate:
-        validate_payload(handler, payload)
+        handler.check_payload(payload)
     reports: list[Progress] = []
 
     async def record(progress: Progress) -> None:
         reports.append(progress)
 
     job = JobContext(
-        id=uuid.uuid4(),
-        type=job_type or handler.type,
+        job_id=uuid.uuid4(),
+        job_type=job_type or handler.type,
         queue=queue,
         payload=payload,
         attempt=attempt,
         max_attempts=max_attempts,
         created_at=datetime.now(UTC),
         progress=record,
+        settings=handler.settings,
         logger=logger,
     )
     limit = handler.timeout if timeout is None else timeout
@@ -136,11 +148,24 @@ async def run_handler(
             return ended(OutcomeKind.RETRY, delay=signal.delay, reason=reason, error=signal)
         except Fail as signal:
             return ended(OutcomeKind.FAILED, reason=f"failed: {signal.reason}", error=signal)
-        except Exception as error:  # any other exception backs off, as in the daemon
+        except ATTEMPT_ERRORS as error:  # backs off, as in the daemon
             return ended(OutcomeKind.ERROR, reason=f"{type(error).__name__}: {error}", error=error)
         return ended(OutcomeKind.COMPLETED, result=result)
     assert scope.cancelled_caught
     return ended(OutcomeKind.TIMED_OUT, reason=f"timed out after {limit:g}s")
+
+
+def _with_settings(handler: Handler, settings: Any) -> Handler:
+    return handler if settings is None else handler.with_plugin(handler.plugin, settings)
+
+
+def plugin_settings(
+    module: ModuleType, table: Mapping[str, Any] | None = None, *, name: str | None = None
+) -> Any:
+    """What the plugin `module` makes of `table` as its `[plugins.NAME]`: the value its
+    `jobd_configure` returns, checked as the daemon checks it (see `configure_plugin`)."""
+    entry_point = _entry_point(module, name)
+    return _host(entry_point).configure(_config(entry_point.name, table)).settings[entry_point.name]
 
 
 def configure_plugin(
@@ -151,12 +176,11 @@ def configure_plugin(
     NAME is `name`, else the name of the installed `jobd` entry point naming `module`,
     else the module's last dotted part. A refused table raises `jobd.ConfigError` with
     `key="plugins.NAME.the_key"`, exactly as `jobd check` reports it. The returned
-    `Registry` holds the plugin's handlers next to the built-ins.
+    `Registry` holds the plugin's handlers next to the built-ins, each carrying the
+    plugin's settings (`registry.settings[NAME]`).
     """
-    host = PluginHost()
-    plugin_name = _load(host, module, name)
-    tables = {plugin_name: dict(table)} if table is not None else {}
-    return host.configure(Config(plugins=tables))
+    entry_point = _entry_point(module, name)
+    return _host(entry_point).configure(_config(entry_point.name, table))
 
 
 @asynccontextmanager
@@ -168,28 +192,36 @@ async def open_plugin(
     Use it for plugins whose handlers need shared resources (a client, a pool) opened
     by their lifespan; they are closed when the block ends.
     """
-    host = PluginHost()
-    plugin_name = _load(host, module, name)
-    tables = {plugin_name: dict(table)} if table is not None else {}
-    registry = host.configure(Config(plugins=tables))
+    entry_point = _entry_point(module, name)
+    host = _host(entry_point)
+    registry = host.configure(_config(entry_point.name, table))
     async with AsyncExitStack() as stack:
-        for _, lifespan in host.lifespans():
-            await stack.enter_async_context(lifespan)
+        for lifespan in host.lifespans(registry):
+            await stack.enter_async_context(lifespan.context)
         yield registry
 
 
-def _load(host: PluginHost, module: ModuleType, name: str | None) -> str:
-    """Load the built-ins and `module` into `host`; return the plugin's name."""
+def _config(plugin_name: str, table: Mapping[str, Any] | None) -> Config:
+    return Config(plugins={plugin_name: dict(table)} if table is not None else {})
+
+
+def _entry_point(module: ModuleType, name: str | None) -> importlib.metadata.EntryPoint:
+    """The installed `jobd` entry point naming `module` (and called `name`, if given), else
+    one made up for it, named `name` or the module's last dotted part."""
     installed = [
         entry_point
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
         if entry_point.value == module.__name__ and (name is None or entry_point.name == name)
     ]
     if installed:
-        entry_point = installed[0]
-    else:
-        entry_point = importlib.metadata.EntryPoint(
-            name=name or module.__name__.rpartition(".")[2], value=module.__name__, group=ENTRY_POINT_GROUP
-        )
+        return installed[0]
+    return importlib.metadata.EntryPoint(
+        name=name or module.__name__.rpartition(".")[2], value=module.__name__, group=ENTRY_POINT_GROUP
+    )
+
+
+def _host(entry_point: importlib.metadata.EntryPoint) -> PluginHost:
+    """A plugin host of its own, as the daemon's: the built-ins and this one plugin."""
+    host = PluginHost()
     host.load([entry_point])
-    return entry_point.name
+    return host

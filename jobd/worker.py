@@ -28,7 +28,7 @@ from jobd.backoff import StoreOutage
 from jobd.clock import Clock, utc_now
 from jobd.completer import Completer, FinishedAttempt, job_log_fields
 from jobd.errors import Fail, InvalidJob, Retry, StoreUnavailable
-from jobd.handlers import JobContext, check_result, clean_text
+from jobd.handlers import ATTEMPT_ERRORS, JobContext, check_result, clean_text
 from jobd.job import JSON, Job, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
@@ -326,14 +326,15 @@ class WorkerPool:
                 if handler is None:
                     raise LookupError(f"no handler for job type {job.type!r} on this daemon")
                 context = JobContext(
-                    id=job.id,
-                    type=job.type,
+                    job_id=job.id,
+                    job_type=job.type,
                     queue=job.queue,
                     payload=job.payload,
                     attempt=job.attempts,
                     max_attempts=job.max_attempts,
                     created_at=job.created_at,
                     progress=lambda progress: self._record_progress(job, progress),
+                    settings=handler.settings,
                 )
                 result = await handler(context)
                 # A handler that returns is done, unless its deadline passed meanwhile.
@@ -348,9 +349,7 @@ class WorkerPool:
             if running.stop_reason:
                 return self._after_stop(running)
             return AttemptEnd(Outcome.FAILED, error=clean_text(f"failed: {signal.reason}"))
-        except (Exception, SystemExit, KeyboardInterrupt) as error:
-            # SystemExit and KeyboardInterrupt here come from the handler's own code (the
-            # daemon's signals arrive through a signal receiver): a failed attempt, no more.
+        except ATTEMPT_ERRORS as error:
             if running.stop_reason:
                 return self._after_stop(running)
             log.warning(

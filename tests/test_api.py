@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trio
 
-from jobd.api import ControlApi, make_handler
+from jobd.api import ControlApi, Operations, make_handler
 from jobd.errors import (
     BadRequest,
     IllegalTransition,
@@ -34,6 +34,8 @@ from jobd.errors import (
 )
 from jobd.http import Limits, Peer, Request, bind_unix_socket, serve
 from jobd.job import Job, JobState
+from jobd.metrics import Exposition
+from jobd.service import Health
 from jobd.store import Inserted, JobPage
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -42,7 +44,8 @@ PEER = Peer(pid=4242, uid=1000, gid=1000)
 
 
 class FakeService:
-    """Follows the job service's interface, with just enough behaviour to drive every answer."""
+    """Follows the job service's interface (`Operations`), with just enough behaviour to
+    drive every answer."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
@@ -116,7 +119,7 @@ class FakeService:
     async def get(self, job_id: str) -> Job:
         return self._find(job_id)
 
-    async def list(self, query: Mapping[str, str]) -> JobPage:
+    async def list_jobs(self, query: Mapping[str, str]) -> JobPage:
         self._check()
         self.listed.append(dict(query))
         limit = query.get("limit", "100")
@@ -182,18 +185,22 @@ class FakeService:
     async def resume(self, queue: str) -> dict[str, Any]:
         return await self._set_paused(queue, False)
 
-    async def health(self) -> tuple[bool, dict[str, Any]]:
+    async def health(self) -> Health:
         if self.store_down:
-            return False, {"status": "degraded", "version": "1.0", "store": "unreachable"}
-        return True, {"status": "ok", "version": "1.0", "store": "ok"}
+            return Health(False, {"status": "degraded", "version": "1.0", "store": "unreachable"})
+        return Health(True, {"status": "ok", "version": "1.0", "store": "ok"})
 
-    def metrics(self) -> tuple[bytes, str]:
-        return (
+    def metrics(self) -> Exposition:
+        return Exposition(
             b"# HELP jobd_workers_busy x\njobd_workers_busy 0\n",
             "text/plain; version=0.0.4; charset=utf-8",
         )
 
     max_request_bytes = 1 << 20
+
+
+def test_the_fake_offers_every_operation_the_routes_use() -> None:
+    assert isinstance(FakeService(), Operations)
 
 
 @pytest.fixture
@@ -417,6 +424,7 @@ async def test_retry_409_unless_finished_badly_then_200_and_key_in_use(
     service.key_held = True
     answer = await call(api, "POST", f"/v1/jobs/{job['id']}/retry")
     assert (answer.status, answer.error()["code"]) == (409, "conflict")
+    assert answer.error()["details"] == {"job_id": job["id"], "key": "k"}  # tells it from a state conflict
     service.key_held = False
     answer = await call(api, "POST", f"/v1/jobs/{job['id']}/retry")
     assert (answer.status, answer.json()["state"]) == (200, "pending")

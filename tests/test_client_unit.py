@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
+import jobd
 from jobd.client import Client, JobPage, Submitted, resolve_socket
 from jobd.errors import ApiError, ConfigError, DaemonUnreachable
 from jobd.job import Job, JobState
@@ -364,6 +365,45 @@ def test_an_unknown_job_raises_not_found(fake: FakeDaemon, client: Client) -> No
     with pytest.raises(ApiError) as caught:
         client.get(JOB_ID)
     assert (caught.value.status, caught.value.code) == (404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("call", "method", "path", "status", "code", "details", "expected", "data"),
+    [
+        ("get", "GET", f"/v1/jobs/{JOB_ID}", 404, "not_found", {}, jobd.JobNotFound, {"job_id": JOB_ID}),
+        ("wait", "GET", f"/v1/jobs/{JOB_ID}/wait", 404, "not_found", {}, jobd.JobNotFound,
+         {"job_id": JOB_ID}),
+        ("pause", "POST", "/v1/queues/mail/pause", 404, "not_found", {}, jobd.QueueNotFound,
+         {"queue": "mail"}),
+        ("cancel", "POST", f"/v1/jobs/{JOB_ID}/cancel", 409, "conflict",
+         {"job_id": JOB_ID, "state": "completed"}, jobd.IllegalTransition,
+         {"job_id": JOB_ID, "state": "completed", "action": "cancel"}),
+        ("retry", "POST", f"/v1/jobs/{JOB_ID}/retry", 409, "conflict",
+         {"job_id": JOB_ID, "key": "k1"}, jobd.KeyInUse, {"job_id": JOB_ID, "key": "k1"}),
+        ("submit", "POST", "/v1/jobs", 422, "invalid_job", {"field": "type"}, jobd.InvalidJob,
+         {"field": "type", "index": None}),
+        ("submit", "POST", "/v1/jobs", 413, "payload_too_large", {"field": "payload"}, jobd.PayloadTooLarge,
+         {"field": "payload"}),
+        ("list", "GET", "/v1/jobs", 400, "bad_request", {"field": "limit"}, jobd.BadRequest,
+         {"field": "limit"}),
+        ("stats", "GET", "/v1/stats", 503, "store_unavailable", {}, jobd.StoreUnavailable, {}),
+        ("submit", "POST", "/v1/jobs", 503, "shutting_down", {}, jobd.ShuttingDown, {}),
+    ],
+)
+def test_an_error_answer_raises_the_specific_exported_error(
+    fake: FakeDaemon, client: Client, call: str, method: str, path: str, status: int, code: str,
+    details: dict[str, Any], expected: type[Exception], data: dict[str, Any],
+) -> None:
+    fake.answer(method, path, status, error_json(code, "the daemon says no", **details))
+    arguments = {"get": (JOB_ID,), "wait": (JOB_ID,), "cancel": (JOB_ID,), "retry": (JOB_ID,),
+                 "pause": ("mail",), "submit": ("jobd.noop",)}.get(call, ())
+    with pytest.raises(expected) as caught:
+        getattr(client, call)(*arguments)
+    error = caught.value
+    assert isinstance(error, ApiError)  # what jobd-ctl and older callers catch
+    assert (error.status, error.code, error.message) == (status, code, "the daemon says no")
+    assert error.details() == details
+    assert {name: getattr(error, name) for name in data} == data
 
 
 def test_an_error_answer_that_is_not_json_still_raises_api_error(fake: FakeDaemon, client: Client) -> None:

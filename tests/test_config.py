@@ -1,12 +1,26 @@
 """Config: defaults, the file, the environment, and an exact error for every bad value."""
 
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
-import tomllib
 
-from jobd.config import Config, load_config, parse_config
+import jobd
+from jobd.config import (
+    Address,
+    Config,
+    StoreLocation,
+    load_config,
+    parse_address,
+    parse_config,
+    parse_settings,
+    parse_store_url,
+    setting,
+)
 from jobd.errors import ConfigError
+from jobd.http import bind_tcp
 
 USER_ENV = {"HOME": "/home/ann", "XDG_RUNTIME_DIR": "/run/user/1000"}
 
@@ -122,6 +136,7 @@ def test_jobd_config_variable_names_the_file(tmp_path: Path) -> None:
         ('[store]\nurl = "mysql://x"\n', "store.url", "expected"),
         ('[api]\nsocket_mode = "rw"\n', "api.socket_mode", "octal"),
         ('[metrics]\nlisten = "9464"\n', "metrics.listen", "HOST:PORT"),
+        ('[metrics]\nlisten = "127.0.0.1:0"\n', "metrics.listen", "port 1-65535"),
         ("[queues.default]\nconcurrency = -1\n", "queues.default.concurrency", "at least 1"),
         ("[queues.default]\nsize = 1\n", "queues.default.size", "unknown key"),
         ('[handlers."x"]\ntimeout = "forever"\n', 'handlers."x".timeout', "duration"),
@@ -181,3 +196,117 @@ def test_intervals_that_would_spin_are_refused(tmp_path: Path, key: str, value: 
     with pytest.raises(ConfigError, match="at least") as caught:
         load_config(write(tmp_path, f'[workers]\n{key} = "{value}"\n'), env={}, uid=1000)
     assert caught.value.key == f"workers.{key}"
+
+
+# -- one home for the store URL and HOST:PORT rules -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "location"),
+    [
+        ("memory:", StoreLocation("memory", "")),
+        ("sqlite:///var/lib/jobd/jobd.db", StoreLocation("sqlite", "/var/lib/jobd/jobd.db")),
+        ("postgresql://jobd@db/jobd", StoreLocation("postgresql", "postgresql://jobd@db/jobd")),
+        ("postgres://jobd@db/jobd", StoreLocation("postgresql", "postgres://jobd@db/jobd")),
+    ],
+)
+def test_store_urls_name_their_store(url: str, location: StoreLocation) -> None:
+    assert parse_store_url(url) == location
+    assert parse_config({"store": {"url": url}}, env={}, uid=1000).store.url == url
+
+
+def test_a_bad_store_url_is_refused_without_echoing_a_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"store": {"url": "postgresqll://jobd:s3cret@db/jobd"}}, env={}, uid=1000)
+    assert caught.value.key == "store.url"
+    assert "s3cret" not in str(caught.value) and "'postgresqll'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [("127.0.0.1:9464", Address("127.0.0.1", 9464)), ("[::1]:1", Address("::1", 1)),
+     ("localhost:65535", Address("localhost", 65535))],
+)
+def test_good_listen_addresses(text: str, address: Address) -> None:
+    assert parse_address(text) == address
+    assert parse_config({"metrics": {"listen": text}}, env={}, uid=1000).metrics.listen == text
+
+
+@pytest.mark.parametrize(
+    "text", ["9464", "localhost", "127.0.0.1:http", "127.0.0.1:70000", ":9464", "[]:9464", "127.0.0.1:0"]
+)
+async def test_the_config_and_the_listener_refuse_the_same_addresses(text: str) -> None:
+    """Port 0 was refused by the config and taken by the listener: one rule serves both now."""
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_address(text)
+    with pytest.raises(ConfigError) as by_config:
+        parse_config({"metrics": {"listen": text}}, env={}, uid=1000)
+    with pytest.raises(ConfigError) as by_listener:
+        await bind_tcp(text)
+    assert by_config.value.key == by_listener.value.key == "metrics.listen"
+
+
+# -- parse_settings: the parser plugins share -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    name: str = "x"
+    enabled: bool = False
+    size: int = setting(10, minimum=0, maximum=100)
+    ratio: float = setting(0.5, minimum=0.0, maximum=1.0)
+    grace: float = setting(5.0, duration=True, minimum=0.001)
+    mode: Literal["fast", "safe"] = "safe"
+    tags: tuple[str, ...] = ()
+    port: int | None = setting(None, minimum=1, maximum=65535)
+    sender: str = setting("me@example.com", key="from")
+    secret: bytes = setting(b"", from_config=False)
+
+
+def test_parse_settings_reads_every_kind_of_field() -> None:
+    table = {"name": "y", "enabled": True, "size": 0, "ratio": 1, "grace": "1m30s", "mode": "fast",
+             "tags": ["a", "b"], "port": 25, "from": "you@example.com"}
+    knobs = parse_settings(Knobs, table)
+    assert knobs == Knobs("y", True, 0, 1.0, 90.0, "fast", ("a", "b"), 25, "you@example.com")
+    assert parse_settings(Knobs, {}) == Knobs()
+    assert jobd.parse_settings is parse_settings and jobd.setting is setting
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "reason"),
+    [
+        ({"nmae": "y"}, "nmae", "unknown key (known: name, enabled, size"),
+        ({"secret": "s"}, "secret", "unknown key"),
+        ({"sender": "s"}, "sender", "unknown key"),
+        ({"name": 3}, "name", "must be a string"),
+        ({"enabled": "yes"}, "enabled", "true or false"),
+        ({"size": -1}, "size", "at least 0"),
+        ({"size": 101}, "size", "at most 100"),
+        ({"size": 1.5}, "size", "whole number"),
+        ({"size": True}, "size", "whole number"),
+        ({"ratio": 2}, "ratio", "at most 1.0"),
+        ({"ratio": "half"}, "ratio", "number"),
+        ({"grace": "soon"}, "grace", "duration"),
+        ({"grace": 0}, "grace", "at least 1ms"),
+        ({"mode": "slow"}, "mode", "one of 'fast', 'safe'"),
+        ({"tags": "a"}, "tags", "must be a list"),
+        ({"tags": ["a", 1]}, "tags", "item 1: must be a string"),
+        ({"port": 0}, "port", "at least 1"),
+    ],
+)
+def test_parse_settings_names_the_key_under_its_prefix(table: dict[str, Any], key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(Knobs, table)
+    assert caught.value.key == key and reason in str(caught.value)
+    with pytest.raises(ConfigError) as nested:
+        parse_settings(Knobs, table, "limits")
+    assert nested.value.key == f"limits.{key}"
+
+
+def test_parse_settings_refuses_a_field_type_it_cannot_read_even_with_no_table() -> None:
+    @dataclass(frozen=True)
+    class Odd:
+        when: complex = 0j
+
+    with pytest.raises(TypeError, match=r"Odd.when: no parser"):
+        parse_settings(Odd, {})

@@ -6,9 +6,11 @@ import sys
 import jobd
 
 PUBLIC = {
-    "ApiError", "Client", "ConfigError", "DaemonUnreachable", "Fail", "Handler", "IllegalTransition",
-    "InvalidJob", "Job", "JobContext", "JobNotFound", "JobState", "JobdError", "PluginError", "Progress",
-    "Retry", "__version__", "handler", "hookimpl", "parse_duration", "submit",
+    "ApiError", "BadRequest", "Client", "ConfigError", "DaemonUnreachable", "Fail", "Handler",
+    "IllegalTransition", "InvalidJob", "Job", "JobContext", "JobNotFound", "JobState", "JobdError",
+    "KeyInUse", "PayloadTooLarge", "PluginError", "Progress", "QueueNotFound", "Retry", "ShuttingDown",
+    "StoreUnavailable", "__version__", "handler", "hookimpl", "parse_duration", "parse_settings", "setting",
+    "submit",
 }
 
 

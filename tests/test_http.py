@@ -546,7 +546,7 @@ def test_listener_from_fd_refuses_what_is_not_a_listening_socket(socket_dir: Pat
 
 
 async def test_tcp_listener_has_no_peer(nursery: trio.Nursery) -> None:
-    listeners = await bind_tcp("127.0.0.1:0")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # bind_tcp refuses port 0
     await nursery.start(partial(serve, listeners, echo, limits=SMALL))
     port = listeners[0].socket.getsockname()[1]
     client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))

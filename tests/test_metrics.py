@@ -13,10 +13,10 @@ from jobd.metrics import Metrics
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of the rendered exposition, keyed by name and label set."""
-    body, content_type = metrics.render()
-    assert content_type == CONTENT_TYPE_LATEST
+    exposition = metrics.render()
+    assert exposition.content_type == CONTENT_TYPE_LATEST
     out = {}
-    for family in text_string_to_metric_families(body.decode()):
+    for family in text_string_to_metric_families(exposition.body.decode()):
         for sample in family.samples:
             out[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return out
@@ -27,7 +27,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 
 def families(metrics: Metrics) -> dict[str, str]:
-    body, _ = metrics.render()
+    body = metrics.render().body
     return {family.name: family.type for family in text_string_to_metric_families(body.decode())}
 
 

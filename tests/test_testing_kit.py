@@ -6,19 +6,29 @@ import sys
 import types
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pytest
 import trio
 
+import jobd
 from jobd.errors import ConfigError, Fail, InvalidJob, Retry
 from jobd.handlers import Handler, JobContext, handler
 from jobd.hookspecs import hookimpl
 from jobd.job import JobState, Progress
-from jobd.testing import Outcome, OutcomeKind, configure_plugin, open_plugin, run_handler, validate_payload
+from jobd.testing import (
+    Outcome,
+    OutcomeKind,
+    configure_plugin,
+    open_plugin,
+    plugin_settings,
+    run_handler,
+    validate_payload,
+)
 
 
-def _refuse_odd(payload: Any) -> None:
+def _refuse_odd(payload: Any, settings: Any) -> None:
     if payload.get("n", 0) % 2:
         raise InvalidJob("must be even", field="payload.n")
     if payload.get("n", 0) < 0:
@@ -44,6 +54,10 @@ async def signal(job: JobContext) -> Any:
         raise Fail("bad input")
     if kind == "error":
         raise KeyError("missing")
+    if kind == "exit":
+        raise SystemExit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
     if kind == "not-json":
         return {"when": object()}
     return None
@@ -96,6 +110,16 @@ async def test_any_other_exception_is_an_error_that_backs_off() -> None:
     assert outcome.state is JobState.SCHEDULED
 
 
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt: ")]
+)
+async def test_a_handlers_own_exit_or_interrupt_is_an_error_as_in_the_worker(kind: str, reason: str) -> None:
+    """The worker counted these as failed attempts while run_handler let them escape."""
+    outcome = await run_handler(signal, {"kind": kind})
+    assert outcome.kind is OutcomeKind.ERROR and outcome.reason == reason
+    assert outcome.state is JobState.SCHEDULED
+
+
 async def test_a_result_that_is_not_json_is_an_error() -> None:
     outcome = await run_handler(signal, {"kind": "not-json"})
     assert outcome.kind is OutcomeKind.ERROR
@@ -145,23 +169,41 @@ def _plugin_module(name: str, monkeypatch: pytest.MonkeyPatch, **hooks: Any) -> 
     return module
 
 
-def test_configure_plugin_hands_over_the_table_and_collects_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[Mapping[str, Any]] = []
+@dataclass(frozen=True, slots=True)
+class Paint:
+    color: Literal["red", "blue"] = "red"
 
-    def jobd_configure(config: Mapping[str, Any]) -> None:
-        if "color" in config and config["color"] not in ("red", "blue"):
-            raise ConfigError("must be red or blue", key="color")
+
+@handler("kit.paint", validate=lambda payload, settings: _refuse_color(payload, settings))
+async def paint(job: JobContext) -> Any:
+    return job.settings.color
+
+
+def _refuse_color(payload: Any, settings: Paint) -> None:
+    if payload == settings.color:
+        raise InvalidJob("already that color", field="payload")
+
+
+def _paint_plugin(monkeypatch: pytest.MonkeyPatch, seen: list[Mapping[str, Any]]) -> types.ModuleType:
+    def jobd_configure(config: Mapping[str, Any]) -> Paint:
         seen.append(dict(config))
+        return jobd.parse_settings(Paint, config)
 
     def jobd_handlers() -> list[Handler]:
-        return [echo]
+        return [echo, paint]
 
     hooks = {"jobd_configure": jobd_configure, "jobd_handlers": jobd_handlers}
-    module = _plugin_module("kit_plugin", monkeypatch, **hooks)
-    registry = configure_plugin(module, {"color": "red"})
-    assert seen == [{"color": "red"}]
+    return _plugin_module("kit_plugin", monkeypatch, **hooks)
+
+
+def test_configure_plugin_hands_over_the_table_and_collects_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Mapping[str, Any]] = []
+    module = _paint_plugin(monkeypatch, seen)
+    registry = configure_plugin(module, {"color": "blue"})
+    assert seen == [{"color": "blue"}]
+    assert registry.settings["kit_plugin"] == Paint("blue")
     found = registry.get("kit.echo")
-    assert found is not None and found.plugin == "kit_plugin"
+    assert found is not None and found.plugin == "kit_plugin" and found.settings == Paint("blue")
     assert registry.get("jobd.noop") is not None  # the built-ins are there, as in the daemon
     configure_plugin(module)
     assert seen[-1] == {}
@@ -169,6 +211,25 @@ def test_configure_plugin_hands_over_the_table_and_collects_handlers(monkeypatch
         configure_plugin(module, {"color": "green"}, name="paint")
     assert refused.value.key == "plugins.paint.color"
     assert "plugins.paint.color" in str(refused.value)
+
+
+async def test_settings_reach_the_handler_and_its_validator(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _paint_plugin(monkeypatch, [])
+    blue = plugin_settings(module, {"color": "blue"})
+    assert blue == Paint("blue")
+    assert (await run_handler(paint, "red", settings=blue)).result == "blue"
+    with pytest.raises(InvalidJob, match="already that color"):
+        validate_payload(paint, "blue", settings=blue)
+    # A handler from a registry carries the settings it was registered with.
+    registered = configure_plugin(module, {"color": "blue"}).get("kit.paint")
+    assert registered is not None
+    assert (await run_handler(registered, "red")).result == "blue"
+    assert (await run_handler(registered, "blue", settings=Paint("red"))).result == "red"
+
+
+def test_a_validator_that_takes_no_settings_is_refused_when_declared() -> None:
+    with pytest.raises(TypeError, match=r"validate= must take \(payload, settings\)"):
+        handler("kit.old", validate=lambda payload: None)(echo.function)
 
 
 def test_a_plugin_without_a_configure_hook_refuses_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,11 +257,16 @@ async def test_open_plugin_holds_the_lifespan_open_around_the_block(monkeypatch:
         yield
         events.append("closed")
 
-    def jobd_lifespan() -> AbstractAsyncContextManager[None]:
+    def jobd_lifespan(settings: Paint) -> AbstractAsyncContextManager[None]:
+        events.append(settings.color)
         return resources()
 
-    module = _plugin_module("kit_pool", monkeypatch, jobd_lifespan=jobd_lifespan)
-    async with open_plugin(module) as registry:
-        assert events == ["open"]
+    def jobd_configure(config: Mapping[str, Any]) -> Paint:
+        return jobd.parse_settings(Paint, config)
+
+    hooks = {"jobd_lifespan": jobd_lifespan, "jobd_configure": jobd_configure}
+    module = _plugin_module("kit_pool", monkeypatch, **hooks)
+    async with open_plugin(module, {"color": "blue"}) as registry:
+        assert events == ["blue", "open"]
         assert registry.get("jobd.sleep") is not None
-    assert events == ["open", "closed"]
+    assert events == ["blue", "open", "closed"]

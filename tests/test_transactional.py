@@ -7,14 +7,19 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import trio
 
+from jobd.config import parse_config
+from jobd.daemon import Daemon
 from jobd.errors import InvalidJob
 from jobd.job import JobState
+from jobd.plugins import PluginHost
+from jobd.service import JobService
 from jobd.store import QueueSlots
 from jobd.store.postgres import PostgresStore
 from jobd.transactional import submit
@@ -127,6 +132,47 @@ def test_bad_arguments_name_their_field(
     assert raised.value.field == field
     assert field in raised.value.message
     # Nothing reached the server: the caller's transaction is untouched.
+    assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+@pytest.fixture
+def api_service(tmp_path: Path) -> JobService:
+    """The control API's job service, as a daemon builds it; submits are checked before the store."""
+    raw = {"store": {"url": "memory:"}, "api": {"socket": str(tmp_path / "s")}, "metrics": {"listen": ""},
+           "queues": {"reports": {}}}
+    host = PluginHost()
+    host.load([])
+    return Daemon(parse_config(raw, env={}), host, None).service
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"priority": 2**31}, "priority"),
+        ({"priority": -(2**31)}, "priority"),
+        ({"max_attempts": 1001}, "max_attempts"),
+        ({"key": "k" * 256}, "key"),
+        ({"key": "k\x00"}, "key"),
+        ({"key": "\ud800"}, "key"),
+        ({"type": "jobd.noop\x00"}, "type"),
+        ({"queue": "reports\x00"}, "queue"),
+        ({"payload": {"k": "a\x00"}}, "payload"),
+        ({"payload": "\ud800"}, "payload"),
+        ({"delay": 1e12}, "delay"),
+        ({"timeout": 0.0}, "timeout"),
+    ],
+)
+async def test_jobd_submit_refuses_what_the_api_refuses(
+    connection: psycopg.Connection[Any], api_service: JobService, arguments: dict[str, Any], field: str
+) -> None:
+    """jobd.submit once skipped the API's bounds (priority, attempts, key length, NULs)."""
+    options = {"type": "jobd.noop", "queue": "reports", **arguments}
+    with pytest.raises(InvalidJob) as by_api:
+        await api_service.submit(options)
+    with pytest.raises(InvalidJob) as by_submit:
+        submit(connection, **options)
+    assert by_api.value.field == by_submit.value.field == field
+    assert by_api.value.message == by_submit.value.message
     assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 

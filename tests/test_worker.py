@@ -436,11 +436,11 @@ async def test_metrics_move_as_jobs_submit_finish_retry_and_cancel(autojump: obj
         waiting = await engine.submit("jobd.noop", delay=60)
         await engine.service.cancel(str(waiting.id))
         await engine.maintenance.refresh_gauges()
-        body, content_type = engine.service.metrics()
-    assert content_type.startswith("text/plain")
+        exposition = engine.service.metrics()
+    assert exposition.content_type.startswith("text/plain")
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
+        for family in text_string_to_metric_families(exposition.body.decode())
         for sample in family.samples
     }
 
@@ -511,7 +511,7 @@ async def test_submits_that_would_overflow_are_refused_by_field(autojump: object
                 await engine.service.submit({"type": "jobd.noop", **options})
             assert caught.value.field == field
         with pytest.raises(jobd.errors.BadRequest) as bad:
-            await engine.service.list({"type": "a\x00"})
+            await engine.service.list_jobs({"type": "a\x00"})
         assert bad.value.field == "type"
 
 

@@ -16,9 +16,17 @@ from typing import Any, cast
 
 import jobd_email
 import pytest
+from jobd_email import Settings
 
 from jobd.errors import ConfigError, InvalidJob
-from jobd.testing import OutcomeKind, configure_plugin, run_handler, validate_payload
+from jobd.testing import (
+    Outcome,
+    OutcomeKind,
+    configure_plugin,
+    plugin_settings,
+    run_handler,
+    validate_payload,
+)
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Sink:
     received: list[Received] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
+    settings: Settings = field(default_factory=Settings)  # [plugins.email] pointing at this sink
 
 
 class SmtpSession(socketserver.StreamRequestHandler):
@@ -103,7 +112,9 @@ def sink() -> Iterator[Sink]:
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    configure_plugin(jobd_email, {"host": "127.0.0.1", "port": state.port, "from": "Jobs <jobs@example.com>"})
+    state.settings = plugin_settings(
+        jobd_email, {"host": "127.0.0.1", "port": state.port, "from": "Jobs <jobs@example.com>"}
+    )
     try:
         yield state
     finally:
@@ -111,17 +122,21 @@ def sink() -> Iterator[Sink]:
         server.shutdown()
         server.server_close()
         thread.join(10)
-        configure_plugin(jobd_email, {})
 
 
 def configure(sink: Sink, **table: Any) -> None:
+    """Send to `sink` with `[plugins.email]` holding these keys too."""
     table = {"host": "127.0.0.1", "port": sink.port, "from": "jobs@example.com", **table}
-    configure_plugin(jobd_email, table)
+    sink.settings = plugin_settings(jobd_email, table)
+
+
+async def send(sink: Sink, payload: Any) -> Outcome:
+    return await run_handler(jobd_email.send, payload, settings=sink.settings)
 
 
 async def test_a_text_message_arrives_with_its_headers_and_envelope(sink: Sink) -> None:
     payload = {"to": "Ops <ops@example.org>", "subject": "Disk full", "text": "Clean /var.\n"}
-    outcome = await run_handler(jobd_email.send, payload)
+    outcome = await send(sink, payload)
     assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
     [received] = sink.received
     assert received.sender == "jobs@example.com"
@@ -141,7 +156,7 @@ async def test_a_text_message_arrives_with_its_headers_and_envelope(sink: Sink) 
 
 async def test_text_and_html_make_a_multipart_alternative(sink: Sink) -> None:
     payload = {"to": ["a@example.org"], "subject": "Report", "text": "plain", "html": "<p>rich</p>"}
-    await run_handler(jobd_email.send, payload)
+    await send(sink, payload)
     message = sink.received[0].message
     assert message.get_content_type() == "multipart/alternative"
     parts = list(message.iter_parts())
@@ -151,7 +166,7 @@ async def test_text_and_html_make_a_multipart_alternative(sink: Sink) -> None:
 
 
 async def test_html_alone_is_a_single_html_part(sink: Sink) -> None:
-    await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "html": "<b>hi</b>"})
+    await send(sink, {"to": "a@example.org", "subject": "s", "html": "<b>hi</b>"})
     message = sink.received[0].message
     assert message.get_content_type() == "text/html"
 
@@ -165,7 +180,7 @@ async def test_cc_and_reply_to_are_headers_and_bcc_only_the_envelope(sink: Sink)
         "subject": "s",
         "text": "t",
     }
-    outcome = await run_handler(jobd_email.send, payload)
+    outcome = await send(sink, payload)
     received = sink.received[0]
     assert received.recipients == ["a@example.org", "b@example.org", "c@example.org", "hidden@example.org"]
     message = received.message
@@ -177,7 +192,7 @@ async def test_cc_and_reply_to_are_headers_and_bcc_only_the_envelope(sink: Sink)
 
 
 async def test_non_ascii_subject_and_body_survive(sink: Sink) -> None:
-    await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "Größe ✓", "text": "naïve café"})
+    await send(sink, {"to": "a@example.org", "subject": "Größe ✓", "text": "naïve café"})
     message = sink.received[0].message
     assert message["Subject"] == "Größe ✓"
     assert message.get_content() == "naïve café\n"
@@ -186,7 +201,7 @@ async def test_non_ascii_subject_and_body_survive(sink: Sink) -> None:
 async def test_some_recipients_refused_completes_with_the_others(sink: Sink) -> None:
     sink.recipient_replies["gone@example.org"] = "550 no such user"
     payload = {"to": ["a@example.org", "gone@example.org"], "subject": "s", "text": "t"}
-    outcome = await run_handler(jobd_email.send, payload)
+    outcome = await send(sink, payload)
     assert outcome.kind is OutcomeKind.COMPLETED
     assert outcome.result["accepted"] == ["a@example.org"]
     assert outcome.result["refused"] == {"gone@example.org": "550 no such user"}
@@ -194,14 +209,14 @@ async def test_some_recipients_refused_completes_with_the_others(sink: Sink) -> 
 
 async def test_every_recipient_refused_temporarily_is_retried(sink: Sink) -> None:
     sink.recipient_replies["a@example.org"] = "450 mailbox busy"
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is OutcomeKind.RETRY
     assert "450 mailbox busy" in outcome.reason
 
 
 async def test_every_recipient_refused_permanently_fails(sink: Sink) -> None:
     sink.recipient_replies["a@example.org"] = "550 no such user"
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is OutcomeKind.FAILED
     assert "550 no such user" in outcome.reason
 
@@ -220,7 +235,7 @@ async def test_4xx_replies_retry_and_5xx_replies_fail(
     sink: Sink, command: str, reply: str, kind: OutcomeKind
 ) -> None:
     sink.replies[command] = reply
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is kind
     assert reply.split()[0] in outcome.reason
     assert sink.received == []
@@ -229,7 +244,7 @@ async def test_4xx_replies_retry_and_5xx_replies_fail(
 @pytest.mark.parametrize("reply", ["421 closing down", "500 what quit"])
 async def test_a_failed_quit_after_the_message_was_accepted_still_completes(sink: Sink, reply: str) -> None:
     sink.replies["QUIT"] = reply
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
     assert outcome.result["accepted"] == ["a@example.org"]
     assert len(sink.received) == 1
@@ -238,9 +253,10 @@ async def test_a_failed_quit_after_the_message_was_accepted_still_completes(sink
 async def test_a_refused_connection_is_retried() -> None:
     with socket.socket() as bound_not_listening:
         bound_not_listening.bind(("127.0.0.1", 0))
-        configure_plugin(jobd_email, {"host": "127.0.0.1", "port": bound_not_listening.getsockname()[1]})
-        outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
-    configure_plugin(jobd_email, {})
+        refusing = {"host": "127.0.0.1", "port": bound_not_listening.getsockname()[1]}
+        settings = plugin_settings(jobd_email, refusing)
+        payload = {"to": "a@example.org", "subject": "s", "text": "t"}
+        outcome = await run_handler(jobd_email.send, payload, settings=settings)
     assert outcome.kind is OutcomeKind.RETRY
     assert "ConnectionRefusedError" in outcome.reason
 
@@ -248,7 +264,7 @@ async def test_a_refused_connection_is_retried() -> None:
 async def test_a_server_that_never_answers_times_out_and_is_retried(sink: Sink) -> None:
     sink.silent = True
     configure(sink, timeout="300ms")
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is OutcomeKind.RETRY
     assert "timed out" in outcome.reason
 
@@ -256,7 +272,7 @@ async def test_a_server_that_never_answers_times_out_and_is_retried(sink: Sink) 
 async def test_login_uses_the_password_file(sink: Sink, tmp_path: Path) -> None:
     (tmp_path / "password").write_text("hunter2\n")
     configure(sink, username="mailer", password_file=str(tmp_path / "password"))
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
     assert sink.logins == [("mailer", "hunter2")]
 
@@ -266,35 +282,33 @@ async def test_login_uses_the_environment_without_a_password_file(
 ) -> None:
     monkeypatch.setenv("JOBD_SMTP_PASSWORD", "from-env")
     configure(sink, username="mailer")
-    await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert sink.logins == [("mailer", "from-env")]
-    assert "from-env" not in repr(jobd_email.settings())
+    assert sink.settings.password == "from-env" and "from-env" not in repr(sink.settings)
 
 
 async def test_refused_credentials_fail(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBD_SMTP_PASSWORD", "wrong")
     sink.replies["AUTH"] = "535 authentication failed"
     configure(sink, username="mailer")
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is OutcomeKind.FAILED
     assert "535" in outcome.reason
 
 
 async def test_starttls_against_a_server_without_it_fails(sink: Sink) -> None:
     configure(sink, starttls=True)
-    outcome = await run_handler(jobd_email.send, {"to": "a@example.org", "subject": "s", "text": "t"})
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
     assert outcome.kind is OutcomeKind.FAILED
     assert "STARTTLS" in outcome.reason
     assert sink.received == []
 
 
 def test_defaults_are_localhost_port_25_without_tls() -> None:
-    configure_plugin(jobd_email, {})
-    current = jobd_email.settings()
+    current = plugin_settings(jobd_email, {})
     assert (current.host, current.port, current.tls, current.starttls) == ("localhost", 25, False, False)
-    configure_plugin(jobd_email, {"tls": True})
-    assert jobd_email.settings().port == 465
-    configure_plugin(jobd_email, {})
+    assert plugin_settings(jobd_email, {"tls": True}).port == 465
+    assert plugin_settings(jobd_email, {"tls": True, "port": 2465}).port == 2465
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import jobd_http
 import pytest
+from jobd_http import Settings
 
 from jobd.errors import ConfigError, InvalidJob
 from jobd.job import JobState
-from jobd.testing import OutcomeKind, open_plugin, run_handler, validate_payload
+from jobd.testing import OutcomeKind, open_plugin, plugin_settings, run_handler, validate_payload
 
 
 class Peer(BaseHTTPRequestHandler):
@@ -100,8 +101,11 @@ def refusing_url() -> Iterator[str]:
 
 
 async def run(payload: dict[str, Any], table: dict[str, Any] | None = None, **options: Any) -> Any:
-    async with open_plugin(jobd_http, table or {}):
-        return await run_handler(jobd_http.request, payload, **options)
+    """One attempt of the handler registered for `table`, with the plugin's lifespan open."""
+    async with open_plugin(jobd_http, table or {}) as registry:
+        request = registry.get("http.request")
+        assert request is not None
+        return await run_handler(request, payload, **options)
 
 
 async def test_a_2xx_answer_completes_with_status_headers_and_body(server: str) -> None:
@@ -256,13 +260,14 @@ async def test_the_signing_header_is_configurable(server: str, tmp_path: Path) -
 
 
 async def test_the_client_is_shared_and_closed_with_the_lifespan(server: str) -> None:
+    payload = {"method": "GET", "url": f"{server}/echo"}
     async with open_plugin(jobd_http, {}):
         client = jobd_http._client
         assert client is not None
-        await run_handler(jobd_http.request, {"method": "GET", "url": f"{server}/echo"})
+        await run_handler(jobd_http.request, payload, settings=Settings())
         assert jobd_http._client is client
     assert client.is_closed and jobd_http._client is None
-    outcome = await run_handler(jobd_http.request, {"method": "GET", "url": f"{server}/echo"})
+    outcome = await run_handler(jobd_http.request, payload, settings=Settings())
     assert outcome.kind is OutcomeKind.ERROR and "lifespan" in outcome.reason
 
 
@@ -323,3 +328,10 @@ async def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is empty"):
         async with open_plugin(jobd_http, {"signing_secret_file": str(tmp_path / "secret")}):
             pass
+
+
+def test_the_secret_is_read_into_the_settings_and_never_shown(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"hush\n")
+    settings = plugin_settings(jobd_http, {"signing_secret_file": str(tmp_path / "secret"), "timeout": "5s"})
+    assert settings.signing_secret == b"hush" and settings.timeout == 5.0
+    assert "hush" not in repr(settings)

@@ -1,16 +1,22 @@
 """Handlers for jobd's process-level tests, loaded through the `jobd` entry-point group."""
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 import jobd
 
-_config: dict[str, Any] = {}
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """`[plugins.testplugin]`."""
+
+    greeting: str | None = None
 
 
-def _validate(payload: Any) -> None:
+def _validate(payload: Any, settings: Settings) -> None:
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
         raise jobd.InvalidJob("must be a string", field="payload.text")
 
@@ -18,7 +24,7 @@ def _validate(payload: Any) -> None:
 @jobd.handler("testplugin.echo", queue="tests", validate=_validate)
 async def echo(job: jobd.JobContext) -> dict[str, Any]:
     await job.progress(1.0, "echoed")
-    return {"echo": job.payload["text"], "attempt": job.attempt, "greeting": _config.get("greeting")}
+    return {"echo": job.payload["text"], "attempt": job.attempt, "greeting": job.settings.greeting}
 
 
 @jobd.handler("testplugin.flaky", max_attempts=3)
@@ -37,12 +43,8 @@ async def stubborn(job: jobd.JobContext) -> str:
 
 
 @jobd.hookimpl
-def jobd_configure(config: Mapping[str, Any]) -> None:
-    unknown = set(config) - {"greeting"}
-    if unknown:
-        raise jobd.ConfigError("unknown key", key=sorted(unknown)[0])
-    _config.clear()
-    _config.update(config)
+def jobd_configure(config: Mapping[str, Any]) -> Settings:
+    return jobd.parse_settings(Settings, config)
 
 
 @jobd.hookimpl

@@ -10,6 +10,7 @@ fail the job.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import smtplib
 import socket
@@ -26,88 +27,56 @@ import trio
 
 import jobd
 
-__all__ = ["Settings", "build_message", "jobd_configure", "jobd_handlers", "send", "settings"]
+__all__ = ["Settings", "build_message", "jobd_configure", "jobd_handlers", "send", "validate"]
 
 PASSWORD_VARIABLE = "JOBD_SMTP_PASSWORD"
 CONNECTIONS = 4  # SMTP conversations at once in one daemon
 PAYLOAD_KEYS = frozenset({"to", "cc", "bcc", "subject", "text", "html", "reply_to"})
-CONFIG_KEYS = ("host", "port", "from", "starttls", "tls", "username", "password_file", "timeout")
+SMTP_PORT, SMTPS_PORT = 25, 465
 
 _limiter = trio.CapacityLimiter(CONNECTIONS)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """`[plugins.email]`, validated; the password is read when the table is accepted."""
+    """`[plugins.email]`: each field is a key (`sender` is `from`), with its default, but
+    `password`, which is read from `password_file` or the environment when the table is
+    accepted."""
 
     host: str = "localhost"
-    port: int = 25
-    sender: str = f"jobd@{socket.gethostname()}"  # the `from` key
+    port: int = jobd.setting(SMTP_PORT, minimum=1, maximum=65535)  # SMTPS_PORT with tls, unless given
+    sender: str = jobd.setting(f"jobd@{socket.gethostname()}", key="from")
     starttls: bool = False
     tls: bool = False
     username: str = ""
-    password: str = ""
-    timeout: float = 30.0
+    password_file: str = ""
+    timeout: float = jobd.setting(30.0, duration=True, minimum=0.001)
+    password: str = jobd.setting("", from_config=False)
 
     def __repr__(self) -> str:  # never print the password
         return f"Settings(host={self.host!r}, port={self.port}, sender={self.sender!r}, tls={self.tls})"
 
 
-_settings = Settings()
-
-
-def settings() -> Settings:
-    """The settings in force (the last table `jobd_configure` accepted)."""
-    return _settings
-
-
 @jobd.hookimpl
-def jobd_configure(config: Mapping[str, Any]) -> None:
-    global _settings
-    _settings = _parse_settings(config)
-
-
-def _parse_settings(table: Mapping[str, Any]) -> Settings:
-    unknown = sorted(set(table) - set(CONFIG_KEYS))
-    if unknown:
-        raise jobd.ConfigError(f"unknown key (known: {', '.join(CONFIG_KEYS)})", key=unknown[0])
-    defaults = Settings()
-    host = table.get("host", defaults.host)
-    if not isinstance(host, str) or not host:
+def jobd_configure(config: Mapping[str, Any]) -> Settings:
+    settings = jobd.parse_settings(Settings, config)
+    if not settings.host:
         raise jobd.ConfigError("must be a host name or address", key="host")
-    starttls, tls = table.get("starttls", False), table.get("tls", False)
-    for key, value in (("starttls", starttls), ("tls", tls)):
-        if not isinstance(value, bool):
-            raise jobd.ConfigError("must be true or false", key=key)
-    if starttls and tls:
+    if settings.starttls and settings.tls:
         raise jobd.ConfigError("tls (implicit TLS, port 465) and starttls exclude each other", key="tls")
-    port = table.get("port", 465 if tls else 25)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise jobd.ConfigError("must be a port number from 1 to 65535", key="port")
-    sender = table.get("from", defaults.sender)
-    if not isinstance(sender, str) or _address(sender) is None:
+    if _address(settings.sender) is None:
         example = "'jobs@example.com' or 'Jobs <jobs@example.com>'"
         raise jobd.ConfigError(f"must be one address such as {example}", key="from")
-    try:
-        timeout = jobd.parse_duration(table.get("timeout", defaults.timeout))
-    except ValueError as error:
-        raise jobd.ConfigError(str(error), key="timeout") from None
-    if timeout <= 0:
-        raise jobd.ConfigError("must be longer than 0s", key="timeout")
-    username = table.get("username", "")
-    if not isinstance(username, str):
-        raise jobd.ConfigError("must be a string", key="username")
-    password = _read_password(table.get("password_file", ""))
-    if username and not password:
+    password = _read_password(settings.password_file)
+    if settings.username and not password:
         message = f"a username needs a password: set password_file or ${PASSWORD_VARIABLE}"
         raise jobd.ConfigError(message, key="username")
-    return Settings(host, port, sender, starttls, tls, username, password, timeout)
+    port = SMTPS_PORT if settings.tls and "port" not in config else settings.port
+    return dataclasses.replace(settings, port=port, password=password)
 
 
-def _read_password(path: Any) -> str:
+def _read_password(path: str) -> str:
     """The password: the file's first line, else `$JOBD_SMTP_PASSWORD`, else none."""
-    if not isinstance(path, str):
-        raise jobd.ConfigError("must be the path of a file holding the password", key="password_file")
     if not path:
         return os.environ.get(PASSWORD_VARIABLE, "")
     try:
@@ -145,7 +114,7 @@ def _address_list(payload: Mapping[str, Any], field: str, *, required: bool = Fa
     return items
 
 
-def validate(payload: Any) -> None:
+def validate(payload: Any, settings: Settings) -> None:
     """Refuse an `email.send` payload at submit, naming the field at fault."""
     if not isinstance(payload, dict):
         example = '{"to": "ops@example.com", "subject": "…", "text": "…"}'
@@ -192,17 +161,17 @@ def build_message(payload: Mapping[str, Any], sender: str) -> EmailMessage:
 @jobd.handler("email.send", validate=validate)
 async def send(job: jobd.JobContext) -> dict[str, Any]:
     """Send the message; 4xx replies and network errors retry, 5xx replies fail."""
-    config = _settings
+    settings: Settings = job.settings
     payload = job.payload
-    message = build_message(payload, config.sender)
+    message = build_message(payload, settings.sender)
     # The envelope: To, Cc and Bcc, each address once; Bcc appears nowhere else.
     everyone = [item for field in ("to", "cc", "bcc") for item in _address_list(payload, field)]
     recipients = list(dict.fromkeys(_address(item) or item for item in everyone))
-    where = f"{config.host}:{config.port}"
+    where = f"{settings.host}:{settings.port}"
     try:
         # An abandoned conversation ends on its own within `timeout`; the job does not wait for it.
         refused = await trio.to_thread.run_sync(
-            partial(_deliver, config, message, recipients), limiter=_limiter, abandon_on_cancel=True
+            partial(_deliver, settings, message, recipients), limiter=_limiter, abandon_on_cancel=True
         )
     except smtplib.SMTPRecipientsRefused as error:
         replies = {address: (code, _text(reply)) for address, (code, reply) in error.recipients.items()}
@@ -230,20 +199,22 @@ async def send(job: jobd.JobContext) -> dict[str, Any]:
     }
 
 
-def _deliver(config: Settings, message: EmailMessage, recipients: list[str]) -> dict[str, tuple[int, bytes]]:
+def _deliver(
+    settings: Settings, message: EmailMessage, recipients: list[str]
+) -> dict[str, tuple[int, bytes]]:
     """One SMTP conversation (in a worker thread); returns the recipients the server refused."""
     context = ssl.create_default_context()
     smtp: smtplib.SMTP
-    if config.tls:
-        smtp = smtplib.SMTP_SSL(config.host, config.port, timeout=config.timeout, context=context)
+    if settings.tls:
+        smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout, context=context)
     else:
-        smtp = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+        smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
     try:
-        if config.starttls:
+        if settings.starttls:
             smtp.starttls(context=context)
-        if config.username:
-            smtp.login(config.username, config.password)
-        return smtp.send_message(message, from_addr=_address(config.sender), to_addrs=recipients)
+        if settings.username:
+            smtp.login(settings.username, settings.password)
+        return smtp.send_message(message, from_addr=_address(settings.sender), to_addrs=recipients)
     finally:
         _hang_up(smtp)
 

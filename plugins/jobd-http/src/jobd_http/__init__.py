@@ -10,6 +10,7 @@ receiver can tell it came from this daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -36,12 +37,11 @@ __all__ = [
     "jobd_lifespan",
     "request",
     "retry_after",
-    "settings",
     "signature",
+    "validate",
 ]
 
 PAYLOAD_KEYS = frozenset({"method", "url", "headers", "json", "body", "timeout", "expect_status"})
-CONFIG_KEYS = ("max_body_bytes", "signing_secret_file", "signing_header", "timeout")
 TIMESTAMP_HEADER = "X-Jobd-Timestamp"
 JOB_ID_HEADER = "X-Jobd-Job-Id"
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx
@@ -54,27 +54,32 @@ _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[ \t]*[\x21-\x7e])*)?\Z")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """`[plugins.http]`, validated; the secret is read from its file when the table is accepted."""
+    """`[plugins.http]`: each field is a key, with its default, but `signing_secret`, which
+    is read from `signing_secret_file` when the table is accepted."""
 
-    max_body_bytes: int = 65_536
-    signing_secret: bytes | None = None
+    max_body_bytes: int = jobd.setting(65_536, minimum=0)
+    signing_secret_file: str = ""
     signing_header: str = "X-Jobd-Signature"
-    timeout: float = 30.0  # seconds, when the payload gives none
+    timeout: float = jobd.setting(30.0, duration=True, minimum=0.001)  # when the payload gives none
+    signing_secret: bytes | None = jobd.setting(None, from_config=False)
+
+    def __repr__(self) -> str:  # never print the secret
+        return (
+            f"Settings(max_body_bytes={self.max_body_bytes}, "
+            f"signing_secret_file={self.signing_secret_file!r}, "
+            f"signing_header={self.signing_header!r}, timeout={self.timeout})"
+        )
 
 
-_settings = Settings()
 _client: httpx.AsyncClient | None = None
 
 
-def settings() -> Settings:
-    """The settings in force (the last table `jobd_configure` accepted)."""
-    return _settings
-
-
 @jobd.hookimpl
-def jobd_configure(config: Mapping[str, Any]) -> None:
-    global _settings
-    _settings = _parse_settings(config)
+def jobd_configure(config: Mapping[str, Any]) -> Settings:
+    settings = jobd.parse_settings(Settings, config)
+    if not _TOKEN.match(settings.signing_header):
+        raise jobd.ConfigError("must be an HTTP header name", key="signing_header")
+    return dataclasses.replace(settings, signing_secret=_read_secret(settings.signing_secret_file))
 
 
 @jobd.hookimpl
@@ -95,30 +100,8 @@ async def _shared_client() -> AsyncIterator[None]:
             _client = None
 
 
-def _parse_settings(table: Mapping[str, Any]) -> Settings:
-    unknown = sorted(set(table) - set(CONFIG_KEYS))
-    if unknown:
-        raise jobd.ConfigError(f"unknown key (known: {', '.join(CONFIG_KEYS)})", key=unknown[0])
-    defaults = Settings()
-    max_body = table.get("max_body_bytes", defaults.max_body_bytes)
-    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 0:
-        raise jobd.ConfigError("must be a whole number of bytes >= 0", key="max_body_bytes")
-    header = table.get("signing_header", defaults.signing_header)
-    if not isinstance(header, str) or not _TOKEN.match(header):
-        raise jobd.ConfigError("must be an HTTP header name", key="signing_header")
-    try:
-        timeout = jobd.parse_duration(table.get("timeout", defaults.timeout))
-    except ValueError as error:
-        raise jobd.ConfigError(str(error), key="timeout") from None
-    if timeout <= 0:
-        raise jobd.ConfigError("must be longer than 0s", key="timeout")
-    return Settings(max_body, _read_secret(table.get("signing_secret_file", "")), header, timeout)
-
-
-def _read_secret(path: Any) -> bytes | None:
+def _read_secret(path: str) -> bytes | None:
     """The signing secret: the file's bytes without the trailing newline; None when not configured."""
-    if not isinstance(path, str):
-        raise jobd.ConfigError("must be the path of a file holding the secret", key="signing_secret_file")
     if not path:
         return None
     try:
@@ -136,7 +119,7 @@ def signature(secret: bytes, timestamp: str, job_id: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
 
 
-def validate(payload: Any) -> None:
+def validate(payload: Any, settings: Settings) -> None:
     """Refuse an `http.request` payload at submit, naming the field at fault."""
     if not isinstance(payload, dict):
         example = '{"method": "GET", "url": "https://example.com/"}'
@@ -208,20 +191,20 @@ async def request(job: jobd.JobContext) -> dict[str, Any]:
     """Make the request; the answer's status decides between completed, retried and failed."""
     if _client is None:
         raise RuntimeError("jobd-http's client is closed: its jobd_lifespan is not open")
-    config = _settings
+    settings: Settings = job.settings
     payload = job.payload
     method = _method(payload)
     url: str = payload["url"]
     content, headers = _content(payload)
-    if config.signing_secret is not None:
+    if settings.signing_secret is not None:
         timestamp = str(int(time.time()))
         headers[TIMESTAMP_HEADER] = timestamp
         headers[JOB_ID_HEADER] = str(job.id)
-        headers[config.signing_header] = signature(config.signing_secret, timestamp, str(job.id), content)
-    timeout = payload.get("timeout") or config.timeout  # null counts as absent
+        headers[settings.signing_header] = signature(settings.signing_secret, timestamp, str(job.id), content)
+    timeout = payload.get("timeout") or settings.timeout  # null counts as absent
     try:
         async with _client.stream(method, url, content=content, headers=headers, timeout=timeout) as response:
-            body, truncated = await _read_body(response, config.max_body_bytes)
+            body, truncated = await _read_body(response, settings.max_body_bytes)
     except httpx.TimeoutException as error:
         reason = f"{method} {url}: no answer within {timeout:g}s ({type(error).__name__})"
         raise jobd.Retry(reason=reason) from None

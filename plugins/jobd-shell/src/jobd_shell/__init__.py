@@ -27,7 +27,7 @@ import trio
 
 import jobd
 
-__all__ = ["Settings", "jobd_configure", "jobd_handlers", "run", "settings"]
+__all__ = ["Settings", "jobd_configure", "jobd_handlers", "run", "validate"]
 
 SHELL = "/bin/sh"
 PAYLOAD_KEYS = frozenset({"argv", "cwd", "env", "stdin", "timeout", "shell"})
@@ -43,57 +43,29 @@ PRIVATE_VARIABLES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """`[plugins.shell]`, validated."""
+    """`[plugins.shell]`: each field is a key, with its default."""
 
     allowed_commands: tuple[str, ...] = ()  # empty: any command may run
-    max_output_bytes: int = 65_536  # per stream (stdout, stderr)
-    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
+    max_output_bytes: int = jobd.setting(65_536, minimum=0)  # per stream (stdout, stderr)
+    kill_grace: float = jobd.setting(5.0, duration=True)  # between SIGTERM and SIGKILL
 
     def allows(self, program: str) -> bool:
         return not self.allowed_commands or program in self.allowed_commands
 
 
-_settings = Settings()
-
-
-def settings() -> Settings:
-    """The settings in force (the last table `jobd_configure` accepted)."""
-    return _settings
-
-
 @jobd.hookimpl
-def jobd_configure(config: Mapping[str, Any]) -> None:
-    global _settings
-    _settings = _parse_settings(config)
-
-
-def _parse_settings(table: Mapping[str, Any]) -> Settings:
-    unknown = sorted(set(table) - {"allowed_commands", "max_output_bytes", "kill_grace"})
-    if unknown:
-        raise jobd.ConfigError(
-            "unknown key (known: allowed_commands, max_output_bytes, kill_grace)", key=unknown[0]
-        )
-    defaults = Settings()
-    allowed = table.get("allowed_commands", [])
-    if not isinstance(allowed, list):
-        raise jobd.ConfigError("must be a list of command names or absolute paths", key="allowed_commands")
-    for index, command in enumerate(allowed):
-        if not isinstance(command, str) or not command or ("/" in command and not command.startswith("/")):
+def jobd_configure(config: Mapping[str, Any]) -> Settings:
+    settings = jobd.parse_settings(Settings, config)
+    for index, command in enumerate(settings.allowed_commands):
+        if not command or ("/" in command and not command.startswith("/")):
             raise jobd.ConfigError(
                 f"item {index} ({command!r}) must be a command name such as 'rsync' or an absolute path",
                 key="allowed_commands",
             )
-    max_output = table.get("max_output_bytes", defaults.max_output_bytes)
-    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
-        raise jobd.ConfigError("must be a whole number of bytes >= 0", key="max_output_bytes")
-    try:
-        grace = jobd.parse_duration(table.get("kill_grace", defaults.kill_grace))
-    except ValueError as error:
-        raise jobd.ConfigError(str(error), key="kill_grace") from None
-    return Settings(tuple(allowed), max_output, grace)
+    return settings
 
 
-def validate(payload: Any) -> None:
+def validate(payload: Any, settings: Settings) -> None:
     """Refuse a `shell.run` payload at submit, naming the field at fault."""
     if not isinstance(payload, dict):
         raise jobd.InvalidJob('payload must be an object such as {"argv": ["echo", "hi"]}', field="payload")
@@ -110,14 +82,14 @@ def validate(payload: Any) -> None:
     if not isinstance(use_shell, bool):
         raise jobd.InvalidJob("must be true or false", field="payload.shell")
     program = _program(argv, use_shell)
-    if not _settings.allows(program):
+    if not settings.allows(program):
         raise jobd.InvalidJob(f"{program!r} is not in [plugins.shell] allowed_commands", field="payload.argv")
     cwd = payload.get("cwd")
     if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd):
         raise jobd.InvalidJob("must be an absolute path", field="payload.cwd")
     env = payload.get("env")
     if env is not None:
-        _validate_env(env)
+        _validate_env(env, settings)
     stdin = payload.get("stdin")
     if stdin is not None and not isinstance(stdin, str):
         raise jobd.InvalidJob("must be a string", field="payload.stdin")
@@ -126,14 +98,14 @@ def validate(payload: Any) -> None:
         raise jobd.InvalidJob("must be a number of seconds > 0", field="payload.timeout")
 
 
-def _validate_env(env: Any) -> None:
+def _validate_env(env: Any, settings: Settings) -> None:
     if not isinstance(env, dict):
         raise jobd.InvalidJob("must be an object of strings", field="payload.env")
     for name, value in env.items():
         if not name or "=" in name or "\0" in name or not isinstance(value, str) or "\0" in value:
             raise jobd.InvalidJob(f"{name!r} must be a name with a string value", field="payload.env")
         # With an allow-list, the loader's variables would let a payload run code of its choosing.
-        if _settings.allowed_commands and name.startswith("LD_"):
+        if settings.allowed_commands and name.startswith("LD_"):
             raise jobd.InvalidJob(f"{name} may not be set under allowed_commands", field="payload.env")
 
 
@@ -150,12 +122,12 @@ def _program(argv: list[str], use_shell: bool) -> str:
 @jobd.handler("shell.run", validate=validate)
 async def run(job: jobd.JobContext) -> dict[str, Any]:
     """Run `payload.argv`; a non-zero exit is a failed attempt, retried like any other."""
-    config = _settings
+    settings: Settings = job.settings
     payload = job.payload
     argv: list[str] = payload["argv"]
     use_shell: bool = payload.get("shell", False)
     program = _program(argv, use_shell)
-    if not config.allows(program):  # the allow-list may have shrunk since the job was submitted
+    if not settings.allows(program):  # the allow-list may have shrunk since the job was submitted
         raise jobd.Fail(f"{program!r} is not in [plugins.shell] allowed_commands")
     command = [SHELL, "-c", argv[0], "sh", *argv[1:]] if use_shell else argv
     executable = _executable(command[0])
@@ -166,9 +138,9 @@ async def run(job: jobd.JobContext) -> dict[str, Any]:
     process = _Process(command, executable, payload.get("cwd"), env, stdin, timeout)
 
     started = trio.current_time()
-    stdout, stderr = _Capture(config.max_output_bytes), _Capture(config.max_output_bytes)
+    stdout, stderr = _Capture(settings.max_output_bytes), _Capture(settings.max_output_bytes)
     try:
-        exit_code = await _run_process(process, stdout, stderr, config.kill_grace)
+        exit_code = await _run_process(process, stdout, stderr, settings.kill_grace)
     except* OSError as errors:  # the program could not be started: missing, not executable, bad cwd
         error = errors.exceptions[0]
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
