@@ -122,13 +122,22 @@ def check_result(result: JSON) -> JSON:
     """
     if result is None or type(result) is bool or (type(result) is int and result.bit_length() < 64):
         return result  # most handlers return nothing or a count: nothing to check
+    storable_json_size(result)
+    return result
+
+
+def storable_json_size(value: JSON) -> int:
+    """The size of `value` as UTF-8 JSON, if every store can keep it (see `check_result`);
+    TypeError otherwise, saying it of "the handler's result"."""
     try:
-        json.dumps(result, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        size = len(text.encode("utf-8"))
     except (TypeError, ValueError) as error:  # UnicodeEncodeError is a ValueError
         raise TypeError(f"the handler's result is not storable JSON: {error}") from None
-    if _holds_nul(result):
+    # JSON writes a NUL as \u0000, so only a text holding that can hold one.
+    if "\\u0000" in text and _holds_nul(value):
         raise TypeError("the handler's result is not storable JSON: it holds a NUL character")
-    return result
+    return size
 
 
 def _holds_nul(value: JSON) -> bool:

@@ -7,6 +7,7 @@ state machine of the contract lives here and nowhere else.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import time
 import uuid
@@ -166,8 +167,12 @@ def new_job_id() -> uuid.UUID:
 
 def format_time(value: datetime | None) -> str | None:
     """RFC 3339 in UTC with a `Z`, microseconds kept."""
-    if value is None:
-        return None
+    return None if value is None else _format_time(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_time(value: datetime) -> str:
+    # Cached: the jobs of one answer mostly share their times (a batch's created_at).
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 

@@ -8,7 +8,6 @@ type, the queue, the payload's size and the handler's validation). A bad field i
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -164,7 +163,7 @@ class JobService:
         if handler is None and not config.api.accept_unknown_types:
             message = f"unknown job type {asked.job_type!r}: no loaded plugin handles it"
             raise InvalidJob(message, field="type")
-        size = len(json.dumps(asked.payload, ensure_ascii=False).encode())
+        size = asked.payload_size
         if size > config.api.max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload is {size} bytes, over the limit of {config.api.max_payload_bytes}", field="payload"

@@ -8,7 +8,7 @@ claim sees one consistent generation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -41,12 +41,20 @@ class Settings:
     config: Config
     registry: Registry
     queues: Mapping[str, QueueLimits]
+    # Each type's defaults, worked out at its first job: every submit and retry asks.
+    _defaults: dict[str, TypeDefaults] = field(default_factory=dict, compare=False, repr=False)
 
     def handler(self, job_type: str) -> Handler | None:
         return self.registry.get(job_type)
 
     def type_defaults(self, job_type: str) -> TypeDefaults:
         """First found wins: `[handlers."TYPE"]`, then the handler's decorator, then `[retry]`."""
+        found = self._defaults.get(job_type)
+        if found is None:
+            found = self._defaults[job_type] = self._resolve_defaults(job_type)
+        return found
+
+    def _resolve_defaults(self, job_type: str) -> TypeDefaults:
         configured = self.config.handlers.get(job_type, HandlerConfig())
         handler = self.registry.get(job_type)
         retry = self.config.retry

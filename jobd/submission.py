@@ -9,12 +9,13 @@ the defaults for what the submit leaves out are the API's to add.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from jobd.errors import InvalidJob
-from jobd.handlers import check_result, clean_text
+from jobd.handlers import clean_text, storable_json_size
 from jobd.job import JSON
 
 MAX_PRIORITY = 2**31 - 1  # either way: what a PostgreSQL integer holds
@@ -29,6 +30,7 @@ class Submission:
 
     job_type: str
     payload: JSON
+    payload_size: int  # bytes of the payload as UTF-8 JSON
     queue: str | None
     priority: int
     run_at: datetime  # UTC, never before `now`
@@ -56,7 +58,8 @@ def check_submission(
     """
     return Submission(
         job_type=_name("type", job_type, required=True) or "",
-        payload=_payload(payload),
+        payload=payload,
+        payload_size=_payload_size(payload),
         queue=_name("queue", queue),
         priority=_whole("priority", priority, -MAX_PRIORITY, MAX_PRIORITY) or 0,
         run_at=_run_at(delay, run_at, now),
@@ -76,14 +79,19 @@ def _name(field: str, value: object, *, required: bool = False) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise InvalidJob(f"{field} must be a non-empty string, got {value!r}", field=field)
-    if not storable(value):
+    if not _storable_name(value):
         raise InvalidJob(f"{field} holds a NUL character or a lone surrogate", field=field)
     return value
 
 
-def _payload(payload: JSON) -> JSON:
+@functools.lru_cache(maxsize=1024)
+def _storable_name(name: str) -> bool:
+    return storable(name)  # cached: every job of a batch names the same few types and queues
+
+
+def _payload_size(payload: JSON) -> int:
     try:
-        return check_result(payload)
+        return storable_json_size(payload)
     except TypeError as error:
         raise InvalidJob(str(error).replace("the handler's result", "payload"), field="payload") from None
 

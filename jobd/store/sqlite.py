@@ -159,36 +159,55 @@ def _row_of(conn: sqlite3.Connection, job_id: uuid.UUID) -> sqlite3.Row:
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
-    results = []
+    results: list[Inserted] = []
+    rows: list[dict[str, Any]] = []  # to insert, in order
+    positions: list[int] = []  # the batch index of each row
     for index, new in enumerate(jobs):
-        # Within the transaction an earlier item of the batch is visible, so a key
-        # repeated inside one batch is found here too.
-        existing = _live_job_with_key(conn, new.key) if new.key is not None else None
-        if existing is not None:
-            results.append(Inserted(_job(existing), created=False))
-            continue
+        if new.key is not None:
+            # A key held by a live job, or by an earlier item of this batch.
+            holder = next((item.job for item in results if item.created and item.job.key == new.key), None)
+            if holder is None:
+                existing = _live_job_with_key(conn, new.key)
+                holder = None if existing is None else _job(existing)
+            if holder is not None:
+                results.append(Inserted(holder, created=False))
+                continue
         try:
             payload = _dump(new.payload)
         except (TypeError, ValueError) as error:
             raise InvalidJob(f"payload is not JSON: {error}", field="payload", index=index) from None
-        values = {
-            "id": str(new.id),
-            "type": new.type,
-            "queue": new.queue,
-            "payload": payload,
-            "state": new.state.value,
-            "priority": new.priority,
-            "max_attempts": new.max_attempts,
-            "timeout": new.timeout,
-            "run_at": _micros(new.run_at),
-            "created_at": _micros(new.created_at),
-            "key": new.key,
-        }
-        try:
-            row = conn.execute(_Q["insert_job"], values).fetchone()
-        except sqlite3.IntegrityError:
-            raise InvalidJob(f"a job with id {new.id} already exists", field="id", index=index) from None
-        results.append(Inserted(_job(row), created=True))
+        rows.append(
+            {
+                "id": str(new.id),
+                "type": new.type,
+                "queue": new.queue,
+                "payload": payload,
+                "state": new.state.value,
+                "priority": new.priority,
+                "max_attempts": new.max_attempts,
+                "timeout": new.timeout,
+                "run_at": _micros(new.run_at),
+                "created_at": _micros(new.created_at),
+                "key": new.key,
+            }
+        )
+        positions.append(index)
+        results.append(Inserted(new.inserted(), created=True))
+    conn.execute("SAVEPOINT insert_jobs")
+    try:
+        conn.executemany(_Q["insert_job"], rows)  # one statement, stepped once per row, in C
+    except sqlite3.IntegrityError:
+        # Which row was refused: start again one row at a time (the caller undoes them all).
+        conn.execute("ROLLBACK TO insert_jobs")
+        for position, row in zip(positions, rows, strict=True):
+            try:
+                conn.execute(_Q["insert_job"], row)
+            except sqlite3.IntegrityError:
+                message = f"a job with id {jobs[position].id} already exists"
+                raise InvalidJob(message, field="id", index=position) from None
+        raise
+    finally:
+        conn.execute("RELEASE insert_jobs")
     return results
 
 

@@ -2,11 +2,11 @@
 -- Target states come in as parameters, computed by jobd.job.next_state.
 
 -- name: insert_job
+-- Run once per job (executemany); the job as stored is known to the caller.
 INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
                   run_at, created_at, updated_at, key)
 VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
-        :run_at, :created_at, :created_at, :key)
-RETURNING *;
+        :run_at, :created_at, :created_at, :key);
 
 -- name: live_job_with_key
 SELECT * FROM jobs
