@@ -178,6 +178,8 @@ class JobContext:
         "max_attempts",
         "payload",
         "queue",
+        "schedule",
+        "scheduled_for",
         "settings",
         "type",
     )
@@ -195,6 +197,8 @@ class JobContext:
         progress: ProgressSink,
         settings: Any = None,
         logger: logging.Logger | None = None,
+        schedule: str | None = None,
+        scheduled_for: datetime | None = None,
     ) -> None:
         self.id = job_id
         self.type = job_type
@@ -204,6 +208,8 @@ class JobContext:
         self.max_attempts = max_attempts
         self.created_at = created_at
         self.settings = settings  # the plugin's settings in force when the attempt started
+        self.schedule = schedule  # the schedule that made the job, or None
+        self.scheduled_for = scheduled_for  # the tick it was made for (UTC), or None
         self._progress = progress
         self._logger = logger
         self._log: JobLogger | None = None

@@ -108,6 +108,8 @@ class Job:
     result: JSON = None
     progress: Progress | None = None
     key: str | None = None
+    schedule: str | None = None  # the schedule whose tick (or trigger) made the job
+    scheduled_for: datetime | None = None  # that tick
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -129,6 +131,8 @@ class Job:
             "result": self.result,
             "progress": self.progress.to_json() if self.progress else None,
             "key": self.key,
+            "schedule": self.schedule,
+            "scheduled_for": format_time(self.scheduled_for),
         }
 
     @classmethod
@@ -153,6 +157,8 @@ class Job:
             result=data.get("result"),
             progress=Progress(float(progress["fraction"]), progress.get("message")) if progress else None,
             key=data.get("key"),
+            schedule=data.get("schedule"),
+            scheduled_for=parse_optional_time(data.get("scheduled_for")),
         )
 
 

@@ -103,6 +103,8 @@ async def run_handler(
     timeout: float | None = None,
     validate: bool = True,
     logger: logging.Logger | None = None,
+    schedule: str | None = None,
+    scheduled_for: datetime | None = None,
 ) -> Outcome:
     """Run one attempt of a job with `payload` through `handler` and say how it ended.
 
@@ -110,8 +112,10 @@ async def run_handler(
     registered with (None for a bare handler). `timeout` (seconds) defaults to the
     handler's own; with neither, the attempt may run for ever, as in the daemon. With
     `validate` (the default) the payload is first checked by `validate_payload`, so an
-    invalid one raises `jobd.InvalidJob` like a refused submit. Cancelling the caller
-    cancels the handler, as cancelling the job would.
+    invalid one raises `jobd.InvalidJob` like a refused submit. `schedule` and
+    `scheduled_for` stand for a job a schedule's tick made (`job.schedule`,
+    `job.scheduled_for`). Cancelling the caller cancels the handler, as cancelling the
+    job would.
     """
     if not 1 <= attempt <= max_attempts:
         raise ValueError(f"attempt must be from 1 to max_attempts ({max_attempts}), got {attempt}")
@@ -134,6 +138,8 @@ async def run_handler(
         progress=record,
         settings=handler.settings,
         logger=logger,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
     )
     limit = handler.timeout if timeout is None else timeout
 

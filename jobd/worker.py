@@ -335,6 +335,8 @@ class WorkerPool:
                     created_at=job.created_at,
                     progress=lambda progress: self._record_progress(job, progress),
                     settings=handler.settings,
+                    schedule=job.schedule,
+                    scheduled_for=job.scheduled_for,
                 )
                 result = await handler(context)
                 # A handler that returns is done, unless its deadline passed meanwhile.

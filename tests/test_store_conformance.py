@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,10 +19,13 @@ from jobd.job import TRANSITIONS, Action, Job, JobState, Progress
 from jobd.store import (
     ClaimRequest,
     Completion,
+    Fired,
     JobFilter,
     NewJob,
     Outcome,
     QueueSlots,
+    ScheduleFire,
+    ScheduleRecord,
     Store,
 )
 from jobd.store.factory import create_store
@@ -937,3 +941,163 @@ async def test_prune_with_no_room_deletes_nothing(store: Store) -> None:
     await finish(store, job, Outcome.COMPLETED)
     assert await store.prune_jobs({JobState.COMPLETED: at(10)}, 0) == 0
     assert await store.get_job(job.id) is not None
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+TIMING = "every 60000000us"
+
+
+def tick_job(schedule: str, tick: datetime, *, created_at: datetime = T0, payload: Any = None) -> NewJob:
+    job = new_job(created_at=created_at, payload=payload, run_at=max(tick, created_at))
+    return replace(job, schedule=schedule, scheduled_for=tick)
+
+
+def fire_of(schedule: str, *ticks: datetime, skip_overlap: bool = False) -> ScheduleFire:
+    jobs = [tick_job(schedule, tick, payload=n) for n, tick in enumerate(ticks)]
+    return ScheduleFire(schedule, jobs, skip_overlap)
+
+
+async def fire(store: Store, schedule: str, *ticks: datetime, skip_overlap: bool = False,
+               now: datetime = T0) -> Fired:
+    [fired] = await store.fire_schedules([fire_of(schedule, *ticks, skip_overlap=skip_overlap)], now)
+    return fired
+
+
+async def test_sync_creates_a_record_counting_from_now_and_keeps_it_while_the_timing_stays(
+        store: Store) -> None:
+    records = await store.sync_schedules({"hourly": TIMING, "daily": "cron 0 0 * * * UTC"}, at(0))
+    assert records["hourly"] == ScheduleRecord("hourly", TIMING, at(0), None, None, False)
+    assert records["daily"].since == at(0)
+    [job] = (await fire(store, "hourly", at(60))).jobs
+    again = await store.sync_schedules({"hourly": TIMING}, at(100))
+    assert (again["hourly"].since, again["hourly"].last_tick) == (at(0), at(60))
+    changed = await store.sync_schedules({"hourly": "every 1000000us"}, at(200))
+    assert changed["hourly"] == ScheduleRecord("hourly", "every 1000000us", at(200), at(60), job.id, False)
+    assert await store.schedule_records(["hourly", "daily", "unknown"]) == {
+        "hourly": changed["hourly"], "daily": records["daily"]}
+
+
+async def test_a_fired_tick_makes_one_job_carrying_the_schedule(store: Store) -> None:
+    await store.sync_schedules({"s": TIMING}, at(0))
+    fired = await fire(store, "s", at(60))
+    [job] = fired.jobs
+    assert fired.ticks == [at(60)]
+    assert (job.schedule, job.scheduled_for, job.state) == ("s", at(60), JobState.SCHEDULED)
+    assert fired.record == ScheduleRecord("s", TIMING, at(0), at(60), job.id, False)
+    assert await current(store, job) == job
+    assert (await store.list_jobs(JobFilter(), 10, None)).jobs == [job]
+    assert await store.schedule_records(["s"]) == {"s": fired.record}
+    # The same tick again, or an older one: the store's record says no.
+    for ticks in ([at(60)], [at(30)], [at(-60), at(0)]):
+        repeated = await fire(store, "s", *ticks, now=at(61))
+        assert (repeated.ticks, repeated.jobs, repeated.record) == ([], [], fired.record)
+    assert nonzero(await store.count_jobs()) == {"default": {JobState.SCHEDULED: 1}}
+
+
+async def test_only_the_ticks_the_record_has_not_seen_fire_oldest_first(store: Store) -> None:
+    await store.sync_schedules({"s": TIMING}, at(0))
+    await fire(store, "s", at(60))
+    fired = await fire(store, "s", at(0), at(60), at(120), at(180), now=at(200))
+    assert fired.ticks == [at(120), at(180)]
+    assert [job.scheduled_for for job in fired.jobs] == [at(120), at(180)]
+    assert fired.record is not None and fired.record.last_tick == at(180)
+    assert fired.record.last_job_id == fired.jobs[-1].id
+
+
+async def test_a_schedule_the_store_does_not_know_fires_nothing(store: Store) -> None:
+    fired = await fire(store, "nobody-synced-me", at(60))
+    assert fired == Fired("nobody-synced-me", None, [], [])
+    assert nonzero(await store.count_jobs()) == {}
+
+
+async def test_a_paused_schedule_fires_nothing_and_misses_its_ticks_for_good(store: Store) -> None:
+    await store.sync_schedules({"s": TIMING}, at(0))
+    paused = await store.set_schedule_paused("s", TIMING, True, at(10))
+    assert paused.paused and paused.since == at(0)
+    assert (await fire(store, "s", at(60), now=at(61))).ticks == []
+    resumed = await store.set_schedule_paused("s", TIMING, False, at(100))
+    assert not resumed.paused and resumed.since == at(100)
+    # A tick missed while paused is not caught up; the next one fires.
+    assert (await fire(store, "s", at(60), now=at(101))).ticks == []
+    assert (await fire(store, "s", at(60), at(120), now=at(121))).ticks == [at(120)]
+    # Resuming what is not paused moves nothing.
+    assert (await store.set_schedule_paused("s", TIMING, False, at(500))).since == at(100)
+
+
+async def test_pausing_a_schedule_not_yet_recorded_creates_it(store: Store) -> None:
+    record = await store.set_schedule_paused("new", TIMING, True, at(5))
+    assert record == ScheduleRecord("new", TIMING, at(5), None, None, True)
+    assert await store.schedule_records(["new"]) == {"new": record}
+
+
+async def test_overlap_skip_records_the_tick_but_makes_no_job_while_one_is_unfinished(store: Store) -> None:
+    await store.sync_schedules({"s": TIMING, "other": TIMING}, at(0))
+    first = await fire(store, "s", at(60), skip_overlap=True)
+    [job] = first.jobs
+    skipped = await fire(store, "s", at(120), skip_overlap=True, now=at(120))
+    assert (skipped.ticks, skipped.jobs) == ([at(120)], [])
+    assert skipped.record is not None and skipped.record.last_job_id == job.id
+    # Another schedule's job does not count; with overlap allowed nothing is skipped either.
+    assert len((await fire(store, "other", at(60), skip_overlap=True)).jobs) == 1
+    assert len((await fire(store, "s", at(180), now=at(180))).jobs) == 1
+    claimed = await claim_all(store, at(300))
+    [promoted] = [j for j in claimed if (j.schedule, j.scheduled_for) == ("s", at(60))]
+    await finish(store, promoted, Outcome.COMPLETED)
+    # One of its jobs (at 180) is still unfinished.
+    assert (await fire(store, "s", at(240), skip_overlap=True, now=at(300))).jobs == []
+
+
+async def test_overlap_skip_makes_only_the_oldest_of_several_ticks_a_job(store: Store) -> None:
+    await store.sync_schedules({"s": TIMING}, at(0))
+    fired = await fire(store, "s", at(60), at(120), at(180), skip_overlap=True, now=at(200))
+    assert fired.ticks == [at(60), at(120), at(180)]
+    assert [job.scheduled_for for job in fired.jobs] == [at(60)]
+    assert fired.record is not None and fired.record.last_tick == at(180)
+
+
+async def claim_all(store: Store, now: datetime) -> list[Job]:
+    await store.promote_due_jobs(now)
+    return await claim(store, now=now)
+
+
+async def test_a_tick_job_keeps_its_schedule_through_its_whole_life(store: Store) -> None:
+    await store.sync_schedules({"s": TIMING}, at(-10))
+    [job] = (await fire(store, "s", at(-5))).jobs
+    assert job.state == JobState.PENDING
+    [claimed] = await claim(store)
+    assert (claimed.schedule, claimed.scheduled_for) == ("s", at(-5))
+    failed = await finish(store, claimed, Outcome.FAILED, error="boom")
+    assert (failed.state, failed.schedule, failed.scheduled_for) == (JobState.FAILED, "s", at(-5))
+    retried = await store.retry_job(job.id, at(1))
+    assert (retried.schedule, retried.scheduled_for) == ("s", at(-5))
+    plain = await insert(store)
+    assert (plain.schedule, plain.scheduled_for) == (None, None)
+    assert (await current(store, plain)).schedule is None
+
+
+async def test_many_daemons_firing_one_tick_at_once_make_one_job(
+        make_store: Callable[[], Store], store: Store) -> None:
+    await store.sync_schedules({"s": TIMING}, at(0))
+    # PostgreSQL: one store (one connection pool) per "daemon"; the others admit one process.
+    stores = [store]
+    if store.shared:
+        stores += [make_store() for _ in range(3)]
+    try:
+        for other in stores[1:]:
+            await other.open()
+        results: list[Fired] = []
+
+        async def fire_from(one: Store) -> None:
+            results.append(await fire(one, "s", at(60), at(120), now=at(121)))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(fire_from, stores[n % len(stores)])
+    finally:
+        for other in stores[1:]:
+            await other.close()
+    assert sorted(tick for fired in results for tick in fired.ticks) == [at(60), at(120)]
+    made = [job for fired in results for job in fired.jobs]
+    assert sorted(job.scheduled_for for job in made if job.scheduled_for) == [at(60), at(120)]
+    assert nonzero(await store.count_jobs()) == {"default": {JobState.SCHEDULED: 2}}

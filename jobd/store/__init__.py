@@ -15,6 +15,7 @@ Rules every implementation keeps (the conformance suite in tests/ checks them):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,8 @@ class NewJob:
     timeout: float | None
     key: str | None
     created_at: datetime
+    schedule: str | None = None
+    scheduled_for: datetime | None = None
 
     @property
     def state(self) -> JobState:
@@ -66,6 +69,8 @@ class NewJob:
             created_at=self.created_at,
             updated_at=self.created_at,
             key=self.key,
+            schedule=self.schedule,
+            scheduled_for=self.scheduled_for,
         )
 
 
@@ -174,6 +179,95 @@ def rescue_decision(job: Job, owner: str, *, cancel_requested: bool) -> RescueDe
     return RescueDecision(next_state(job.id, job.state, action), error)
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """What the store keeps of one schedule, shared by every daemon: the one judge of
+    which of its ticks have fired."""
+
+    name: str
+    timing: str  # the recurrence's key the ticks are counted by (`jobd.recurrence.Recurrence.key`)
+    since: datetime  # no tick at or before this fires: first seen, timing changed, or resumed
+    last_tick: datetime | None  # the latest tick recorded (with its job, or skipped for overlap)
+    last_job_id: uuid.UUID | None  # the job the latest tick that made one made
+    paused: bool
+
+    @property
+    def counted_from(self) -> datetime:
+        """Ticks after this are still to fire."""
+        return self.since if self.last_tick is None else max(self.since, self.last_tick)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleFire:
+    """A daemon's request to fire some ticks of a schedule: one job per tick, oldest first,
+    each job's `scheduled_for` its tick. The store keeps only the ticks its record has not
+    seen (see `plan_fire`)."""
+
+    name: str
+    jobs: Sequence[NewJob]
+    skip_overlap: bool  # overlap = "skip": no job while one of this schedule's is unfinished
+
+
+@dataclass(frozen=True, slots=True)
+class FirePlan:
+    ticks: list[datetime]  # to record
+    jobs: list[NewJob]  # to insert
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """What `fire_schedules` did for one schedule."""
+
+    name: str
+    record: ScheduleRecord | None  # as it stands now; None: the store knows no such schedule
+    ticks: list[datetime]  # the ticks this call recorded
+    jobs: list[Job]  # the jobs it made
+
+
+def plan_fire(fire: ScheduleFire, record: ScheduleRecord, unfinished: bool) -> FirePlan:
+    """Which ticks of `fire` the store records, and which jobs it makes, judged by its own
+    record: none while paused; only ticks after `record.counted_from`; with
+    `skip_overlap`, no job while the schedule has an `unfinished` job, else only the
+    oldest tick's (the later ones would overlap it). Every store fires through this rule."""
+    if record.paused:
+        return FirePlan([], [])
+    after = record.counted_from
+    fresh = [job for job in fire.jobs if job.scheduled_for is not None and job.scheduled_for > after]
+    ticks = [job.scheduled_for for job in fresh if job.scheduled_for is not None]
+    if fire.skip_overlap:
+        fresh = [] if unfinished else fresh[:1]
+    return FirePlan(ticks, fresh)
+
+
+def after_fire(record: ScheduleRecord, plan: FirePlan, made: Sequence[Job]) -> ScheduleRecord:
+    """The record once `plan` is carried out."""
+    if not plan.ticks:
+        return record
+    last_job_id = made[-1].id if made else record.last_job_id
+    return dataclasses.replace(record, last_tick=max(plan.ticks), last_job_id=last_job_id)
+
+
+def synced_record(record: ScheduleRecord | None, name: str, timing: str, now: datetime) -> ScheduleRecord:
+    """A schedule as a daemon starts (or reloads) with it: a new one, or one whose timing
+    changed, counts its ticks from `now`; one the store knows with the same timing goes on
+    where it was (its missed ticks are caught up)."""
+    if record is None:
+        return ScheduleRecord(name, timing, now, None, None, False)
+    if record.timing != timing:
+        return dataclasses.replace(record, timing=timing, since=now)
+    return record
+
+
+def paused_record(record: ScheduleRecord, paused: bool, now: datetime) -> ScheduleRecord:
+    """Pause, or resume: a resumed schedule counts its ticks from `now`, so the ticks it
+    missed while paused are never caught up."""
+    if paused:
+        return dataclasses.replace(record, paused=True)
+    if record.paused:
+        return dataclasses.replace(record, paused=False, since=max(record.since, now))
+    return record
+
+
 QueueCounts = Mapping[str, Mapping[JobState, int]]
 """Jobs per queue per state; a queue with no jobs may be absent, a state with none may be 0 or absent."""
 
@@ -273,6 +367,25 @@ class Store(Protocol):
     async def set_queue_paused(self, queue: str, paused: bool) -> None: ...
 
     async def paused_queues(self) -> frozenset[str]: ...
+
+    async def sync_schedules(self, timings: Mapping[str, str], now: datetime) -> dict[str, ScheduleRecord]:
+        """For each schedule name -> its timing: create the record of a new one, and start
+        counting again from `now` for one whose timing changed (`synced_record`); return
+        the records of them all."""
+
+    async def schedule_records(self, names: Sequence[str]) -> dict[str, ScheduleRecord]:
+        """The records of those of `names` the store knows."""
+
+    async def set_schedule_paused(
+        self, name: str, timing: str, paused: bool, now: datetime
+    ) -> ScheduleRecord:
+        """Pause or resume (`paused_record`); a schedule the store does not know yet is
+        created with `timing` first. Returns the record."""
+
+    async def fire_schedules(self, fires: Sequence[ScheduleFire], now: datetime) -> list[Fired]:
+        """For each schedule, in one transaction with the jobs it makes: lock its record,
+        carry out `plan_fire` (inserting its jobs as `insert_jobs` does) and record the
+        ticks. However many daemons fire the same tick at once, it makes one job."""
 
     async def listen(
         self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

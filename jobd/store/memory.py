@@ -25,6 +25,7 @@ from jobd.store import (
     ClaimRequest,
     CompletedAndClaimed,
     Completion,
+    Fired,
     Inserted,
     JobFilter,
     JobPage,
@@ -33,8 +34,14 @@ from jobd.store import (
     QueueCounts,
     QueueSlots,
     Rescued,
+    ScheduleFire,
+    ScheduleRecord,
     WakeCallback,
+    after_fire,
+    paused_record,
+    plan_fire,
     rescue_decision,
+    synced_record,
 )
 
 _entries = itertools.count()  # ties between heap entries never compare rows
@@ -119,6 +126,8 @@ class MemoryStore:
         self._sequence = itertools.count(1)
         self._paused: set[str] = set()
         self._indexes = _Indexes()
+        self._schedules: dict[str, ScheduleRecord] = {}
+        self._schedule_jobs: dict[str, list[_Row]] = {}  # each schedule's jobs that may be unfinished
 
     async def open(self) -> None:
         pass
@@ -149,7 +158,9 @@ class MemoryStore:
             results.append(Inserted(job, created=True))
         for result in results:
             if result.created:
-                self._rows[result.job.id] = _Row(result.job, next(self._sequence), self._indexes)
+                row = self._rows[result.job.id] = _Row(result.job, next(self._sequence), self._indexes)
+                if result.job.schedule is not None:
+                    self._schedule_jobs.setdefault(result.job.schedule, []).append(row)
         return results
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
@@ -323,6 +334,8 @@ class MemoryStore:
             result=None,
             progress=None,
         )
+        if row.job.schedule is not None:  # unfinished again: it counts for the overlap rule
+            self._schedule_jobs.setdefault(row.job.schedule, []).append(row)
         return row.job
 
     async def promote_due_jobs(self, now: datetime) -> datetime | None:
@@ -398,6 +411,40 @@ class MemoryStore:
     async def paused_queues(self) -> frozenset[str]:
         return frozenset(self._paused)
 
+    async def sync_schedules(self, timings: Mapping[str, str], now: datetime) -> dict[str, ScheduleRecord]:
+        for name, timing in timings.items():
+            self._schedules[name] = synced_record(self._schedules.get(name), name, timing, now)
+        return {name: self._schedules[name] for name in timings}
+
+    async def schedule_records(self, names: Sequence[str]) -> dict[str, ScheduleRecord]:
+        return {name: self._schedules[name] for name in names if name in self._schedules}
+
+    async def set_schedule_paused(
+        self, name: str, timing: str, paused: bool, now: datetime
+    ) -> ScheduleRecord:
+        record = synced_record(self._schedules.get(name), name, timing, now)
+        self._schedules[name] = record = paused_record(record, paused, now)
+        return record
+
+    async def fire_schedules(self, fires: Sequence[ScheduleFire], now: datetime) -> list[Fired]:
+        results = []
+        for fire in fires:
+            record = self._schedules.get(fire.name)
+            if record is None:
+                results.append(Fired(fire.name, None, [], []))
+                continue
+            plan = plan_fire(fire, record, self._has_unfinished(fire.name))
+            made = [item.job for item in await self.insert_jobs(plan.jobs)]
+            self._schedules[fire.name] = record = after_fire(record, plan, made)
+            results.append(Fired(fire.name, record, plan.ticks, made))
+        return results
+
+    def _has_unfinished(self, schedule: str) -> bool:
+        # Finished rows leave the list; a retry puts its row back.
+        rows = self._schedule_jobs.get(schedule, [])
+        rows[:] = [row for row in rows if not row.deleted and not row.job.state.finished]
+        return bool(rows)
+
     async def listen(
         self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -442,6 +489,8 @@ def _changed(
         job.result if result is _KEEP else result,
         job.progress if progress is _KEEP else progress,
         job.key,
+        job.schedule,
+        job.scheduled_for,
     )
 
 

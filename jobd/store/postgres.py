@@ -37,6 +37,7 @@ from jobd.store import (
     ClaimRequest,
     CompletedAndClaimed,
     Completion,
+    Fired,
     Inserted,
     JobFilter,
     JobPage,
@@ -45,8 +46,14 @@ from jobd.store import (
     QueueCounts,
     QueueSlots,
     Rescued,
+    ScheduleFire,
+    ScheduleRecord,
     WakeCallback,
+    after_fire,
+    paused_record,
+    plan_fire,
     rescue_decision,
+    synced_record,
 )
 from jobd.store.sqlfiles import load_migrations, load_queries
 
@@ -70,7 +77,7 @@ _LIST_FILTERS = ("state", "type", "queue")
 COLUMNS = (
     "id", "type", "queue", "payload", "state", "priority", "attempts", "max_attempts", "timeout",
     "run_at", "created_at", "updated_at", "started_at", "finished_at", "last_error", "result",
-    "progress", "key",
+    "progress", "key", "schedule", "scheduled_for",
 )  # fmt: skip
 
 
@@ -466,6 +473,73 @@ class PostgresStore:
         )
         return frozenset(row[0] for row in rows)
 
+    # -- schedules -------------------------------------------------------------------------
+
+    async def sync_schedules(self, timings: Mapping[str, str], now: datetime) -> dict[str, ScheduleRecord]:
+        names = list(timings)
+
+        def sync(conn: Connection) -> dict[str, ScheduleRecord]:
+            stored = _lock_schedules(conn, timings, now)
+            records = {name: synced_record(stored.get(name), name, timings[name], now) for name in names}
+            changed = [record for name, record in records.items() if record != stored.get(name)]
+            _put_schedules(conn, changed, now)
+            return records
+
+        return await self._run(sync) if names else {}
+
+    async def schedule_records(self, names: Sequence[str]) -> dict[str, ScheduleRecord]:
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["schedule_records"], {"names": list(names)}).fetchall(),
+            transaction=False,
+        )
+        return {row[0]: _schedule(row) for row in rows}
+
+    async def set_schedule_paused(
+        self, name: str, timing: str, paused: bool, now: datetime
+    ) -> ScheduleRecord:
+        def set_paused(conn: Connection) -> ScheduleRecord:
+            stored = _lock_schedules(conn, {name: timing}, now)
+            record = paused_record(synced_record(stored.get(name), name, timing, now), paused, now)
+            _put_schedules(conn, [record], now)
+            return record
+
+        return await self._run(set_paused)
+
+    async def fire_schedules(self, fires: Sequence[ScheduleFire], now: datetime) -> list[Fired]:
+        def fire(conn: Connection) -> list[Fired]:
+            # The row locks make daemons firing the same schedule take turns: the second
+            # reads the ticks the first recorded, and `plan_fire` leaves them out.
+            names = [item.name for item in fires]
+            locked = conn.execute(QUERIES["lock_schedules"], {"names": names})
+            records = {row[0]: _schedule(row) for row in locked}
+            overlapping = [item.name for item in fires if item.skip_overlap and item.name in records]
+            unfinished: set[str] = set()
+            if overlapping:
+                busy = conn.execute(QUERIES["schedules_with_unfinished_jobs"], {"names": overlapping})
+                unfinished = {row[0] for row in busy}
+            plans = {
+                item.name: plan_fire(item, records[item.name], item.name in unfinished)
+                for item in fires
+                if item.name in records
+            }
+            new_jobs = [job for plan in plans.values() for job in plan.jobs]
+            made = iter([inserted.job for inserted in insert_jobs_on(conn, new_jobs)] if new_jobs else [])
+            results, changed = [], []
+            for item in fires:
+                plan = plans.get(item.name)
+                if plan is None:
+                    results.append(Fired(item.name, None, [], []))
+                    continue
+                jobs = [next(made) for _ in plan.jobs]
+                record = after_fire(records[item.name], plan, jobs)
+                if plan.ticks:
+                    changed.append(record)
+                results.append(Fired(item.name, record, plan.ticks, jobs))
+            _put_schedules(conn, changed, now)
+            return results
+
+        return await self._run(fire) if fires else []
+
     # -- notifications -------------------------------------------------------------------
 
     async def listen(
@@ -548,6 +622,10 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
         }
         for new in jobs
     ]
+    for item, new in zip(items, jobs, strict=True):
+        if new.schedule is not None:  # left out otherwise: json_to_recordset reads a missing key as NULL
+            item["schedule"] = new.schedule
+            item["scheduled_for"] = times.text(new.scheduled_for)
     params = {"jobs": _json_text(items, jobs)}
     try:
         # A cursor of our own: the caller's connection may make rows of another kind.
@@ -686,6 +764,34 @@ def _migrate(conn: Connection) -> None:
             )
 
 
+def _schedule(row: Sequence[Any]) -> ScheduleRecord:
+    name, timing, since, last_tick, last_job_id, paused = row
+    return ScheduleRecord(name, timing, since, last_tick, last_job_id, paused)
+
+
+def _lock_schedules(conn: Connection, timings: Mapping[str, str], now: datetime) -> dict[str, ScheduleRecord]:
+    """The records of these schedules, locked until commit; one not stored yet is created
+    first (a new schedule counts its ticks from `now`)."""
+    names, values = list(timings), list(timings.values())
+    conn.execute(QUERIES["create_schedules"], {"names": names, "timings": values, "now": now})
+    return {row[0]: _schedule(row) for row in conn.execute(QUERIES["lock_schedules"], {"names": names})}
+
+
+def _put_schedules(conn: Connection, records: Sequence[ScheduleRecord], now: datetime) -> None:
+    if not records:
+        return
+    params = {
+        "names": [record.name for record in records],
+        "timings": [record.timing for record in records],
+        "since": [record.since for record in records],
+        "last_ticks": [record.last_tick for record in records],
+        "last_job_ids": [record.last_job_id for record in records],
+        "paused": [record.paused for record in records],
+        "now": now,
+    }
+    conn.execute(QUERIES["put_schedules"], params)
+
+
 def _notify(conn: Connection, payload: str) -> None:
     conn.execute(QUERIES["notify"], {"payload": payload})
 
@@ -757,6 +863,7 @@ def _job(row: Sequence[Any]) -> Job:
     (
         job_id, job_type, queue, payload, state, priority, attempts, max_attempts, timeout,
         run_at, created_at, updated_at, started_at, finished_at, last_error, result, progress, key,
+        schedule, scheduled_for,
     ) = row[: len(COLUMNS)]  # fmt: skip
     return Job(
         id=job_id,
@@ -777,6 +884,8 @@ def _job(row: Sequence[Any]) -> Job:
         result=result,
         progress=Progress(progress["fraction"], progress.get("message")) if progress else None,
         key=key,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
     )
 
 

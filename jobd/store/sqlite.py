@@ -37,6 +37,7 @@ from jobd.store import (
     ClaimRequest,
     CompletedAndClaimed,
     Completion,
+    Fired,
     Inserted,
     JobFilter,
     JobPage,
@@ -44,8 +45,14 @@ from jobd.store import (
     QueueCounts,
     QueueSlots,
     Rescued,
+    ScheduleFire,
+    ScheduleRecord,
     WakeCallback,
+    after_fire,
+    paused_record,
+    plan_fire,
     rescue_decision,
+    synced_record,
 )
 from jobd.store.sqlfiles import load_migrations, load_queries
 
@@ -119,6 +126,8 @@ def _job(row: sqlite3.Row) -> Job:
         result=_load(row["result"]),
         progress=Progress(progress["fraction"], progress["message"]) if progress else None,
         key=row["key"],
+        schedule=row["schedule"],
+        scheduled_for=_optional_time(row["scheduled_for"]),
     )
 
 
@@ -189,6 +198,8 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
                 "run_at": _micros(new.run_at),
                 "created_at": _micros(new.created_at),
                 "key": new.key,
+                "schedule": new.schedule,
+                "scheduled_for": None if new.scheduled_for is None else _micros(new.scheduled_for),
             }
         )
         positions.append(index)
@@ -376,6 +387,73 @@ def _set_queue_paused(conn: sqlite3.Connection, queue_name: str, paused: bool) -
         conn.execute(_Q["pause_queue"], {"queue": queue_name, "now": _micros(datetime.now(UTC))})
     else:
         conn.execute(_Q["resume_queue"], {"queue": queue_name})
+
+
+def _schedule(row: sqlite3.Row) -> ScheduleRecord:
+    return ScheduleRecord(
+        name=row["name"],
+        timing=row["timing"],
+        since=_time(row["since"]),
+        last_tick=_optional_time(row["last_tick"]),
+        last_job_id=None if row["last_job_id"] is None else uuid.UUID(row["last_job_id"]),
+        paused=bool(row["paused"]),
+    )
+
+
+def _get_schedule(conn: sqlite3.Connection, name: str) -> ScheduleRecord | None:
+    row = conn.execute(_Q["get_schedule"], {"name": name}).fetchone()
+    return None if row is None else _schedule(row)
+
+
+def _put_schedule(conn: sqlite3.Connection, record: ScheduleRecord, now: datetime) -> ScheduleRecord:
+    values = {
+        "name": record.name,
+        "timing": record.timing,
+        "since": _micros(record.since),
+        "last_tick": None if record.last_tick is None else _micros(record.last_tick),
+        "last_job_id": None if record.last_job_id is None else str(record.last_job_id),
+        "paused": record.paused,
+        "now": _micros(now),
+    }
+    conn.execute(_Q["put_schedule"], values)
+    return record
+
+
+def _sync_schedules(
+    conn: sqlite3.Connection, timings: Mapping[str, str], now: datetime
+) -> dict[str, ScheduleRecord]:
+    records = {}
+    for name, timing in timings.items():
+        stored = _get_schedule(conn, name)
+        record = synced_record(stored, name, timing, now)
+        records[name] = record if record == stored else _put_schedule(conn, record, now)
+    return records
+
+
+def _set_schedule_paused(
+    conn: sqlite3.Connection, name: str, timing: str, paused: bool, now: datetime
+) -> ScheduleRecord:
+    record = paused_record(synced_record(_get_schedule(conn, name), name, timing, now), paused, now)
+    return _put_schedule(conn, record, now)
+
+
+def _fire_schedules(conn: sqlite3.Connection, fires: Sequence[ScheduleFire], now: datetime) -> list[Fired]:
+    results = []
+    for fire in fires:
+        record = _get_schedule(conn, fire.name)
+        if record is None:
+            results.append(Fired(fire.name, None, [], []))
+            continue
+        unfinished = fire.skip_overlap and bool(
+            conn.execute(_Q["schedule_has_unfinished_job"], {"schedule": fire.name}).fetchone()
+        )
+        plan = plan_fire(fire, record, unfinished)
+        made = [item.job for item in _insert_jobs(conn, plan.jobs)] if plan.jobs else []
+        record = after_fire(record, plan, made)
+        if plan.ticks:
+            _put_schedule(conn, record, now)
+        results.append(Fired(fire.name, record, plan.ticks, made))
+    return results
 
 
 # -- the database thread ----------------------------------------------------------------
@@ -709,6 +787,24 @@ class SQLiteStore:
     async def paused_queues(self) -> frozenset[str]:
         rows = await self._read(lambda conn: conn.execute(_Q["paused_queues"]).fetchall())
         return frozenset(row[0] for row in rows)
+
+    async def sync_schedules(self, timings: Mapping[str, str], now: datetime) -> dict[str, ScheduleRecord]:
+        return await self._write(lambda conn: _sync_schedules(conn, timings, now))
+
+    async def schedule_records(self, names: Sequence[str]) -> dict[str, ScheduleRecord]:
+        def read(conn: sqlite3.Connection) -> dict[str, ScheduleRecord]:
+            found = {name: _get_schedule(conn, name) for name in names}
+            return {name: record for name, record in found.items() if record is not None}
+
+        return await self._read(read)
+
+    async def set_schedule_paused(
+        self, name: str, timing: str, paused: bool, now: datetime
+    ) -> ScheduleRecord:
+        return await self._write(lambda conn: _set_schedule_paused(conn, name, timing, paused, now))
+
+    async def fire_schedules(self, fires: Sequence[ScheduleFire], now: datetime) -> list[Fired]:
+        return await self._write(lambda conn: _fire_schedules(conn, fires, now))
 
     async def listen(
         self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -15,15 +15,17 @@
 WITH new AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(jobs)s::json) AS (
         id uuid, type text, queue text, payload jsonb, state text, priority int, max_attempts int,
-        timeout float8, run_at timestamptz, created_at timestamptz, key text
+        timeout float8, run_at timestamptz, created_at timestamptz, key text, schedule text,
+        scheduled_for timestamptz
     )) WITH ORDINALITY
-    AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key, position)
+    AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key,
+         schedule, scheduled_for, position)
 ),
 inserted AS (
     INSERT INTO jobd.live_jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
-                                run_at, created_at, updated_at, key)
+                                run_at, created_at, updated_at, key, schedule, scheduled_for)
     SELECT id, type, queue, payload, state, priority, max_attempts, timeout,
-           run_at, created_at, created_at, key
+           run_at, created_at, created_at, key, schedule, scheduled_for
     FROM new ORDER BY position
     ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id
@@ -92,12 +94,12 @@ ended AS (
 archived AS (
     INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                     timeout, run_at, created_at, updated_at, started_at, finished_at,
-                                    last_error, result, progress, key)
+                                    last_error, result, progress, key, schedule, scheduled_for)
     SELECT id, seq, type, queue, payload, new_state, priority, attempts, max_attempts,
            timeout, run_at, created_at, %(now)s, started_at, %(now)s,
            CASE WHEN outcome = 'completed' THEN last_error ELSE error END,
            CASE WHEN outcome = 'completed' THEN new_result ELSE result END,
-           progress, key
+           progress, key, schedule, scheduled_for
     FROM ended
     RETURNING id
 ),
@@ -170,9 +172,10 @@ WITH ended AS (
 )
 INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                 timeout, run_at, created_at, updated_at, started_at, finished_at,
-                                last_error, result, progress, key)
+                                last_error, result, progress, key, schedule, scheduled_for)
 SELECT id, seq, type, queue, payload, %(state)s, priority, attempts, max_attempts,
-       timeout, run_at, created_at, %(now)s, started_at, %(now)s, %(error)s, result, progress, key
+       timeout, run_at, created_at, %(now)s, started_at, %(now)s, %(error)s, result, progress, key,
+       schedule, scheduled_for
 FROM ended
 RETURNING {columns};
 
@@ -187,9 +190,10 @@ WITH revived AS (
 )
 INSERT INTO jobd.live_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                             timeout, run_at, created_at, updated_at, started_at, finished_at,
-                            last_error, result, progress, key)
+                            last_error, result, progress, key, schedule, scheduled_for)
 SELECT id, seq, type, queue, payload, %(state)s, priority, 0, max_attempts,
-       timeout, %(now)s, created_at, %(now)s, NULL, NULL, last_error, NULL, NULL, key
+       timeout, %(now)s, created_at, %(now)s, NULL, NULL, last_error, NULL, NULL, key,
+       schedule, scheduled_for
 FROM revived
 RETURNING {columns};
 
@@ -252,3 +256,32 @@ SELECT queue FROM jobd.paused_queues;
 -- name: notify
 -- PostgreSQL delivers notifications at commit, and folds identical ones of a transaction.
 SELECT pg_notify('jobd', %(payload)s);
+
+-- name: create_schedules
+-- Schedules no daemon has recorded yet count their ticks from now.
+INSERT INTO jobd.schedules (name, timing, since)
+SELECT name, timing, %(now)s FROM unnest(%(names)s::text[], %(timings)s::text[]) AS s(name, timing)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: lock_schedules
+-- In name order, so that daemons firing the same schedules never deadlock.
+SELECT name, timing, since, last_tick, last_job_id, paused FROM jobd.schedules
+WHERE name = ANY(%(names)s::text[])
+ORDER BY name
+FOR UPDATE;
+
+-- name: schedule_records
+SELECT name, timing, since, last_tick, last_job_id, paused FROM jobd.schedules
+WHERE name = ANY(%(names)s::text[]);
+
+-- name: schedules_with_unfinished_jobs
+SELECT DISTINCT schedule FROM jobd.live_jobs WHERE schedule = ANY(%(names)s::text[]);
+
+-- name: put_schedules
+UPDATE jobd.schedules AS s
+SET timing = u.timing, since = u.since, last_tick = u.last_tick, last_job_id = u.last_job_id,
+    paused = u.paused, updated_at = %(now)s
+FROM unnest(%(names)s::text[], %(timings)s::text[], %(since)s::timestamptz[], %(last_ticks)s::timestamptz[],
+            %(last_job_ids)s::uuid[], %(paused)s::bool[])
+     AS u(name, timing, since, last_tick, last_job_id, paused)
+WHERE s.name = u.name;

@@ -4,9 +4,9 @@
 -- name: insert_job
 -- Run once per job (executemany); the job as stored is known to the caller.
 INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
-                  run_at, created_at, updated_at, key)
+                  run_at, created_at, updated_at, key, schedule, scheduled_for)
 VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
-        :run_at, :created_at, :created_at, :key);
+        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for);
 
 -- name: live_job_with_key
 SELECT * FROM jobs
@@ -135,3 +135,18 @@ DELETE FROM paused_queues WHERE queue = :queue;
 
 -- name: paused_queues
 SELECT queue FROM paused_queues;
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE name = :name;
+
+-- name: put_schedule
+INSERT INTO schedules (name, timing, since, last_tick, last_job_id, paused, updated_at)
+VALUES (:name, :timing, :since, :last_tick, :last_job_id, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET
+    timing = excluded.timing, since = excluded.since, last_tick = excluded.last_tick,
+    last_job_id = excluded.last_job_id, paused = excluded.paused, updated_at = excluded.updated_at;
+
+-- name: schedule_has_unfinished_job
+SELECT 1 FROM jobs INDEXED BY jobs_schedule_live
+WHERE schedule = :schedule AND state IN ('scheduled', 'pending', 'running')
+LIMIT 1;
