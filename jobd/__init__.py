@@ -23,6 +23,7 @@ from jobd.errors import (
     PluginError,
     QueueNotFound,
     Retry,
+    ScheduleNotFound,
     ShuttingDown,
     StoreUnavailable,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Progress",
     "QueueNotFound",
     "Retry",
+    "ScheduleNotFound",
     "ShuttingDown",
     "StoreUnavailable",
     "__version__",

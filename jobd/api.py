@@ -23,12 +23,14 @@ from jobd.errors import (
     KeyInUse,
     PayloadTooLarge,
     QueueNotFound,
+    ScheduleNotFound,
     ShuttingDown,
     StoreUnavailable,
 )
 from jobd.http import Handler, Request, Response, error_response, json_response
 from jobd.job import Job
 from jobd.metrics import Exposition
+from jobd.schedules import ScheduleStatus
 from jobd.service import Health
 from jobd.store import Inserted, JobPage
 
@@ -39,6 +41,7 @@ _STATUS_OF_ERROR: tuple[tuple[type[JobdError], int], ...] = (
     (BadRequest, 400),
     (JobNotFound, 404),
     (QueueNotFound, 404),
+    (ScheduleNotFound, 404),
     (IllegalTransition, 409),
     (KeyInUse, 409),
     (PayloadTooLarge, 413),
@@ -74,6 +77,16 @@ class Operations(Protocol):
 
     async def resume(self, queue: str) -> dict[str, Any]: ...
 
+    async def schedules(self) -> Sequence[ScheduleStatus]: ...
+
+    async def schedule(self, name: str) -> ScheduleStatus: ...
+
+    async def pause_schedule(self, name: str) -> ScheduleStatus: ...
+
+    async def resume_schedule(self, name: str) -> ScheduleStatus: ...
+
+    async def trigger_schedule(self, name: str) -> Job: ...
+
     async def health(self) -> Health: ...
 
     def metrics(self) -> Exposition: ...
@@ -104,6 +117,11 @@ class ControlApi:
             (("v1", "handlers"), {"GET": self._handlers}),
             (("v1", "queues", "{}", "pause"), {"POST": self._pause}),
             (("v1", "queues", "{}", "resume"), {"POST": self._resume}),
+            (("v1", "schedules"), {"GET": self._schedules}),
+            (("v1", "schedules", "{}"), {"GET": self._schedule}),
+            (("v1", "schedules", "{}", "pause"), {"POST": self._pause_schedule}),
+            (("v1", "schedules", "{}", "resume"), {"POST": self._resume_schedule}),
+            (("v1", "schedules", "{}", "trigger"), {"POST": self._trigger_schedule}),
             (("metrics",), {"GET": self._metrics}),
         )
 
@@ -198,6 +216,22 @@ class ControlApi:
 
     async def _resume(self, request: Request, captured: tuple[str, ...]) -> Response:
         return json_response(200, await self._service.resume(captured[0]))
+
+    async def _schedules(self, request: Request, captured: tuple[str, ...]) -> Response:
+        statuses = await self._service.schedules()
+        return json_response(200, {"schedules": [status.to_json() for status in statuses]})
+
+    async def _schedule(self, request: Request, captured: tuple[str, ...]) -> Response:
+        return json_response(200, (await self._service.schedule(captured[0])).to_json())
+
+    async def _pause_schedule(self, request: Request, captured: tuple[str, ...]) -> Response:
+        return json_response(200, (await self._service.pause_schedule(captured[0])).to_json())
+
+    async def _resume_schedule(self, request: Request, captured: tuple[str, ...]) -> Response:
+        return json_response(200, (await self._service.resume_schedule(captured[0])).to_json())
+
+    async def _trigger_schedule(self, request: Request, captured: tuple[str, ...]) -> Response:
+        return json_response(201, (await self._service.trigger_schedule(captured[0])).to_json())
 
     async def _metrics(self, request: Request, captured: tuple[str, ...]) -> Response:
         exposition = self._service.metrics()

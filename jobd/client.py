@@ -27,6 +27,7 @@ import httpx
 from jobd import errors
 from jobd.errors import ApiError, DaemonUnreachable
 from jobd.job import JSON, Job, JobState, format_time
+from jobd.schedules import ScheduleStatus
 
 DEFAULT_TIMEOUT = 30.0
 SYSTEM_SOCKET = "/run/jobd/jobd.sock"
@@ -265,6 +266,35 @@ class Client:
         path = f"/v1/queues/{quote(queue, safe='')}/resume"
         return _json(self._request("POST", path, about=_Subject(queue=queue)))
 
+    # -- schedules ------------------------------------------------------------------------
+
+    def schedules(self) -> builtins.list[ScheduleStatus]:
+        """Every schedule of the daemon's config, by name, with its next and last run."""
+        items = _json(self._request("GET", "/v1/schedules")).get("schedules")
+        if not isinstance(items, builtins.list):
+            raise ApiError(0, "invalid_response", "the daemon's answer has no list of schedules")
+        return [_schedule_status(item) for item in items]
+
+    def schedule(self, name: str) -> ScheduleStatus:
+        return self._schedule_request("GET", name, "")
+
+    def pause_schedule(self, name: str) -> ScheduleStatus:
+        """Stop the schedule's ticks, on every daemon sharing the store, until resumed."""
+        return self._schedule_request("POST", name, "/pause")
+
+    def resume_schedule(self, name: str) -> ScheduleStatus:
+        """Tick again from the next tick on; the ticks missed while paused make no job."""
+        return self._schedule_request("POST", name, "/resume")
+
+    def trigger_schedule(self, name: str) -> Job:
+        """Make the schedule's job now (its `scheduled_for` is now); its ticks are unchanged."""
+        path = f"/v1/schedules/{quote(name, safe='')}/trigger"
+        return _job(_json(self._request("POST", path, about=_Subject(schedule=name))))
+
+    def _schedule_request(self, method: str, name: str, action: str) -> ScheduleStatus:
+        path = f"/v1/schedules/{quote(name, safe='')}{action}"
+        return _schedule_status(_json(self._request(method, path, about=_Subject(schedule=name))))
+
     # -- transport ------------------------------------------------------------------------
 
     def _request(
@@ -361,6 +391,13 @@ def _job(body: Mapping[str, Any]) -> Job:
         raise ApiError(0, "invalid_response", f"the daemon's answer is not a job: {error!r}") from error
 
 
+def _schedule_status(body: Any) -> ScheduleStatus:
+    try:
+        return ScheduleStatus.from_json(body)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ApiError(0, "invalid_response", f"the daemon's answer is not a schedule: {error!r}") from error
+
+
 def _jobs(body: Mapping[str, Any]) -> builtins.list[Job]:
     items = body.get("jobs")
     if not isinstance(items, builtins.list):
@@ -382,6 +419,7 @@ class _Subject:
 
     job_id: str | None = None
     queue: str | None = None
+    schedule: str | None = None
     action: str = ""  # what it asks of the job: "cancel", "retry"
 
 
@@ -415,6 +453,10 @@ class _JobNotFound(ApiError, errors.JobNotFound):
 
 
 class _QueueNotFound(ApiError, errors.QueueNotFound):
+    pass
+
+
+class _ScheduleNotFound(ApiError, errors.ScheduleNotFound):
     pass
 
 
@@ -458,6 +500,10 @@ def _specific(status: int, code: str, message: str, details: dict[str, Any], abo
         no_queue = _QueueNotFound(*answer)
         no_queue.queue = about.queue
         return no_queue
+    if code == "not_found" and about.schedule is not None:
+        no_schedule = _ScheduleNotFound(*answer)
+        no_schedule.schedule = about.schedule
+        return no_schedule
     if code == "conflict" and "key" in details:
         held = _KeyInUse(*answer)
         held.job_id, held.key = str(details.get("job_id", about.job_id)), str(details["key"])

@@ -3,7 +3,8 @@
 Strict: an unknown key or a bad value is a `ConfigError` naming the key and the file
 (or the environment variable) it came from. The sections `daemon`, `store`, `api`,
 `metrics`, `workers`, `retry` and `retention` may be overridden key by key through
-`JOBD_<SECTION>_<KEY>`; `queues`, `handlers` and `plugins` come from the file only.
+`JOBD_<SECTION>_<KEY>`; `queues`, `handlers`, `plugins` and `schedules` come from the
+file only.
 
 `parse_settings` is that parser, for any frozen dataclass: the daemon's own sections
 and every plugin's `[plugins.NAME]` table go through it. `setting` declares a field's
@@ -18,14 +19,18 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType, NoneType, UnionType
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from jobd.durations import format_duration, parse_duration
-from jobd.errors import ConfigError
+from jobd.errors import ConfigError, InvalidJob
+from jobd.recurrence import MIN_EVERY, parse_cron, parse_zone
+from jobd.submission import check_submission
 
 SYSTEM_CONFIG = Path("/etc/jobd/jobd.toml")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_QUEUE = "default"
 SettingsT = TypeVar("SettingsT")
 
@@ -130,6 +135,25 @@ class HandlerConfig:
     jitter: bool | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """`[schedules.NAME]`: `cron` or `every`, and the job each tick makes."""
+
+    cron: str | None = None  # five fields, or a nickname such as @daily
+    every: float | None = setting(None, duration=True, minimum=MIN_EVERY)
+    timezone: str = "UTC"
+    job_type: str = setting("", key="type")
+    payload: Any = None
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = count(None)
+    timeout: float | None = duration(None)
+    catch_up: Literal["latest", "all", "none"] = "latest"
+    overlap: Literal["allow", "skip"] = "allow"
+    jitter: float = duration(0.0)
+    enabled: bool = True
+
+
 SECTIONS: Mapping[str, type] = MappingProxyType(
     {
         "daemon": DaemonConfig,
@@ -141,7 +165,7 @@ SECTIONS: Mapping[str, type] = MappingProxyType(
         "retention": RetentionConfig,
     }
 )
-TABLES = ("queues", "handlers", "plugins")
+TABLES = ("queues", "handlers", "plugins", "schedules")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +180,7 @@ class Config:
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
     handlers: Mapping[str, HandlerConfig] = field(default_factory=dict)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    schedules: Mapping[str, ScheduleConfig] = field(default_factory=dict)
     source: str | None = None  # the file read, if any
 
     def queue_concurrency(self, queue: str) -> int:
@@ -170,6 +195,7 @@ class Config:
         out["queues"] = {name: _section_to_dict(q) for name, q in self.queues.items()}
         out["handlers"] = {name: _section_to_dict(h) for name, h in self.handlers.items()}
         out["plugins"] = {name: dict(table) for name, table in self.plugins.items()}
+        out["schedules"] = {name: _section_to_dict(s) for name, s in self.schedules.items()}
         return out
 
 
@@ -296,13 +322,61 @@ def parse_config(
     plugins = {
         name: MappingProxyType(dict(table)) for name, table in _named_tables(raw, "plugins", where).items()
     }
+    schedules = {
+        name: _schedule(name, table, where) for name, table in _named_tables(raw, "schedules", where).items()
+    }
     return Config(
         **sections,
         queues=MappingProxyType(queues),
         handlers=MappingProxyType(handlers),
         plugins=MappingProxyType(plugins),
+        schedules=MappingProxyType(schedules),
         source=source,
     )
+
+
+def _schedule(name: str, table: Mapping[str, Any], where: str) -> ScheduleConfig:
+    """A schedule's table, each key checked on its own and against the others; what needs
+    the loaded handlers (the type, the queue, the payload's validation) is checked when
+    the daemon's settings are built (`jobd.settings.build_settings`)."""
+    prefix = f"schedules.{name}"
+    if not name or len(name) > 200 or any(ch.isspace() or ch == "/" for ch in name):
+        message = "a schedule name must be 1-200 characters without spaces or '/'"
+        raise ConfigError(message, key=prefix, file=where)
+    schedule = _build(ScheduleConfig, prefix, _sourced(table, where))
+
+    def refuse(key: str, message: str) -> ConfigError:
+        return ConfigError(message, key=f"{prefix}.{key}", file=where)
+
+    if schedule.cron is not None and schedule.every is not None:
+        raise refuse("every", "give cron or every, not both")
+    if schedule.cron is None and schedule.every is None:
+        raise refuse("cron", "a schedule needs cron (five fields, or @hourly ...) or every (a duration)")
+    if schedule.cron is not None:
+        try:
+            parse_cron(schedule.cron)
+        except ValueError as error:
+            raise refuse("cron", str(error)) from None
+    try:
+        parse_zone(schedule.timezone)
+    except ValueError as error:
+        raise refuse("timezone", str(error)) from None
+    if not schedule.job_type:
+        raise refuse("type", "a schedule needs the type of the job its ticks make")
+    try:
+        # The rules of any submitted job; `now` only matters for a delay, which this has not.
+        check_submission(
+            job_type=schedule.job_type,
+            payload=schedule.payload,
+            now=_EPOCH,
+            queue=schedule.queue,
+            priority=schedule.priority,
+            max_attempts=schedule.max_attempts,
+            timeout=schedule.timeout,
+        )
+    except InvalidJob as error:
+        raise refuse(error.field or "type", error.message) from None
+    return schedule
 
 
 def _table(raw: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
@@ -354,7 +428,8 @@ def parse_settings(cls: type[SettingsT], table: Mapping[str, Any], prefix: str =
     `ConfigError` whose `key` is the key's path below `prefix` (`"limits.max"` for the
     prefix `"limits"`). A key left out keeps the field's default. Field types: `bool`,
     `int`, `float`, `str`, a `Literal` of choices, `tuple[T, ...]` of those (a TOML
-    array), each also `| None` (for a default of None).
+    array), each also `| None` (for a default of None); `Any` takes the value as TOML
+    gives it.
 
     In a plugin's `jobd_configure`, keys are relative to the plugin's own table: the
     daemon reports them as `plugins.NAME.KEY`, with the config file's name.
@@ -413,6 +488,8 @@ def _build(cls: type[SettingsT], section: str, values: Mapping[str, _Given]) -> 
 
 
 def _reader(hint: Any, metadata: Mapping[str, Any], name: str) -> _Reader:
+    if hint is Any:
+        return _read_any
     if get_origin(hint) in (Union, UnionType):
         kinds = [arg for arg in get_args(hint) if arg is not NoneType]
         if len(kinds) != 1:
@@ -501,6 +578,10 @@ def _read_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value!r}")
     return float(value)
+
+
+def _read_any(value: Any) -> Any:
+    return value
 
 
 def _read_str(value: Any) -> str:

@@ -21,6 +21,7 @@ from jobd.client import Client, JobPage, os_errno
 from jobd.durations import format_duration, parse_duration
 from jobd.errors import ApiError, ConfigError, DaemonUnreachable
 from jobd.job import JSON, Job, JobState
+from jobd.schedules import ScheduleStatus
 from jobd.version import __version__
 
 EXIT_OK = 0
@@ -136,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     pause.add_argument("queue", metavar="QUEUE")
     resume = _command(commands, "resume", _resume, "start jobs of a paused queue again")
     resume.add_argument("queue", metavar="QUEUE")
+
+    _command(commands, "schedules", _schedules, "list the schedules with their next and last run")
+    schedule = _command(
+        commands,
+        "schedule",
+        _schedule,
+        "show, pause, resume or trigger a schedule",
+        epilog=(
+            "show: the schedule; pause: no ticks until resumed, on every daemon sharing the\n"
+            "store; resume: tick again from the next tick (ticks missed while paused make no\n"
+            "job); trigger: make the schedule's job now, leaving its ticks as they are."
+        ),
+    )
+    schedule.add_argument("action", choices=["show", "pause", "resume", "trigger"], metavar="ACTION",
+                          help="show, pause, resume or trigger")
+    schedule.add_argument("name", metavar="NAME")
     return parser
 
 
@@ -356,6 +373,65 @@ def _resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _schedules(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        statuses = client.schedules()
+    if args.json:
+        _print_json({"schedules": [status.to_json() for status in statuses]})
+        return EXIT_OK
+    if not statuses:
+        print("no schedules")
+        return EXIT_OK
+    rows = [
+        [
+            status.name,
+            status.describe(),
+            status.timezone,
+            status.type,
+            _when(status.next_run),
+            _when(status.last_tick),
+            _schedule_state(status),
+        ]
+        for status in statuses
+    ]
+    print(_table(["NAME", "SCHEDULE", "TIMEZONE", "TYPE", "NEXT RUN", "LAST RUN", "STATE"], rows))
+    return EXIT_OK
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "trigger":
+            _print_job(args, client.trigger_schedule(args.name))
+            return EXIT_OK
+        act = {"show": client.schedule, "pause": client.pause_schedule, "resume": client.resume_schedule}
+        status = act[args.action](args.name)
+    if args.json:
+        _print_json(status.to_json())
+        return EXIT_OK
+    print(
+        _block(
+            [
+                ("name", status.name),
+                ("schedule", status.describe()),
+                ("timezone", status.timezone),
+                ("type", status.type),
+                ("queue", status.queue),
+                ("state", _schedule_state(status)),
+                ("next_run", _when(status.next_run)),
+                ("last_tick", _when(status.last_tick)),
+                ("last_job_id", _text(None if status.last_job_id is None else str(status.last_job_id))),
+            ]
+        )
+    )
+    return EXIT_OK
+
+
+def _schedule_state(status: ScheduleStatus) -> str:
+    if not status.enabled:
+        return "disabled"
+    return "paused" if status.paused else "active"
+
+
 # -- output -------------------------------------------------------------------------------
 
 
@@ -374,6 +450,10 @@ def _print_job(args: argparse.Namespace, job: Job) -> None:
     progress = "-"
     if job.progress is not None:
         progress = " ".join(filter(None, [f"{job.progress.fraction:.0%}", job.progress.message]))
+    # Only a schedule's jobs say which tick made them.
+    made_by = []
+    if job.schedule is not None:
+        made_by = [("schedule", job.schedule), ("scheduled_for", _when(job.scheduled_for))]
     print(
         _block(
             [
@@ -392,6 +472,7 @@ def _print_job(args: argparse.Namespace, job: Job) -> None:
                 ("finished_at", _when(job.finished_at)),
                 ("progress", progress),
                 ("last_error", _text(job.last_error)),
+                *made_by,
                 ("payload", _compact(job.payload)),
                 ("result", _compact(job.result)),
             ]

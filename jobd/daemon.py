@@ -2,7 +2,7 @@
 
 Order of start: control socket (so health answers at once, `degraded` until the store
 is open) -> store, with retries for a shared store -> rescue of orphaned jobs ->
-plugins' lifespans -> maintenance, store listener, worker pool -> READY=1.
+plugins' lifespans -> maintenance, scheduler, store listener, worker pool -> READY=1.
 Shutdown runs it backwards: stop claiming, drain the pool, exit the lifespans, stop
 serving, close the store.
 """
@@ -33,6 +33,7 @@ from jobd.logs import setup_logging
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
 from jobd.plugins import Lifespan, PluginHost
+from jobd.scheduler import Scheduler
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import Store
@@ -65,6 +66,7 @@ class Engine:
     watch: JobWatch
     pool: WorkerPool
     maintenance: Maintenance
+    scheduler: Scheduler
     service: JobService
 
 
@@ -80,8 +82,11 @@ def build_engine(
     maintenance = Maintenance(store, live, metrics, clock, wake_workers=wake_workers)
     completer = Completer(metrics, watch, on_retry_scheduled=maintenance.schedule_changed)
     pool = WorkerPool(store, live, metrics, completer, watch, owner=owner, clock=clock)
-    service = JobService(store, live, pool, maintenance, metrics, watch, clock)
-    return Engine(store, live, metrics, watch, pool, maintenance, service)
+    scheduler = Scheduler(
+        store, live, metrics, clock, wake_workers=wake_workers, schedule_changed=maintenance.schedule_changed
+    )
+    service = JobService(store, live, pool, maintenance, scheduler, metrics, watch, clock)
+    return Engine(store, live, metrics, watch, pool, maintenance, scheduler, service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,7 @@ class Daemon:
         engine = build_engine(self.store, self.live, self.metrics, owner=self.owner)
         self.pool = engine.pool
         self.maintenance = engine.maintenance
+        self.scheduler = engine.scheduler
         self.service = engine.service
         self._signals_seen = 0
         self._cancel_store_wait: trio.CancelScope | None = None
@@ -215,6 +221,7 @@ class Daemon:
                 await lifespans.enter_async_context(_plugin_lifespan(lifespan))
             async with trio.open_nursery() as background:
                 await background.start(self.maintenance.run)
+                await background.start(self.scheduler.run)
                 await background.start(self.store.listen, self._on_store_event)
                 async with trio.open_nursery() as engine:
                     await engine.start(self._run_pool)
@@ -292,7 +299,7 @@ class Daemon:
         old = self.config
         try:
             config = load_config(self._config_path)
-            registry = self._host.configure(config)
+            settings = build_settings(config, self._host.configure(config))
         except JobdError as error:
             log.error("reload refused, keeping the old config: %s", error)
         else:
@@ -303,9 +310,10 @@ class Daemon:
             ):
                 if before != after:
                     log.warning("%s changed; it takes effect at the next restart", what)
-            self.live.current = build_settings(config, registry)
+            self.live.current = settings
             setup_logging(config.daemon.log_level, config.daemon.log_format)
             self.pool.wake()
+            self.scheduler.reload()
             log.info("config reloaded from %s", config.source or "the built-in defaults")
         systemd.notify_ready(self._status_line())
 

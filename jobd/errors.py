@@ -5,6 +5,7 @@
     ├── PluginError              a plugin failed to load or clashes with another (.plugin)
     ├── JobNotFound              no job has that id (.job_id)                      404
     ├── QueueNotFound            no queue has that name (.queue)                   404
+    ├── ScheduleNotFound         no schedule has that name (.schedule)             404
     ├── IllegalTransition        the job's state forbids the action (.job_id, .state, .action)  409
     ├── KeyInUse                 a retry would give a second unfinished job the same key        409
     ├── InvalidJob               a submitted job is wrong (.field, .index)         422
@@ -79,6 +80,14 @@ class QueueNotFound(JobdError):
     def __init__(self, queue: str) -> None:
         super().__init__(f"no queue named {queue!r}")
         self.queue = queue
+
+
+class ScheduleNotFound(JobdError):
+    code = "not_found"
+
+    def __init__(self, schedule: str) -> None:
+        super().__init__(f"no schedule named {schedule!r}")
+        self.schedule = schedule
 
 
 class IllegalTransition(JobdError):

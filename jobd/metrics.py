@@ -9,8 +9,10 @@ caller fetched in one batch (see `set_queue_counts`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -91,6 +93,26 @@ class Metrics:
             "jobd_build_info", "Always 1; the label carries the version.", ["version"], registry=self.registry
         )
         build_info.labels(version=version).set(1)
+        self._schedule_ticks = Counter(
+            "jobd_schedule_ticks",
+            "Ticks of a schedule this daemon recorded in the store (a tick made a job, or none "
+            "because the schedule's previous job was unfinished).",
+            ["schedule"],
+            registry=self.registry,
+        )
+        self._schedule_jobs = Counter(
+            "jobd_schedule_jobs",
+            "Jobs a schedule's ticks and triggers made through this daemon.",
+            ["schedule"],
+            registry=self.registry,
+        )
+        self._schedule_next_run = Gauge(
+            "jobd_schedule_next_run_timestamp_seconds",
+            "When a schedule next ticks, in seconds since the Unix epoch; absent while it is "
+            "disabled or paused.",
+            ["schedule"],
+            registry=self.registry,
+        )
         self._queues_seen: set[str] = set()
         # Each labelled child, looked up once: `labels()` costs more than the update itself.
         self._submitted_by: dict[tuple[str, str], Counter] = {}
@@ -140,6 +162,22 @@ class Metrics:
             by_state = counts.get(queue, {})
             for state in JobState:
                 self._jobs.labels(queue=queue, state=state.value).set(by_state.get(state.value, 0))
+
+    def schedule_seen(self, schedule: str) -> None:
+        """A schedule in force: its counters read 0 before its first tick, not nothing."""
+        self._schedule_ticks.labels(schedule=schedule)
+        self._schedule_jobs.labels(schedule=schedule)
+
+    def schedule_fired(self, schedule: str, ticks: int, jobs: int) -> None:
+        self._schedule_ticks.labels(schedule=schedule).inc(ticks)
+        self._schedule_jobs.labels(schedule=schedule).inc(jobs)
+
+    def set_schedule_next_run(self, schedule: str, when: datetime | None) -> None:
+        if when is not None:
+            self._schedule_next_run.labels(schedule=schedule).set(when.timestamp())
+        else:
+            with contextlib.suppress(KeyError):  # it had no next run
+                self._schedule_next_run.remove(schedule)
 
     def set_workers(self, busy: int, capacity: int) -> None:
         self._busy.set(busy)

@@ -23,16 +23,18 @@ from jobd.errors import (
     BadRequest,
     InvalidJob,
     JobNotFound,
-    PayloadTooLarge,
     QueueNotFound,
+    ScheduleNotFound,
     ShuttingDown,
     StoreUnavailable,
 )
-from jobd.job import FINISHED_STATES, Job, JobState, new_job_id, parse_time
+from jobd.job import FINISHED_STATES, Job, JobState, parse_time
 from jobd.maintenance import Maintenance
 from jobd.metrics import Exposition, Metrics
+from jobd.scheduler import Scheduler, tick_job
+from jobd.schedules import Schedule, ScheduleStatus
 from jobd.settings import LiveSettings, Settings
-from jobd.store import Inserted, JobFilter, JobPage, NewJob, Store
+from jobd.store import Inserted, JobFilter, JobPage, NewJob, ScheduleRecord, Store
 from jobd.submission import check_submission, storable
 from jobd.version import __version__
 from jobd.watch import JobWatch
@@ -63,6 +65,7 @@ class JobService:
         live: LiveSettings,
         pool: WorkerPool,
         maintenance: Maintenance,
+        scheduler: Scheduler,
         metrics: Metrics,
         watch: JobWatch,
         clock: Clock,
@@ -71,6 +74,7 @@ class JobService:
         self._live = live
         self._pool = pool
         self._maintenance = maintenance
+        self._scheduler = scheduler
         self._metrics = metrics
         self._watch = watch
         self._clock = clock
@@ -158,34 +162,7 @@ class JobService:
             timeout=_optional_seconds(body, "timeout"),
             key=body.get("key"),
         )
-        handler = settings.handler(asked.job_type)
-        config = settings.config
-        if handler is None and not config.api.accept_unknown_types:
-            message = f"unknown job type {asked.job_type!r}: no loaded plugin handles it"
-            raise InvalidJob(message, field="type")
-        size = asked.payload_size
-        if size > config.api.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload is {size} bytes, over the limit of {config.api.max_payload_bytes}", field="payload"
-            )
-        if handler is not None:
-            handler.check_payload(asked.payload)
-        defaults = settings.type_defaults(asked.job_type)
-        queue = asked.queue or defaults.queue
-        if queue not in settings.queues:
-            raise InvalidJob(f"unknown queue {queue!r} (known: {', '.join(settings.queues)})", field="queue")
-        return NewJob(
-            id=new_job_id(),
-            type=asked.job_type,
-            queue=queue,
-            payload=asked.payload,
-            priority=asked.priority,
-            run_at=asked.run_at,
-            max_attempts=asked.max_attempts or defaults.max_attempts,
-            timeout=asked.timeout if asked.timeout is not None else defaults.timeout,
-            key=asked.key,
-            created_at=now,
-        )
+        return settings.new_job(asked, now)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -276,6 +253,53 @@ class JobService:
         stats = await self.stats()
         return {"queue": queue, **stats["queues"][queue]}
 
+    # -- schedules ----------------------------------------------------------------------
+
+    async def schedules(self) -> list[ScheduleStatus]:
+        schedules = self._live.current.schedules
+        store = await self._ready_store()
+        records = await store.schedule_records(sorted(schedules))
+        now = self._clock()
+        return [_status(schedules[name], records.get(name), now) for name in sorted(schedules)]
+
+    async def schedule(self, name: str) -> ScheduleStatus:
+        schedule = self._schedule(name)
+        store = await self._ready_store()
+        records = await store.schedule_records([name])
+        return _status(schedule, records.get(name), self._clock())
+
+    async def pause_schedule(self, name: str) -> ScheduleStatus:
+        return await self._set_schedule_paused(name, True)
+
+    async def resume_schedule(self, name: str) -> ScheduleStatus:
+        return await self._set_schedule_paused(name, False)
+
+    async def _set_schedule_paused(self, name: str, paused: bool) -> ScheduleStatus:
+        schedule = self._schedule(name)
+        store = await self._ready_store()
+        now = self._clock()
+        record = await store.set_schedule_paused(name, schedule.timing, paused, now)
+        self._scheduler.record_changed(record)
+        return _status(schedule, record, now)
+
+    async def trigger_schedule(self, name: str) -> Job:
+        """A job of the schedule now, beside its ticks: `scheduled_for` is now, and the
+        schedule's record (its ticks, pause and overlap) is neither asked nor changed."""
+        self._check_running()
+        schedule = self._schedule(name)
+        now = self._clock()
+        store = await self._ready_store()
+        [inserted] = await store.insert_jobs([tick_job(schedule, now, now)])
+        self._metrics.schedule_fired(name, 0, 1)
+        self._after_insert([inserted])
+        return inserted.job
+
+    def _schedule(self, name: str) -> Schedule:
+        schedule = self._live.current.schedules.get(name)
+        if schedule is None:
+            raise ScheduleNotFound(name)
+        return schedule
+
     # -- observing ----------------------------------------------------------------------
 
     async def stats(self) -> dict[str, Any]:
@@ -331,6 +355,27 @@ class JobService:
     def metrics(self) -> Exposition:
         self._metrics.set_workers(self._pool.busy, self._pool.capacity)
         return self._metrics.render()
+
+
+def _status(schedule: Schedule, record: ScheduleRecord | None, now: datetime) -> ScheduleStatus:
+    paused = record is not None and record.paused
+    next_run = None
+    if schedule.enabled and not paused:
+        next_run = schedule.next_run(now if record is None else record.counted_from, now)
+    recurrence = schedule.recurrence
+    return ScheduleStatus(
+        name=schedule.name,
+        cron=recurrence.cron,
+        every=recurrence.every,
+        timezone=recurrence.timezone,
+        type=schedule.type,
+        queue=schedule.queue,
+        enabled=schedule.enabled,
+        paused=paused,
+        next_run=next_run,
+        last_tick=None if record is None else record.last_tick,
+        last_job_id=None if record is None else record.last_job_id,
+    )
 
 
 def _parse_id(job_id: str) -> uuid.UUID:

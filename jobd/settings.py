@@ -7,15 +7,23 @@ claim sees one consistent generation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TypeVar
 
-from jobd.config import DEFAULT_QUEUE, Config, HandlerConfig
+from jobd.config import DEFAULT_QUEUE, Config, HandlerConfig, ScheduleConfig
+from jobd.errors import ConfigError, InvalidJob, PayloadTooLarge
 from jobd.handlers import Handler
+from jobd.job import new_job_id
 from jobd.plugins import Registry
+from jobd.recurrence import Recurrence
 from jobd.retry import RetryPolicy
+from jobd.schedules import CatchUp, Schedule
+from jobd.store import NewJob
+from jobd.submission import Submission, check_submission
 
 T = TypeVar("T")
 
@@ -41,6 +49,7 @@ class Settings:
     config: Config
     registry: Registry
     queues: Mapping[str, QueueLimits]
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
     # Each type's defaults, worked out at its first job: every submit and retry asks.
     _defaults: dict[str, TypeDefaults] = field(default_factory=dict, compare=False, repr=False)
 
@@ -53,6 +62,49 @@ class Settings:
         if found is None:
             found = self._defaults[job_type] = self._resolve_defaults(job_type)
         return found
+
+    def new_job(
+        self,
+        asked: Submission,
+        now: datetime,
+        *,
+        schedule: str | None = None,
+        scheduled_for: datetime | None = None,
+    ) -> NewJob:
+        """The job `asked` for, as this daemon accepts one: a handler for its type (unless
+        `api.accept_unknown_types`), its payload within `api.max_payload_bytes` and
+        accepted by the handler's validation, its queue one that exists; the options it
+        leaves out from `type_defaults`. Raises `InvalidJob` naming the field at fault."""
+        handler = self.handler(asked.job_type)
+        api = self.config.api
+        if handler is None and not api.accept_unknown_types:
+            message = f"unknown job type {asked.job_type!r}: no loaded plugin handles it"
+            raise InvalidJob(message, field="type")
+        if asked.payload_size > api.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload is {asked.payload_size} bytes, over the limit of {api.max_payload_bytes}",
+                field="payload",
+            )
+        if handler is not None:
+            handler.check_payload(asked.payload)
+        defaults = self.type_defaults(asked.job_type)
+        queue = asked.queue or defaults.queue
+        if queue not in self.queues:
+            raise InvalidJob(f"unknown queue {queue!r} (known: {', '.join(self.queues)})", field="queue")
+        return NewJob(
+            id=new_job_id(),
+            type=asked.job_type,
+            queue=queue,
+            payload=asked.payload,
+            priority=asked.priority,
+            run_at=asked.run_at,
+            max_attempts=asked.max_attempts or defaults.max_attempts,
+            timeout=asked.timeout if asked.timeout is not None else defaults.timeout,
+            key=asked.key,
+            created_at=now,
+            schedule=schedule,
+            scheduled_for=scheduled_for,
+        )
 
     def _resolve_defaults(self, job_type: str) -> TypeDefaults:
         configured = self.config.handlers.get(job_type, HandlerConfig())
@@ -88,7 +140,46 @@ def build_settings(config: Config, registry: Registry) -> Settings:
             concurrency=config.queue_concurrency(name),
             global_concurrency=declared.global_concurrency if declared else None,
         )
-    return Settings(config, registry, MappingProxyType(queues))
+    settings = Settings(config, registry, MappingProxyType(queues))
+    schedules = {name: _resolve_schedule(settings, name, table) for name, table in config.schedules.items()}
+    return dataclasses.replace(settings, schedules=MappingProxyType(schedules))
+
+
+_CHECKED_AT = datetime(1970, 1, 1, tzinfo=UTC)  # a schedule's job has no delay: any instant will do
+
+
+def _resolve_schedule(settings: Settings, name: str, table: ScheduleConfig) -> Schedule:
+    """`[schedules.NAME]` against the handlers in force: its job checked as a submit is
+    (`Settings.new_job`), its options resolved once for every tick. A `ConfigError`
+    names the key at fault."""
+    asked = check_submission(
+        job_type=table.job_type,
+        payload=table.payload,
+        now=_CHECKED_AT,
+        queue=table.queue,
+        priority=table.priority,
+        max_attempts=table.max_attempts,
+        timeout=table.timeout,
+    )
+    try:
+        job = settings.new_job(asked, _CHECKED_AT)
+    except InvalidJob as error:
+        key = f"schedules.{name}.{error.field or 'type'}"
+        raise ConfigError(error.message, key=key, file=settings.config.source or "the config") from None
+    return Schedule(
+        name=name,
+        recurrence=Recurrence(table.cron, table.every, table.timezone),
+        type=job.type,
+        payload=job.payload,
+        queue=job.queue,
+        priority=job.priority,
+        max_attempts=job.max_attempts,
+        timeout=job.timeout,
+        catch_up=CatchUp(table.catch_up),
+        skip_overlap=table.overlap == "skip",
+        jitter=table.jitter,
+        enabled=table.enabled,
+    )
 
 
 class LiveSettings:

@@ -29,12 +29,14 @@ from jobd.errors import (
     KeyInUse,
     PayloadTooLarge,
     QueueNotFound,
+    ScheduleNotFound,
     ShuttingDown,
     StoreUnavailable,
 )
 from jobd.http import Limits, Peer, Request, bind_unix_socket, serve
 from jobd.job import Job, JobState
 from jobd.metrics import Exposition
+from jobd.schedules import ScheduleStatus
 from jobd.service import Health
 from jobd.store import Inserted, JobPage
 
@@ -56,6 +58,12 @@ class FakeService:
         self.key_held = False
         self.waited: list[tuple[str, str | None]] = []
         self.listed: list[dict[str, str]] = []
+        self.schedule_states = {
+            "nightly": ScheduleStatus("nightly", "30 2 * * *", None, "Europe/Berlin", "jobd.noop", "default",
+                                      True, False, NOW, None, None),
+            "often": ScheduleStatus("often", None, 900.0, "UTC", "jobd.noop", "default", True, False, NOW,
+                                    NOW, uuid.uuid4()),
+        }
 
     def _check(self) -> None:
         if self.shutting_down:
@@ -184,6 +192,33 @@ class FakeService:
 
     async def resume(self, queue: str) -> dict[str, Any]:
         return await self._set_paused(queue, False)
+
+    async def schedules(self) -> list[ScheduleStatus]:
+        self._check()
+        return [self.schedule_states[name] for name in sorted(self.schedule_states)]
+
+    async def schedule(self, name: str) -> ScheduleStatus:
+        self._check()
+        if name not in self.schedule_states:
+            raise ScheduleNotFound(name)
+        return self.schedule_states[name]
+
+    async def pause_schedule(self, name: str) -> ScheduleStatus:
+        status = await self.schedule(name)
+        self.schedule_states[name] = replace(status, paused=True, next_run=None)
+        return self.schedule_states[name]
+
+    async def resume_schedule(self, name: str) -> ScheduleStatus:
+        status = await self.schedule(name)
+        self.schedule_states[name] = replace(status, paused=False, next_run=NOW)
+        return self.schedule_states[name]
+
+    async def trigger_schedule(self, name: str) -> Job:
+        status = await self.schedule(name)
+        inserted = self._new({"type": status.type, "payload": None})
+        job = replace(inserted.job, schedule=name, scheduled_for=NOW)
+        self.jobs[str(job.id)] = job
+        return job
 
     async def health(self) -> Health:
         if self.store_down:
@@ -449,6 +484,38 @@ async def test_pause_resume_and_unknown_queue(api: ControlApi, service: FakeServ
     answer = await call(api, "POST", "/v1/queues/nope/pause")
     assert answer.status == 404
     assert answer.error()["message"] == "no queue named 'nope'"
+
+
+async def test_schedules_list_show_pause_resume_and_trigger(api: ControlApi, service: FakeService) -> None:
+    listed = await call(api, "GET", "/v1/schedules")
+    assert listed.status == 200
+    [nightly, often] = listed.json()["schedules"]
+    assert nightly == {
+        "name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin", "type": "jobd.noop",
+        "queue": "default", "enabled": True, "paused": False, "next_run": "2024-05-01T12:00:00Z",
+        "last_tick": None, "last_job_id": None,
+    }
+    assert "cron" not in often and often["every"] == 900.0 and often["last_tick"] == "2024-05-01T12:00:00Z"
+    shown = await call(api, "GET", "/v1/schedules/often")
+    assert shown.status == 200 and shown.json() == often
+    paused = await call(api, "POST", "/v1/schedules/nightly/pause")
+    assert paused.status == 200 and paused.json()["paused"] is True and paused.json()["next_run"] is None
+    resumed = await call(api, "POST", "/v1/schedules/nightly/resume")
+    assert resumed.status == 200 and resumed.json()["paused"] is False
+    triggered = await call(api, "POST", "/v1/schedules/nightly/trigger")
+    assert triggered.status == 201
+    job = triggered.json()
+    assert (job["schedule"], job["scheduled_for"]) == ("nightly", "2024-05-01T12:00:00Z")
+    plain = await submitted(api)
+    assert (plain["schedule"], plain["scheduled_for"]) == (None, None)
+
+
+@pytest.mark.parametrize(("method", "action"), [("GET", ""), ("POST", "/pause"), ("POST", "/resume"),
+                                                ("POST", "/trigger")])
+async def test_an_unknown_schedule_is_404(api: ControlApi, method: str, action: str) -> None:
+    answer = await call(api, method, f"/v1/schedules/nope{action}")
+    assert answer.status == 404
+    assert answer.error()["code"] == "not_found" and "nope" in answer.error()["message"]
 
 
 async def test_queue_name_with_an_encoded_slash_stays_one_segment(api: ControlApi) -> None:

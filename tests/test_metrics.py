@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -38,6 +39,8 @@ def test_every_contract_metric_is_exposed_with_its_type() -> None:
     metrics.job_finished("default", "echo", "completed", 0.2)
     metrics.set_queue_counts({"default": {"pending": 1}})
     metrics.set_workers(1, 10)
+    metrics.schedule_fired("nightly", 1, 1)
+    metrics.set_schedule_next_run("nightly", datetime(2030, 1, 1, tzinfo=UTC))
     exposed = {name: kind for name, kind in families(metrics).items() if not name.endswith("_created")}
     assert exposed == {
         "jobd_jobs_submitted": "counter",
@@ -48,7 +51,27 @@ def test_every_contract_metric_is_exposed_with_its_type() -> None:
         "jobd_workers_busy": "gauge",
         "jobd_workers_capacity": "gauge",
         "jobd_build_info": "gauge",
+        "jobd_schedule_ticks": "counter",
+        "jobd_schedule_jobs": "counter",
+        "jobd_schedule_next_run_timestamp_seconds": "gauge",
     }
+
+
+def test_schedule_counters_start_at_zero_and_the_next_run_gauge_comes_and_goes() -> None:
+    metrics = Metrics("0")
+    metrics.schedule_seen("nightly")
+    assert value(metrics, "jobd_schedule_ticks_total", schedule="nightly") == 0
+    assert value(metrics, "jobd_schedule_jobs_total", schedule="nightly") == 0
+    metrics.schedule_fired("nightly", 3, 2)
+    metrics.schedule_fired("nightly", 0, 1)  # a trigger
+    assert value(metrics, "jobd_schedule_ticks_total", schedule="nightly") == 3
+    assert value(metrics, "jobd_schedule_jobs_total", schedule="nightly") == 3
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    metrics.set_schedule_next_run("nightly", when)
+    assert value(metrics, "jobd_schedule_next_run_timestamp_seconds", schedule="nightly") == when.timestamp()
+    metrics.set_schedule_next_run("nightly", None)
+    metrics.set_schedule_next_run("nightly", None)
+    assert value(metrics, "jobd_schedule_next_run_timestamp_seconds", schedule="nightly") is None
 
 
 def test_build_info_carries_the_version() -> None:
