@@ -59,6 +59,7 @@ class _Watch:
 
     schedule: Schedule
     record: ScheduleRecord  # as the store last told us
+    watching_since: datetime  # ticks before this were missed while no daemon watched
     looked_until: datetime | None = None  # the last time we looked for due ticks
     next_run: datetime | None = None  # when to look again
 
@@ -126,8 +127,9 @@ class Scheduler:
         new ones and counts changed ones anew (`jobd.store.synced_record`)."""
         settings = self._live.current
         schedules = settings.schedules
+        now = self._clock()
         records = await self._store.sync_schedules(
-            {name: schedule.timing for name, schedule in schedules.items()}, self._clock()
+            {name: schedule.timing for name, schedule in schedules.items()}, now
         )
         watches = {}
         for name, schedule in schedules.items():
@@ -137,7 +139,7 @@ class Scheduler:
                 continue
             watch = self._watches.get(name)
             if watch is None or watch.schedule.timing != schedule.timing:
-                watch = _Watch(schedule, records[name])
+                watch = _Watch(schedule, records[name], now)
             else:
                 watch.schedule, watch.record = schedule, records[name]
             watch.plan()
@@ -156,7 +158,7 @@ class Scheduler:
             if watch.next_run is None or watch.next_run > now:
                 continue
             schedule = watch.schedule
-            ticks = schedule.ticks_to_fire(watch.record.counted_from, now, watch.looked_until)
+            ticks = schedule.ticks_to_fire(watch.record.counted_from, now, watch.watching_since)
             if ticks:
                 jitter = schedule.jitter
                 jobs = [tick_job(schedule, tick, now, self._rng.uniform(0.0, jitter)) for tick in ticks]

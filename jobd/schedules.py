@@ -55,24 +55,22 @@ class Schedule:
         return self.recurrence.key if self.enabled else DISABLED_TIMING
 
     def ticks_to_fire(
-        self, counted_from: datetime, now: datetime, looked_until: datetime | None
+        self, counted_from: datetime, now: datetime, watching_since: datetime
     ) -> list[datetime]:
         """The ticks to fire at `now`, oldest first, for a schedule whose ticks up to
-        `counted_from` are done and that this daemon last looked at `looked_until` (None:
-        it has not looked since it started or took this schedule up).
+        `counted_from` are done, watched by this daemon since `watching_since` (its start,
+        or the reload that took the schedule up).
 
         A tick that came due while this daemon was watching fires whatever the policy;
-        ticks before that were missed, and `catch_up` decides: `latest` fires the most
-        recent of them, `all` the last `MAX_CATCH_UP`, `none` none.
+        ticks before that were missed while no daemon ran, and `catch_up` decides:
+        `latest` fires the most recent of them, `all` the last `MAX_CATCH_UP`, `none` none.
         """
         ticks = self.recurrence.ticks_between
         if self.catch_up is CatchUp.ALL:
             return ticks(counted_from, now, MAX_CATCH_UP)
         if self.catch_up is CatchUp.LATEST:
             return ticks(counted_from, now, 1)
-        if looked_until is None:
-            return []
-        return ticks(max(counted_from, looked_until), now, 1)
+        return ticks(max(counted_from, watching_since), now, 1)
 
     def next_run(self, counted_from: datetime, now: datetime) -> datetime:
         """The next tick after `now` that is still to fire."""
