@@ -79,17 +79,40 @@ def _check(config: Config, host: PluginHost) -> int:
     print(f"socket: {config.api.socket}")
     handlers = settings.registry.handlers
     print(f"{len(handlers)} handlers:")
-    rows = [("TYPE", "PLUGIN", "QUEUE", "TIMEOUT", "MAX_ATTEMPTS")]
+    rows: list[tuple[str, ...]] = [("TYPE", "PLUGIN", "QUEUE", "TIMEOUT", "MAX_ATTEMPTS")]
     for job_type in sorted(handlers):
         defaults = settings.type_defaults(job_type)
         timeout = "-" if defaults.timeout is None else format_duration(defaults.timeout)
         rows.append(
             (job_type, handlers[job_type].plugin, defaults.queue, timeout, str(defaults.max_attempts))
         )
+    _print_rows(rows)
+    schedules = settings.schedules
+    if schedules:
+        print(f"{len(schedules)} schedules:")
+        rows = [("NAME", "SCHEDULE", "TIMEZONE", "TYPE", "QUEUE", "CATCH_UP", "ENABLED")]
+        for name in sorted(schedules):
+            schedule = schedules[name]
+            recurrence = schedule.recurrence
+            rows.append(
+                (
+                    name,
+                    recurrence.describe(),
+                    recurrence.timezone,
+                    schedule.type,
+                    schedule.queue,
+                    schedule.catch_up.value,
+                    "yes" if schedule.enabled else "no",
+                )
+            )
+        _print_rows(rows)
+    return 0
+
+
+def _print_rows(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    return 0
 
 
 def _migrate(config: Config) -> int:

@@ -158,6 +158,8 @@ class Scheduler:
             if watch.next_run is None or watch.next_run > now:
                 continue
             schedule = watch.schedule
+            if watch.looked_until is None:
+                self._report_missed(watch)
             ticks = schedule.ticks_to_fire(watch.record.counted_from, now, watch.watching_since)
             if ticks:
                 jitter = schedule.jitter
@@ -171,6 +173,24 @@ class Scheduler:
             watch.looked_until = now
             watch.plan()
             self._report_next_run(watch)
+
+    def _report_missed(self, watch: _Watch) -> None:
+        """Say so when a schedule missed ticks while no daemon ran: `catch_up` decides now."""
+        schedule, counted_from = watch.schedule, watch.record.counted_from
+        missed = schedule.recurrence.ticks_between(counted_from, watch.watching_since, 1)
+        if missed:
+            log.info(
+                "schedule %s missed ticks while no daemon ran, the last at %s; catch_up = %s",
+                schedule.name,
+                missed[-1].isoformat(),
+                schedule.catch_up.value,
+                extra={
+                    "schedule": schedule.name,
+                    "counted_from": counted_from.isoformat(),
+                    "watching_since": watch.watching_since.isoformat(),
+                    "catch_up": schedule.catch_up.value,
+                },
+            )
 
     def _report(self, fired: Fired) -> None:
         watch = self._watches[fired.name]

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from jobd.config import SECTIONS, Config, HandlerConfig, QueueConfig, load_config, parse_config
+from jobd.config import (
+    SECTIONS,
+    Config,
+    HandlerConfig,
+    QueueConfig,
+    ScheduleConfig,
+    _config_fields,
+    load_config,
+    parse_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "etc" / "jobd.toml"
@@ -65,6 +74,10 @@ def test_queue_and_handler_keys_are_shown_as_examples() -> None:
     assert found["queues.default"] == {"#" + item.name for item in dataclasses.fields(QueueConfig)}
     assert found['handlers."email.send"'] == {"#" + item.name for item in dataclasses.fields(HandlerConfig)}
     assert {"plugins.shell", "plugins.http", "plugins.email"} <= set(found)
+    # Every schedule key but `every`, which excludes `cron`: the second example shows it.
+    keys = {"#" + key for key in _config_fields(ScheduleConfig)}
+    assert found["schedules.nightly-report"] == keys - {"#every"}
+    assert found["schedules.cleanup"] == {"#every", "#type", "#payload"}
 
 
 def test_every_key_has_a_comment() -> None:
@@ -91,3 +104,8 @@ def test_the_commented_examples_are_valid_too(tmp_path: Path) -> None:
     assert config.handlers["email.send"].queue == "email"
     assert "email" in config.queues
     assert set(config.plugins) == {"shell", "http", "email"}
+    nightly, cleanup = config.schedules["nightly-report"], config.schedules["cleanup"]
+    assert (nightly.cron, nightly.timezone, nightly.job_type, nightly.overlap) == (
+        "30 2 * * *", "Europe/Berlin", "shell.run", "skip")
+    assert nightly.payload == {"argv": ["/usr/local/bin/report"]}
+    assert (cleanup.every, cleanup.cron) == (900.0, None)
