@@ -509,3 +509,40 @@ def test_a_missing_user_socket_falls_back_to_the_system_daemon(tmp_path: Path, m
     assert client_module.resolve_socket() == str(system)
     (tmp_path / "user.sock").touch()
     assert client_module.resolve_socket() == str(tmp_path / "user.sock")
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+SCHEDULE = {
+    "name": "a b/c", "every": 60, "timezone": "UTC", "type": "jobd.noop", "queue": "default",
+    "enabled": True, "paused": False, "next_run": "2030-01-31T09:01:00Z", "last_tick": None,
+    "last_job_id": None,
+}
+
+
+def test_schedules_are_typed_values(fake: FakeDaemon) -> None:
+    from jobd.schedules import ScheduleStatus
+
+    fake.answer("GET", "/v1/schedules", 200, {"schedules": [SCHEDULE]})
+    fake.answer("POST", "/v1/schedules/a%20b%2Fc/pause", 200, {**SCHEDULE, "paused": True, "next_run": None})
+    with Client(fake.socket) as client:
+        [status] = client.schedules()
+        assert status == ScheduleStatus("a b/c", None, 60.0, "UTC", "jobd.noop", "default", True, False,
+                                        datetime(2030, 1, 31, 9, 1, tzinfo=UTC), None, None)
+        assert status.to_json() == {**SCHEDULE, "every": 60.0}
+        assert client.pause_schedule("a b/c").paused
+    assert fake.last.path == "/v1/schedules/a%20b%2Fc/pause"
+
+
+def test_a_trigger_returns_the_job_and_an_unknown_schedule_raises_schedule_not_found(
+        fake: FakeDaemon) -> None:
+    fake.answer("POST", "/v1/schedules/s/trigger", 201,
+                job_json(schedule="s", scheduled_for="2030-01-31T09:00:00Z"))
+    fake.answer("GET", "/v1/schedules/gone", 404, error_json("not_found", "no schedule named 'gone'"))
+    with Client(fake.socket) as client:
+        job = client.trigger_schedule("s")
+        assert (job.schedule, job.scheduled_for) == ("s", datetime(2030, 1, 31, 9, tzinfo=UTC))
+        with pytest.raises(jobd.ScheduleNotFound) as caught:
+            client.schedule("gone")
+    assert caught.value.schedule == "gone" and caught.value.code == "not_found"
+    assert isinstance(caught.value, ApiError)

@@ -421,3 +421,68 @@ def test_importing_the_control_client_loads_neither_trio_nor_a_database_driver_n
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+NIGHTLY = {
+    "name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin", "type": "shell.run",
+    "queue": "reports", "enabled": True, "paused": False, "next_run": "2030-02-01T01:30:00Z",
+    "last_tick": "2030-01-31T01:30:00Z", "last_job_id": JOB_ID,
+}
+OFTEN = {
+    "name": "often", "every": 900.0, "timezone": "UTC", "type": "jobd.noop", "queue": "default",
+    "enabled": True, "paused": True, "next_run": None, "last_tick": None, "last_job_id": None,
+}
+
+
+def block(out: str) -> dict[str, str]:
+    """`key: value` lines as jobd-ctl prints one object."""
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in out.splitlines())}
+
+
+def test_schedules_prints_a_table(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.answer("GET", "/v1/schedules", 200, {"schedules": [NIGHTLY, OFTEN]})
+    assert run(fake, "schedules") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "SCHEDULE", "TIMEZONE", "TYPE", "NEXT", "RUN", "LAST", "RUN", "STATE"]
+    assert lines[1].split() == ["nightly", "30", "2", "*", "*", "*", "Europe/Berlin", "shell.run",
+                                "2030-02-01T01:30:00Z", "2030-01-31T01:30:00Z", "active"]
+    assert lines[2].split() == ["often", "every", "15m", "UTC", "jobd.noop", "-", "-", "paused"]
+
+
+def test_schedules_json_prints_the_api_body(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.answer("GET", "/v1/schedules", 200, {"schedules": [NIGHTLY, OFTEN]})
+    assert run(fake, "--json", "schedules") == 0
+    assert json.loads(capsys.readouterr().out) == {"schedules": [NIGHTLY, OFTEN]}
+
+
+@pytest.mark.parametrize(("action", "method", "suffix"), [("show", "GET", ""), ("pause", "POST", "/pause"),
+                                                          ("resume", "POST", "/resume")])
+def test_schedule_show_pause_resume(fake: FakeDaemon, capsys: pytest.CaptureFixture[str], action: str,
+                                    method: str, suffix: str) -> None:
+    fake.answer(method, f"/v1/schedules/nightly{suffix}", 200, NIGHTLY)
+    assert run(fake, "schedule", action, "nightly") == 0
+    assert (fake.last.method, fake.last.path) == (method, f"/v1/schedules/nightly{suffix}")
+    shown = block(capsys.readouterr().out)
+    assert (shown["schedule"], shown["state"], shown["last_job_id"]) == ("30 2 * * *", "active", JOB_ID)
+    assert (shown["next_run"], shown["last_tick"]) == ("2030-02-01T01:30:00Z", "2030-01-31T01:30:00Z")
+    assert run(fake, "--json", "schedule", action, "nightly") == 0
+    assert json.loads(capsys.readouterr().out) == NIGHTLY
+
+
+def test_schedule_trigger_prints_the_job(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    made = job_json(schedule="nightly", scheduled_for="2030-01-31T09:00:00Z")
+    fake.answer("POST", "/v1/schedules/nightly/trigger", 201, made)
+    assert run(fake, "schedule", "trigger", "nightly") == 0
+    shown = block(capsys.readouterr().out)
+    assert (shown["schedule"], shown["scheduled_for"]) == ("nightly", "2030-01-31T09:00:00Z")
+    assert run(fake, "--json", "schedule", "trigger", "nightly") == 0
+    assert json.loads(capsys.readouterr().out) == contract_json(made)
+
+
+def test_an_unknown_schedule_is_exit_1(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.answer("POST", "/v1/schedules/nope/pause", 404, error_json("not_found", "no schedule named 'nope'"))
+    assert run(fake, "schedule", "pause", "nope") == 1
+    assert "no schedule named 'nope'" in capsys.readouterr().err
+    assert run(fake, "schedule", "explode", "nope") == 2
