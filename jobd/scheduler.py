@@ -158,7 +158,7 @@ class Scheduler:
             if watch.next_run is None or watch.next_run > now:
                 continue
             schedule = watch.schedule
-            if watch.looked_until is None:
+            if watch.looked_until is None and not watch.record.paused:
                 self._report_missed(watch)
             ticks = schedule.ticks_to_fire(watch.record.counted_from, now, watch.watching_since)
             if ticks:
