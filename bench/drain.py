@@ -1,15 +1,22 @@
-"""Benchmark: how fast a jobd daemon drains no-op jobs, and how soon it starts one.
+"""Benchmark: how fast a jobd daemon drains no-op jobs, how soon it starts one, and what
+each job costs in CPU.
 
-    .venv/bin/python bench/drain.py --store sqlite --jobs 20000 --concurrency 50
-    .venv/bin/python bench/drain.py --store postgres --postgres-url postgresql://postgres@127.0.0.1/test
-    .venv/bin/python bench/drain.py --store sqlite --daemons 1 --latency-samples 300
+    .venv/bin/python bench/drain.py --store sqlite --jobs 20000 --concurrency 100
+    .venv/bin/python bench/drain.py --store postgres --postgres-url postgresql://postgres@127.0.0.1/jobd_bench
+    .venv/bin/python bench/drain.py --store postgres --daemons 3 --postgres-url …
+    .venv/bin/python bench/drain.py --store postgres --history 5000000 --postgres-url …
 
 Runs the real `jobd` program(s) on a private socket and measures from the client side:
 - submit: jobs/s through `POST /v1/jobs/batch` (1,000 per request) into a paused queue,
-  and the latency of single `POST /v1/jobs` requests;
+  and the latency of single `POST /v1/jobs` requests on an idle daemon;
 - drain: jobs/s from `resume` until every job is completed (polling `GET /v1/stats`);
+- CPU: microseconds of CPU per drained job, of the daemon(s) and of the PostgreSQL
+  server (every `postgres` process: backends, WAL writer, checkpointer), from /proc;
 - enqueue->start: the job's `started_at` minus the moment the client sent its submit, on
-  an idle daemon (same host, same clock), p50/p99.
+  an idle daemon (same host, same clock), p50/p99;
+- stats: how long `GET /v1/stats` takes, p50/max of 50 requests.
+`--history N` first fills the store with N completed jobs (straight into the database,
+as if the daemon had run them), so a run shows what a store that kept its history costs.
 This is a benchmark, not a test: it asserts nothing and prints figures.
 """
 
@@ -19,6 +26,7 @@ import argparse
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -32,11 +40,37 @@ import httpx
 import tomli_w
 
 BIN = Path(sys.executable).parent
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the given processes so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def postgres_pids() -> list[int]:
+    """Every process of the PostgreSQL server on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 class Daemon:
@@ -50,11 +84,12 @@ class Daemon:
             "workers": {"concurrency": concurrency},
             "queues": {"default": {"concurrency": concurrency}},
         }
-        path = directory / f"{name}.toml"
-        path.write_text(tomli_w.dumps(config))
+        self.config = directory / f"{name}.toml"
+        self.config.write_text(tomli_w.dumps(config))
         self.log = open(directory / f"{name}.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen([str(BIN / "jobd"), "run", "--config", str(path)],
-                                        stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(
+            [str(BIN / "jobd"), "run", "--config", str(self.config)], stdout=self.log, stderr=self.log
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -66,7 +101,9 @@ class Daemon:
         raise SystemExit(f"jobd did not start; see {directory}/{name}.log")
 
     def client(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://jobd", timeout=120)
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.socket), base_url="http://jobd", timeout=120
+        )
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -74,7 +111,38 @@ class Daemon:
         self.log.close()
 
 
-def drain(daemons: list[Daemon], jobs: int) -> dict[str, float]:
+def fill_history(store: str, url: str, jobs: int) -> float:
+    """`jobs` completed jobs straight into the store; returns the seconds it took."""
+    started = time.perf_counter()
+    if store == "postgres":
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO jobd.finished_jobs (id, type, queue, payload, state, priority, attempts,"
+                " max_attempts, run_at, created_at, updated_at, started_at, finished_at)"
+                " SELECT gen_random_uuid(), 'jobd.noop', 'default', to_jsonb(n), 'completed', 0, 1, 3,"
+                "  now() - interval '1 day', now() - interval '1 day', now() - interval '1 day',"
+                "  now() - interval '1 day', now() - interval '1 day'"
+                " FROM generate_series(1, %s) AS n",
+                (jobs,),
+            )
+            conn.execute("VACUUM ANALYZE jobd.finished_jobs")
+    else:
+        path = url.removeprefix("sqlite://")
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+                " INSERT INTO jobs (id, type, queue, payload, state, priority, attempts, max_attempts,"
+                "  run_at, created_at, updated_at, started_at, finished_at)"
+                " SELECT lower(hex(randomblob(16))), 'jobd.noop', 'default', i, 'completed', 0, 1, 3,"
+                "  t, t, t, t, t FROM n, (SELECT (unixepoch() - 86400) * 1000000 AS t)",
+                (jobs,),
+            )
+    return time.perf_counter() - started
+
+
+def drain(daemons: list[Daemon], jobs: int, postgres: bool) -> dict[str, float]:
     with daemons[0].client() as client:
         client.post("/v1/queues/default/pause").raise_for_status()
         started = time.perf_counter()
@@ -83,6 +151,9 @@ def drain(daemons: list[Daemon], jobs: int) -> dict[str, float]:
             client.post("/v1/jobs/batch", json={"jobs": batch}).raise_for_status()
         submit_seconds = time.perf_counter() - started
         baseline = client.get("/v1/stats").json()["queues"]["default"]["completed"]
+        daemon_pids = [daemon.process.pid for daemon in daemons]
+        server_pids = postgres_pids() if postgres else []  # now that the daemons' backends exist
+        daemon_cpu, server_cpu = cpu_seconds(daemon_pids), cpu_seconds(server_pids)
         started = time.perf_counter()
         client.post("/v1/queues/default/resume").raise_for_status()
         for daemon in daemons[1:]:  # other daemons learn of the resume at their next poll: nudge them
@@ -94,8 +165,15 @@ def drain(daemons: list[Daemon], jobs: int) -> dict[str, float]:
                 break
             time.sleep(0.02)
         drain_seconds = time.perf_counter() - started
-    return {"submit_jobs_per_s": jobs / submit_seconds, "drain_jobs_per_s": jobs / drain_seconds,
-            "drain_seconds": drain_seconds}
+        daemon_cpu = cpu_seconds(daemon_pids) - daemon_cpu
+        server_cpu = cpu_seconds(server_pids) - server_cpu
+    return {
+        "submit_jobs_per_s": jobs / submit_seconds,
+        "drain_jobs_per_s": jobs / drain_seconds,
+        "drain_seconds": drain_seconds,
+        "daemon_cpu_us_per_job": daemon_cpu / jobs * 1e6,
+        "server_cpu_us_per_job": server_cpu / jobs * 1e6,
+    }
 
 
 def latency(daemon: Daemon, samples: int) -> dict[str, float]:
@@ -125,20 +203,36 @@ def latency(daemon: Daemon, samples: int) -> dict[str, float]:
     }
 
 
+def stats_latency(daemon: Daemon) -> dict[str, float]:
+    took = []
+    with daemon.client() as client:
+        for _ in range(50):
+            before = time.perf_counter()
+            client.get("/v1/stats").raise_for_status()
+            took.append((time.perf_counter() - before) * 1000)
+    return {"stats_p50_ms": statistics.median(took), "stats_max_ms": max(took)}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--store", choices=["memory", "sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--postgres-url", default=os.environ.get("JOBD_TEST_POSTGRES_URL",
-                                                                  "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
     parser.add_argument("--jobs", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--daemons", type=int, default=1)
     parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--history", type=int, default=0, help="completed jobs to keep in the store first")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory with the daemons' logs")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="jobd-bench-", dir="/tmp"))
     if args.store == "memory":
-        if args.daemons != 1:
-            raise SystemExit("the memory store serves one daemon only")
+        if args.daemons != 1 or args.history:
+            raise SystemExit("the memory store serves one daemon only, and keeps no history")
         url = "memory:"
     elif args.store == "sqlite":
         if args.daemons != 1:
@@ -150,17 +244,33 @@ def main() -> None:
 
         with psycopg.connect(url, autocommit=True) as conn:  # start from an empty queue
             conn.execute("DROP SCHEMA IF EXISTS jobd CASCADE")
+    results: dict[str, Any] = {
+        "store": args.store,
+        "daemons": args.daemons,
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "history": args.history,
+    }
+    if args.history:
+        config = directory / "migrate.toml"
+        config.write_text(
+            tomli_w.dumps({"store": {"url": url}, "api": {"socket": str(directory / "m.sock")}})
+        )
+        subprocess.run([str(BIN / "jobd"), "migrate", "--config", str(config)], check=True)
+        results["history_fill_seconds"] = fill_history(args.store, url, args.history)
     daemons = [Daemon(directory, url, args.concurrency, f"d{i}") for i in range(args.daemons)]
     try:
-        results: dict[str, Any] = {"store": args.store, "daemons": args.daemons, "jobs": args.jobs,
-                                   "concurrency": args.concurrency}
-        results.update(drain(daemons, args.jobs))
+        results.update(drain(daemons, args.jobs, args.store == "postgres"))
         if args.latency_samples:
             results.update(latency(daemons[0], args.latency_samples))
+        results.update(stats_latency(daemons[0]))
     finally:
         for daemon in daemons:
             daemon.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        if args.keep:
+            print(f"run directory kept: {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
     for key, value in results.items():
         print(f"{key:26} {value:.2f}" if isinstance(value, float) else f"{key:26} {value}")
 

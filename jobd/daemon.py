@@ -23,6 +23,9 @@ import trio
 
 from jobd import http, systemd
 from jobd.api import make_handler
+from jobd.backoff import StoreOutage
+from jobd.clock import Clock, utc_now
+from jobd.completer import Completer
 from jobd.config import Config, load_config
 from jobd.errors import ConfigError, JobdError, PluginError, StoreUnavailable
 from jobd.job import JobState
@@ -35,9 +38,9 @@ from jobd.settings import LiveSettings, build_settings
 from jobd.store import Store
 from jobd.store.factory import create_store, describe
 from jobd.version import __version__
-from jobd.worker import JobWatch, WorkerPool, utc_now
+from jobd.watch import JobWatch
+from jobd.worker import WorkerPool
 
-STORE_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 STATUS_INTERVAL = 5.0
 STORE_WAIT_MARGIN = 30.0
 # The metrics port may be reachable by anyone: scrapes send no body, and few come at once.
@@ -50,6 +53,35 @@ log = logging.getLogger("jobd.daemon")
 
 class StartupError(JobdError):
     code = "startup_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """The parts that run jobs and answer for them, wired together by `build_engine`."""
+
+    store: Store
+    live: LiveSettings
+    metrics: Metrics
+    watch: JobWatch
+    pool: WorkerPool
+    maintenance: Maintenance
+    service: JobService
+
+
+def build_engine(
+    store: Store, live: LiveSettings, metrics: Metrics, *, owner: str, clock: Clock = utc_now
+) -> Engine:
+    """The one wiring of the engine, for the daemon and for tests alike."""
+    watch = JobWatch()
+
+    def wake_workers() -> None:
+        pool.wake()
+
+    maintenance = Maintenance(store, live, metrics, clock, wake_workers=wake_workers)
+    completer = Completer(metrics, watch, on_retry_scheduled=maintenance.schedule_changed)
+    pool = WorkerPool(store, live, metrics, completer, watch, owner=owner, clock=clock)
+    service = JobService(store, live, pool, maintenance, metrics, watch, clock)
+    return Engine(store, live, metrics, watch, pool, maintenance, service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +100,10 @@ class Daemon:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics(__version__)
         self.store: Store = create_store(config.store)
-        self.watch = JobWatch()
-        self.pool = WorkerPool(
-            self.store, self.live, self.metrics, self.watch, owner=self.owner, clock=utc_now
-        )
-        self.maintenance = Maintenance(self.store, self.live, self.pool, self.metrics, utc_now)
-        self.service = JobService(
-            self.store, self.live, self.pool, self.maintenance, self.metrics, self.watch, utc_now
-        )
+        engine = build_engine(self.store, self.live, self.metrics, owner=self.owner)
+        self.pool = engine.pool
+        self.maintenance = engine.maintenance
+        self.service = engine.service
         self._signals_seen = 0
         self._cancel_store_wait: trio.CancelScope | None = None
         self._listening_on = ""
@@ -157,22 +185,21 @@ class Daemon:
 
     async def _open_store(self) -> bool:
         """Open the store, retrying a shared store until it answers; False if stopped first."""
-        failures = 0
+        outage = StoreOutage(log, "open the store")
         with trio.CancelScope() as scope:
             self._cancel_store_wait = scope
             while True:
                 try:
                     await self.store.open()
                     await self.maintenance.rescue_orphans()
+                    outage.succeeded()
                     break
                 except StoreUnavailable as error:
                     if not self.store.shared:
                         raise StartupError(
                             f"cannot open the store {describe(self.config.store.url)}: {error}"
                         ) from None
-                    delay = STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS) - 1)]
-                    failures += 1
-                    log.warning("the store is unavailable (%s); retrying in %gs", error, delay)
+                    delay = outage.failed(error)
                     systemd.notify_status(f"waiting for the store: {error}")
                     # Still starting, and alive: keep systemd from killing the start.
                     systemd.notify(f"EXTEND_TIMEOUT_USEC={int((delay + STORE_WAIT_MARGIN) * 1_000_000)}")
@@ -224,9 +251,7 @@ class Daemon:
     async def _report_status(self) -> None:
         while True:
             await trio.sleep(STATUS_INTERVAL)
-            with contextlib.suppress(StoreUnavailable):
-                await self.maintenance.refresh_gauges()
-            systemd.notify_status(self._status_line())
+            systemd.notify_status(self._status_line())  # from the counts maintenance keeps fresh
 
     def _status_line(self) -> str:
         counts = self.maintenance.counts

@@ -120,6 +120,8 @@ def check_result(result: JSON) -> JSON:
     That is JSON without NaN or infinities, as UTF-8 (no lone surrogates), and without
     NUL characters (PostgreSQL's jsonb refuses them).
     """
+    if result is None or type(result) is bool or (type(result) is int and result.bit_length() < 64):
+        return result  # most handlers return nothing or a count: nothing to check
     try:
         json.dumps(result, allow_nan=False, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as error:  # UnicodeEncodeError is a ValueError
@@ -158,11 +160,12 @@ class JobContext:
     """What a handler sees of the job it runs."""
 
     __slots__ = (
+        "_log",
+        "_logger",
         "_progress",
         "attempt",
         "created_at",
         "id",
-        "log",
         "max_attempts",
         "payload",
         "queue",
@@ -193,8 +196,16 @@ class JobContext:
         self.created_at = created_at
         self.settings = settings  # the plugin's settings in force when the attempt started
         self._progress = progress
-        fields = {"job_id": str(job_id), "type": job_type, "queue": queue, "attempt": attempt}
-        self.log = JobLogger(logger or logging.getLogger(f"jobd.job.{job_type}"), fields)
+        self._logger = logger
+        self._log: JobLogger | None = None
+
+    @property
+    def log(self) -> JobLogger:
+        """A logger named `jobd.job.TYPE` that adds the job's fields to every record."""
+        if self._log is None:  # made on first use: most handlers never log
+            fields = {"job_id": str(self.id), "type": self.type, "queue": self.queue, "attempt": self.attempt}
+            self._log = JobLogger(self._logger or logging.getLogger(f"jobd.job.{self.type}"), fields)
+        return self._log
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """Record how far the job has come (0..1) and, optionally, what it is doing."""

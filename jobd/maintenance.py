@@ -10,12 +10,13 @@ from datetime import timedelta
 import trio
 import trio.lowlevel
 
+from jobd.backoff import StoreOutage
+from jobd.clock import Clock
 from jobd.errors import StoreUnavailable
 from jobd.job import JobState
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
 from jobd.store import QueueCounts, Rescued, Store
-from jobd.worker import Clock, WorkerPool
 
 PRUNE_INTERVAL = 60.0
 PRUNE_BATCH = 10_000
@@ -26,17 +27,22 @@ log = logging.getLogger("jobd.maintenance")
 
 class Maintenance:
     def __init__(
-        self, store: Store, live: LiveSettings, pool: WorkerPool, metrics: Metrics, clock: Clock
+        self,
+        store: Store,
+        live: LiveSettings,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        wake_workers: Callable[[], None],
     ) -> None:
         self._store = store
         self._live = live
-        self._pool = pool
         self._metrics = metrics
         self._clock = clock
+        self._wake_workers = wake_workers  # jobs became claimable
         self._schedule_changed = trio.Event()
         self.counts: QueueCounts = {}
         self._warned_queues: set[str] = set()
-        pool.on_scheduled = self.schedule_changed  # a retry's back-off may end before the next poll
 
     def schedule_changed(self) -> None:
         """A job was scheduled for later: the promoter may need to wake sooner."""
@@ -70,30 +76,27 @@ class Maintenance:
     async def _every(
         self, what: str, interval: Callable[[], float], step: Callable[[], Awaitable[None]]
     ) -> None:
-        failing = False
+        outage = StoreOutage(log, what)
         while True:
             try:
                 await step()
-                failing = False
+                outage.succeeded()
             except StoreUnavailable as error:
-                if not failing:
-                    log.warning("cannot %s, the store is unavailable: %s", what, error)
-                failing = True
+                outage.failed(error)
             await trio.sleep(interval())
 
     async def _promote_due(self) -> None:
-        failing = False
+        outage = StoreOutage(log, "promote due jobs")
         while True:
             self._schedule_changed = event = trio.Event()
             poll = self._live.current.config.workers.poll_interval
             try:
                 next_run_at = await self._store.promote_due_jobs(self._clock())
-                failing = False
+                outage.succeeded()
             except StoreUnavailable as error:
-                if not failing:
-                    log.warning("cannot promote due jobs, the store is unavailable: %s", error)
-                failing, next_run_at = True, None
-            self._pool.wake()
+                outage.failed(error)
+                next_run_at = None
+            self._wake_workers()
             wait = poll
             if next_run_at is not None:
                 wait = min(poll, max((next_run_at - self._clock()).total_seconds(), 0.0))
@@ -122,7 +125,7 @@ class Maintenance:
             if job.state.finished:
                 self._metrics.job_finished(job.queue, job.type, job.state.value, None)
         if rescued:
-            self._pool.wake()
+            self._wake_workers()
 
     async def _prune(self) -> None:
         retention = self._live.current.config.retention
@@ -163,4 +166,3 @@ class Maintenance:
         for queue, states in self.counts.items():
             per_queue[queue] = {state.value: n for state, n in states.items()}
         self._metrics.set_queue_counts(per_queue)  # every served queue, so an empty one reads 0
-        self._metrics.set_workers(self._pool.busy, self._pool.capacity)

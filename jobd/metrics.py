@@ -92,21 +92,42 @@ class Metrics:
         )
         build_info.labels(version=version).set(1)
         self._queues_seen: set[str] = set()
+        # Each labelled child, looked up once: `labels()` costs more than the update itself.
+        self._submitted_by: dict[tuple[str, str], Counter] = {}
+        self._finished_by: dict[tuple[str, str, str], Counter] = {}
+        self._duration_by: dict[tuple[str, str], Histogram] = {}
+        self._wait_by: dict[str, Histogram] = {}
 
     def job_submitted(self, queue: str, job_type: str) -> None:
-        self._submitted.labels(queue=queue, type=job_type).inc()
+        child = self._submitted_by.get((queue, job_type))
+        if child is None:
+            child = self._submitted_by[(queue, job_type)] = self._submitted.labels(queue=queue, type=job_type)
+        child.inc()
 
     def job_started(self, queue: str, wait_seconds: float) -> None:
         """A ready job was claimed; `wait_seconds` is ready -> started."""
-        self._wait.labels(queue=queue).observe(max(wait_seconds, 0.0))
+        child = self._wait_by.get(queue)
+        if child is None:
+            child = self._wait_by[queue] = self._wait.labels(queue=queue)
+        child.observe(max(wait_seconds, 0.0))
 
     def job_finished(self, queue: str, job_type: str, outcome: str, duration: float | None) -> None:
         """An attempt ended (or a waiting job was cancelled: `duration` None)."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r} (known: {', '.join(sorted(OUTCOMES))})")
-        self._finished.labels(queue=queue, type=job_type, outcome=outcome).inc()
+        child = self._finished_by.get((queue, job_type, outcome))
+        if child is None:
+            if outcome not in OUTCOMES:
+                raise ValueError(f"unknown outcome {outcome!r} (known: {', '.join(sorted(OUTCOMES))})")
+            child = self._finished_by[(queue, job_type, outcome)] = self._finished.labels(
+                queue=queue, type=job_type, outcome=outcome
+            )
+        child.inc()
         if duration is not None:
-            self._duration.labels(queue=queue, type=job_type).observe(max(duration, 0.0))
+            timer = self._duration_by.get((queue, job_type))
+            if timer is None:
+                timer = self._duration_by[(queue, job_type)] = self._duration.labels(
+                    queue=queue, type=job_type
+                )
+            timer.observe(max(duration, 0.0))
 
     def set_queue_counts(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         """Replace the `jobd_jobs` gauge from queue -> state -> count.

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from jobd.clock import Clock
 from jobd.durations import parse_duration
 from jobd.errors import (
     BadRequest,
@@ -28,14 +29,15 @@ from jobd.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from jobd.job import FINISHED_STATES, Job, JobState, parse_time
+from jobd.job import FINISHED_STATES, Job, JobState, new_job_id, parse_time
 from jobd.maintenance import Maintenance
 from jobd.metrics import Exposition, Metrics
 from jobd.settings import LiveSettings, Settings
 from jobd.store import Inserted, JobFilter, JobPage, NewJob, Store
 from jobd.submission import check_submission, storable
 from jobd.version import __version__
-from jobd.worker import Clock, JobWatch, WorkerPool
+from jobd.watch import JobWatch
+from jobd.worker import WorkerPool
 
 JOB_FIELDS = frozenset(
     {"type", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "timeout", "key"}
@@ -174,7 +176,7 @@ class JobService:
         if queue not in settings.queues:
             raise InvalidJob(f"unknown queue {queue!r} (known: {', '.join(settings.queues)})", field="queue")
         return NewJob(
-            id=uuid.uuid4(),
+            id=new_job_id(),
             type=asked.job_type,
             queue=queue,
             payload=asked.payload,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from jobd.config import DEFAULT_QUEUE
+from jobd.job import new_job_id
 from jobd.store import NewJob
 from jobd.submission import check_submission
 
@@ -48,7 +49,7 @@ def submit(
     anything the control API would refuse too; an error from the database is psycopg's
     own, as for any statement on `conn`.
     """
-    from jobd.store.postgres import insert_job_rows
+    from jobd.store.postgres import insert_jobs_on
 
     now = datetime.now(UTC)
     asked = check_submission(
@@ -64,7 +65,7 @@ def submit(
         key=key,
     )
     job = NewJob(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         type=asked.job_type,
         queue=asked.queue or DEFAULT_QUEUE,
         payload=asked.payload,
@@ -75,6 +76,5 @@ def submit(
         key=asked.key,
         created_at=now,
     )
-    [(row, _created)] = insert_job_rows(conn, [job])
-    job_id: uuid.UUID = row["id"]
-    return job_id
+    [inserted] = insert_jobs_on(conn, [job])
+    return inserted.job.id

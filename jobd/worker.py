@@ -1,94 +1,81 @@
-"""The worker pool: claim -> run under the job's timeout -> outcome -> batched completion.
+"""The worker pool: claim -> run under the job's timeout -> outcome -> record.
 
-One `WorkerPool` per daemon. Its nursery owns every running job; a dispatcher claims
-jobs in batches whenever there are free slots and something may be waiting; one
-completer commits outcomes in batches; a lease keeper renews the leases of running
-jobs and cancels any job this daemon no longer owns.
+One `WorkerPool` per daemon. Its nursery owns every running job. The dispatcher talks
+to the store for the pool: each round records the attempts that ended since the last
+round (held by the `Completer`) and claims jobs for the free slots, in one store call.
+It runs in two lanes, so that while one lane's call is with the store, the jobs the
+other lane claimed run: the store and the handlers work at the same time. A lease
+keeper renews the leases of running jobs and stops any job this daemon no longer owns;
+a cancel watcher stops jobs cancelled elsewhere.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import dataclasses
+import enum
 import logging
 import math
 import random
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import trio
+import trio.lowlevel
 
+from jobd.backoff import StoreOutage
+from jobd.clock import Clock, utc_now
+from jobd.completer import Completer, FinishedAttempt, job_log_fields
 from jobd.errors import Fail, InvalidJob, Retry, StoreUnavailable
 from jobd.handlers import ATTEMPT_ERRORS, JobContext, check_result, clean_text
 from jobd.job import JSON, Job, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
-from jobd.store import Completion, Outcome, QueueSlots, Store
+from jobd.store import ClaimRequest, Completion, Outcome, QueueSlots, Store
+from jobd.watch import JobWatch
 
-Clock = Callable[[], datetime]
 COMPLETION_BATCH = 500
 MAX_RETRY_DELAY = 365 * 86400.0  # a longer back-off is a mistake: cap it
 DRAIN_GIVE_UP = 10.0  # seconds past the grace period a shutdown keeps trying to record outcomes
-CANCELLED, SHUTDOWN = "cancelled", "shutdown"
 CANCEL_POLL_INTERVAL = 0.5
-STORE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+LANES = 2  # store calls of the dispatcher in flight at once; each claims at most its share
 
 log = logging.getLogger("jobd.worker")
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+class StopReason(enum.Enum):
+    """Why this daemon stopped a running handler."""
+
+    CANCELLED = "cancelled while running"
+    SHUTDOWN = "interrupted by a shutdown; requeued"
+    LEASE_LOST = "its lease was lost: the job was rescued or cancelled elsewhere"
 
 
-class JobWatch:
-    """Wakes the tasks waiting for a given job to change (the API's long poll)."""
-
-    def __init__(self) -> None:
-        self._events: dict[uuid.UUID, tuple[trio.Event, int]] = {}
-
-    def changed(self, job_id: uuid.UUID) -> None:
-        entry = self._events.pop(job_id, None)
-        if entry is not None:
-            entry[0].set()
-
-    @contextlib.contextmanager
-    def watching(self, job_id: uuid.UUID) -> Iterator[trio.Event]:
-        """An event set at the next change of `job_id`. Take it *before* reading the job,
-        so that a change between the read and the wait is not missed."""
-        event, waiters = self._events.get(job_id, (trio.Event(), 0))
-        self._events[job_id] = (event, waiters + 1)
-        try:
-            yield event
-        finally:
-            current = self._events.get(job_id)
-            if current is not None and current[0] is event:
-                if current[1] > 1:
-                    self._events[job_id] = (event, current[1] - 1)
-                else:
-                    del self._events[job_id]
-
-
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Running:
     job: Job
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    stop_reason: str | None = None  # why this daemon stopped the handler, if it did
+    scope: trio.CancelScope
+    stop_reason: StopReason | None = None
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         # A user's cancel wins over a shutdown: the job must not come back as pending.
-        if self.stop_reason is None or reason == CANCELLED:
+        if self.stop_reason is None or reason == StopReason.CANCELLED:
             self.stop_reason = reason
         self.scope.cancel()
 
 
 @dataclass(frozen=True, slots=True)
-class _Finished:
-    completion: Completion
-    job: Job
-    duration: float
+class AttemptEnd:
+    """What became of one attempt; `outcome` None: the job is no longer this daemon's."""
+
+    outcome: Outcome | None
+    result: JSON = None
+    error: str | None = None
+    run_at: datetime | None = None  # when a retry is due
+
+
+_LOST = AttemptEnd(None)
 
 
 class WorkerPool:
@@ -97,6 +84,7 @@ class WorkerPool:
         store: Store,
         live: LiveSettings,
         metrics: Metrics,
+        completer: Completer,
         watch: JobWatch,
         *,
         owner: str,
@@ -106,20 +94,22 @@ class WorkerPool:
         self._store = store
         self._live = live
         self._metrics = metrics
+        self._completer = completer
         self._watch = watch
         self.owner = owner
         self._clock = clock
         self._rng = rng or random.Random()
         self._running: dict[uuid.UUID, _Running] = {}
         self._busy_by_queue: collections.Counter[str] = collections.Counter()
-        self._changed = trio.Event()
+        # Slots that claims in flight may fill: no lane claims them again meanwhile.
+        self._claiming_by_queue: collections.Counter[str] = collections.Counter()
+        self._claiming = 0
+        self._wakeups = [trio.Event() for _ in range(LANES)]  # each lane's: it has something to do
+        self._claimable = True  # new work may be waiting: the next round claims
         self._stopping = False
-        self._grace_scope = trio.CancelScope()
-        self._give_up_at = math.inf  # when a shutdown stops waiting for the store to record outcomes
+        self._immediately = False
+        self._drain_deadline = self._give_up_at = math.inf
         self._cancel_check = trio.Event()
-        send, receive = trio.open_memory_channel[_Finished](math.inf)
-        self._finished_send, self._finished_receive = send, receive
-        self.on_scheduled: Callable[[], None] = lambda: None  # a retry was scheduled for later
 
     # -- what others may ask of the pool ------------------------------------------------
 
@@ -133,8 +123,9 @@ class WorkerPool:
 
     def wake(self) -> None:
         """Something may be claimable: look now rather than at the next poll."""
-        self._changed.set()
-        self._changed = trio.Event()
+        self._claimable = True
+        for wakeup in self._wakeups:
+            wakeup.set()
 
     def check_cancels(self) -> None:
         """A cancel may have been requested for a job this daemon runs (another daemon's API)."""
@@ -145,17 +136,16 @@ class WorkerPool:
         running = self._running.get(job_id)
         if running is None:
             return False
-        running.stop(CANCELLED)
+        running.stop(StopReason.CANCELLED)
         return True
 
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop claiming; `run` then lets running jobs finish for the grace period,
         or, `immediately`, cancels and requeues them now."""
         self._stopping = True
-        if immediately:
-            self._grace_scope.cancel()
-            self._give_up_at = trio.current_time()
-        self.wake()
+        self._immediately = self._immediately or immediately
+        for wakeup in self._wakeups:
+            wakeup.set()
 
     # -- the pool's life ----------------------------------------------------------------
 
@@ -163,77 +153,142 @@ class WorkerPool:
         self, *, grace: Callable[[], float], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until `request_stop`, then drain: running jobs get `grace()` seconds to
-        finish, the rest are cancelled and requeued, and every outcome is committed."""
+        finish, the rest are cancelled and requeued, and every outcome is recorded."""
         async with trio.open_nursery() as services:
             services.start_soon(self._keep_leases)
             # Also for a store only this daemon uses: a cancel that lands while the job's
             # claim is still on its way finds no running handler to stop at once.
             services.start_soon(self._watch_cancels)
-            async with trio.open_nursery() as completer:
-                completer.start_soon(self._complete_batches)
-                async with trio.open_nursery() as jobs:
-                    task_status.started()
-                    await self._dispatch(jobs)
-                    self._grace_scope.deadline = trio.current_time() + grace()
-                    self._give_up_at = min(self._give_up_at, self._grace_scope.deadline + DRAIN_GIVE_UP)
-                    with self._grace_scope:
-                        await self._wait_idle()
-                    for running in list(self._running.values()):
-                        running.stop(SHUTDOWN)
-                # Every job has ended: the completer commits what is left, then returns.
-                await self._finished_send.aclose()
+            async with trio.open_nursery() as jobs:
+                task_status.started()
+                async with trio.open_nursery() as lanes:
+                    for lane in range(LANES):
+                        lanes.start_soon(self._dispatch, jobs, grace, lane)
             services.cancel_scope.cancel()
 
-    async def _wait_idle(self) -> None:
-        while self._running:
-            event = self._changed
-            await event.wait()
+    # -- the dispatcher: record what ended, claim what fits ------------------------------
 
-    # -- claiming -----------------------------------------------------------------------
-
-    def _free_slots(self) -> tuple[list[QueueSlots], int]:
-        settings = self._live.current
-        limit = settings.config.workers.concurrency - len(self._running)
-        slots = [
-            QueueSlots(name, limits.concurrency - self._busy_by_queue[name], limits.global_concurrency)
-            for name, limits in settings.queues.items()
-            if limits.concurrency > self._busy_by_queue[name]
-        ]
-        return slots, limit
-
-    async def _dispatch(self, jobs: trio.Nursery) -> None:
-        failures = 0
-        while not self._stopping:
-            event = self._changed
-            slots, limit = self._free_slots()
-            if slots and limit > 0:
-                now = self._clock()
-                lease_until = now + timedelta(seconds=self._live.current.config.workers.lease)
-                try:
-                    claimed = await self._store.claim_jobs(self.owner, slots, limit, now, lease_until)
-                except StoreUnavailable as error:
-                    failures += 1
-                    delay = _store_retry_delay(failures)
-                    if failures == 1:
-                        log.warning("cannot claim jobs, the store is unavailable: %s", error)
+    async def _dispatch(self, jobs: trio.Nursery, grace: Callable[[], float], lane: int) -> None:
+        """One lane: until stopped and drained, record what ended and claim what fits."""
+        outage = StoreOutage(log, "record outcomes and claim jobs")
+        while True:
+            wakeup = self._wakeups[lane] = trio.Event()
+            if self._stopping:
+                self._drain(grace)
+                if not self._running and not self._completer.waiting:
+                    return
+            batch = self._completer.take(COMPLETION_BATCH)
+            claim = None if self._stopping or not self._claimable else self._claim_request()
+            if not batch and claim is None:
+                wait_until = trio.current_time() + self._live.current.config.workers.poll_interval
+                if self._drain_deadline > trio.current_time():
+                    wait_until = min(wait_until, self._drain_deadline)
+                with trio.move_on_at(wait_until) as waited:
+                    await wakeup.wait()
+                if waited.cancelled_caught:
+                    self._claimable = True  # nothing told us of new work: look anyway
+                # Let every job that can run to its end now do so before the next round,
+                # so that the round records them all, not only the one that woke us.
+                await trio.lowlevel.checkpoint()
+                continue
+            now = self._clock()
+            self._reserve(claim, 1)
+            try:
+                claimed = await self._record_and_claim(batch, claim, now)
+            except StoreUnavailable as error:
+                delay = outage.failed(error)
+                if self._stopping and trio.current_time() >= self._give_up_at:
+                    self._give_up()
+                else:
                     await trio.sleep(delay)
-                    continue
-                if failures:
-                    log.info("the store is back; claiming again")
-                    failures = 0
-                for job in claimed:
-                    self._start(jobs, job, now)
-                if claimed:
-                    continue
-            with trio.move_on_after(self._live.current.config.workers.poll_interval):
-                await event.wait()
+                continue
+            finally:
+                self._reserve(claim, -1)
+            outage.succeeded()
+            for job in claimed:
+                self._start(jobs, job, now)
+
+    def _drain(self, grace: Callable[[], float]) -> None:
+        """While stopping: fix the deadline once, and at it stop whatever still runs."""
+        if self._drain_deadline == math.inf:
+            self._drain_deadline = trio.current_time() + grace()
+            self._give_up_at = self._drain_deadline + DRAIN_GIVE_UP
+        if self._immediately:
+            self._drain_deadline = self._give_up_at = min(self._give_up_at, trio.current_time())
+        if trio.current_time() >= self._drain_deadline:
+            for running in list(self._running.values()):
+                running.stop(StopReason.SHUTDOWN)
+
+    def _claim_request(self) -> ClaimRequest | None:
+        """Free slots, less those a claim in flight may fill; at most a lane's share."""
+        settings = self._live.current
+        capacity = settings.config.workers.concurrency
+        limit = min(capacity - len(self._running) - self._claiming, math.ceil(capacity / LANES))
+        slots = []
+        for name, limits in settings.queues.items():
+            free = limits.concurrency - self._busy_by_queue[name] - self._claiming_by_queue[name]
+            if free > 0:
+                slots.append(QueueSlots(name, free, limits.global_concurrency))
+        if not slots or limit <= 0:
+            return None
+        lease_until = self._clock() + timedelta(seconds=settings.config.workers.lease)
+        return ClaimRequest(self.owner, slots, limit, lease_until)
+
+    def _reserve(self, claim: ClaimRequest | None, sign: int) -> None:
+        """Hold (+1) or release (-1) the slots `claim` may fill while it is in flight."""
+        if claim is not None:
+            self._claiming += sign * claim.limit
+            for slot in claim.slots:
+                self._claiming_by_queue[slot.queue] += sign * min(slot.free, claim.limit)
+
+    async def _record_and_claim(
+        self, batch: list[FinishedAttempt], claim: ClaimRequest | None, now: datetime
+    ) -> list[Job]:
+        """One store call: record `batch` and make `claim`. Raises `StoreUnavailable`
+        with the batch put back to wait for the next round."""
+        completions = [attempt.completion for attempt in batch]
+        if claim is not None:
+            self._claimable = False  # until this claim comes back full, or a wake-up says otherwise
+        try:
+            if claim is None:
+                applied, claimed = await self._store.complete_jobs(completions, now), []
+            else:
+                exchange = await self._store.complete_and_claim_jobs(completions, claim, now)
+                applied, claimed = exchange.applied, exchange.claimed
+        except InvalidJob:
+            # A value the store cannot keep (a result PostgreSQL's jsonb refuses...).
+            self._claimable = True
+            await self._completer.record_one_by_one(self._store, batch, now)
+            return []
+        except StoreUnavailable:
+            self._completer.put_back(batch)
+            raise
+        self._completer.report(batch, applied)
+        # Room under a global limit shows in the store only once these outcomes are
+        # committed, after the claim that came with them counted: claim again at once.
+        limited = {name for name, limits in self._live.current.queues.items() if limits.global_concurrency}
+        if claimed or any(
+            done and attempt.job.queue in limited for attempt, done in zip(batch, applied, strict=True)
+        ):
+            self._claimable = True
+        return claimed
+
+    def _give_up(self) -> None:
+        """A shutdown that cannot reach the store stops trying to record outcomes."""
+        abandoned = self._completer.take(self._completer.waiting)
+        if abandoned:
+            log.error(
+                "shutting down without recording the outcomes of jobs %s; they stay running "
+                "in the store and are rescued when their lease expires",
+                ", ".join(str(attempt.job.id) for attempt in abandoned),
+            )
 
     def _start(self, jobs: trio.Nursery, job: Job, now: datetime) -> None:
-        running = _Running(job)
+        running = _Running(job, trio.CancelScope())
         self._running[job.id] = running
         self._busy_by_queue[job.queue] += 1
-        self._metrics.job_started(job.queue, max((now - job.run_at).total_seconds(), 0.0))
-        jobs.start_soon(self._run_job, running, name=f"job {job.type} {job.id}")
+        self._metrics.job_started(job.queue, (now - job.run_at).total_seconds())
+        jobs.start_soon(self._run_job, running, name=job.type)
 
     # -- running one job ----------------------------------------------------------------
 
@@ -241,31 +296,33 @@ class WorkerPool:
         job = running.job
         started = trio.current_time()
         try:
-            outcome, result, error, run_at = await self._attempt(running)
+            end = await self._attempt(running)
         finally:
             # The same job may run here twice (rescued elsewhere, then claimed back while
             # its old handler still unwinds): remove only this run's entry.
             if self._running.get(job.id) is running:
                 del self._running[job.id]
             self._busy_by_queue[job.queue] -= 1
-            self.wake()
+            self.wake()  # a slot is free, and this outcome waits to be recorded
         duration = trio.current_time() - started
-        if outcome is None:  # the lease was lost: another daemon owns the job now
-            log.warning(
-                "job %s stopped: %s", job.id, running.stop_reason, extra=_job_fields(job, "lost", duration)
-            )
+        if end.outcome is None:
+            reason = running.stop_reason.value if running.stop_reason else "unknown"
+            log.warning("job %s stopped: %s", job.id, reason, extra=job_log_fields(job, "lost", duration))
             return
-        completion = Completion(job.id, self.owner, job.attempts, outcome, result, error, run_at)
-        self._finished_send.send_nowait(_Finished(completion, job, duration))
+        completion = Completion(
+            job.id, self.owner, job.attempts, end.outcome, end.result, end.error, end.run_at
+        )
+        self._completer.add(FinishedAttempt(completion, job, duration))
 
-    async def _attempt(self, running: _Running) -> tuple[Outcome | None, JSON, str | None, datetime | None]:
+    async def _attempt(self, running: _Running) -> AttemptEnd:
         """Run the handler once; say what became of the attempt."""
         job = running.job
-        settings = self._live.current
-        handler = settings.handler(job.type)
-        timed_out = False
+        handler = self._live.current.handler(job.type)
+        scope = running.scope  # the job's timeout, and this daemon's stop
+        if job.timeout is not None:
+            scope.deadline = trio.current_time() + job.timeout
         try:
-            with running.scope:
+            with scope:
                 if handler is None:
                     raise LookupError(f"no handler for job type {job.type!r} on this daemon")
                 context = JobContext(
@@ -279,21 +336,19 @@ class WorkerPool:
                     progress=lambda progress: self._record_progress(job, progress),
                     settings=handler.settings,
                 )
-                with trio.move_on_after(math.inf if job.timeout is None else job.timeout) as deadline:
-                    result = await handler(context)
-                timed_out = deadline.cancel_called
-                if not timed_out:
-                    return Outcome.COMPLETED, check_result(result), None, None
+                result = await handler(context)
+                # A handler that returns is done, unless its deadline passed meanwhile.
+                if running.stop_reason is not None or not scope.cancel_called:
+                    return AttemptEnd(Outcome.COMPLETED, check_result(result))
         except Retry as signal:
             if running.stop_reason:
                 return self._after_stop(running)
-            return self._after_failure(
-                job, f"retry requested: {signal.reason}" if signal.reason else "retry requested", signal.delay
-            )
+            reason = f"retry requested: {signal.reason}" if signal.reason else "retry requested"
+            return self._after_failure(job, reason, signal.delay)
         except Fail as signal:
             if running.stop_reason:
                 return self._after_stop(running)
-            return Outcome.FAILED, None, clean_text(f"failed: {signal.reason}"), None
+            return AttemptEnd(Outcome.FAILED, error=clean_text(f"failed: {signal.reason}"))
         except ATTEMPT_ERRORS as error:
             if running.stop_reason:
                 return self._after_stop(running)
@@ -303,35 +358,29 @@ class WorkerPool:
                 job.attempts,
                 error,
                 exc_info=True,
-                extra=_job_fields(job, "error", None),
+                extra=job_log_fields(job, "error", None),
             )
             return self._after_failure(job, f"{type(error).__name__}: {error}", None)
-        if timed_out:
+        if running.stop_reason is None:  # only the deadline cancels without a reason
             return self._after_failure(job, f"timed out after {job.timeout:g}s", None)
         return self._after_stop(running)
 
-    def _after_stop(self, running: _Running) -> tuple[Outcome | None, JSON, str | None, datetime | None]:
+    def _after_stop(self, running: _Running) -> AttemptEnd:
         """The outcome of a handler this daemon stopped, however the handler ended."""
-        if running.stop_reason == CANCELLED:
-            return Outcome.CANCELLED, None, "cancelled while running", None
-        if running.stop_reason == SHUTDOWN:
-            return Outcome.REQUEUED, None, "interrupted by a shutdown; requeued", None
-        return None, None, None, None
+        if running.stop_reason == StopReason.CANCELLED:
+            return AttemptEnd(Outcome.CANCELLED, error=StopReason.CANCELLED.value)
+        if running.stop_reason == StopReason.SHUTDOWN:
+            return AttemptEnd(Outcome.REQUEUED, error=StopReason.SHUTDOWN.value)
+        return _LOST
 
-    def _after_failure(
-        self, job: Job, error: str, delay: float | None
-    ) -> tuple[Outcome, JSON, str, datetime | None]:
+    def _after_failure(self, job: Job, error: str, delay: float | None) -> AttemptEnd:
         if job.attempts >= job.max_attempts:
-            return (
-                Outcome.FAILED,
-                None,
-                clean_text(f"{error} (attempt {job.attempts} of {job.max_attempts}, no more left)"),
-                None,
-            )
+            text = f"{error} (attempt {job.attempts} of {job.max_attempts}, no more left)"
+            return AttemptEnd(Outcome.FAILED, error=clean_text(text))
         if delay is None:
             delay = self._live.current.type_defaults(job.type).retry.delay(job.attempts, self._rng)
         run_at = self._clock() + timedelta(seconds=min(delay, MAX_RETRY_DELAY))
-        return Outcome.RETRIED, None, clean_text(error), run_at
+        return AttemptEnd(Outcome.RETRIED, error=clean_text(error), run_at=run_at)
 
     async def _record_progress(self, job: Job, progress: Progress) -> None:
         try:
@@ -339,96 +388,6 @@ class WorkerPool:
         except (StoreUnavailable, InvalidJob) as error:  # progress is advisory: the job goes on
             log.warning("could not record progress of job %s: %s", job.id, error)
         self._watch.changed(job.id)
-
-    # -- completing ---------------------------------------------------------------------
-
-    async def _complete_batches(self) -> None:
-        async with self._finished_receive as receive:
-            async for first in receive:
-                batch = [first]
-                while len(batch) < COMPLETION_BATCH:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self._commit(batch)
-
-    async def _commit(self, batch: list[_Finished]) -> None:
-        failures = 0
-        while True:
-            try:
-                stored = await self._store.complete_jobs([item.completion for item in batch], self._clock())
-                break
-            except InvalidJob as error:
-                # A value the store cannot keep (a result PostgreSQL's jsonb refuses...):
-                # record each outcome on its own, so that one bad item holds up no other.
-                if len(batch) > 1:
-                    for item in batch:
-                        await self._commit([item])
-                    return
-                batch = [self._unstorable(batch[0], error)]
-            except StoreUnavailable as error:
-                # The outcomes stay in memory until the store is back; if this daemon
-                # dies meanwhile, the expired leases get the jobs run again.
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "cannot record %d job outcomes yet, the store is unavailable: %s", len(batch), error
-                    )
-                if trio.current_time() >= self._give_up_at:
-                    log.error(
-                        "shutting down without recording the outcomes of jobs %s; they stay running "
-                        "in the store and are rescued when their lease expires",
-                        ", ".join(str(item.job.id) for item in batch),
-                    )
-                    return
-                await trio.sleep(_store_retry_delay(failures))
-        for item, job in zip(batch, stored, strict=True):
-            self._report(item, job)
-        # Room under a global limit shows in the store only now: the claim made when the
-        # slot was freed still counted these jobs as running. Claim again without waiting
-        # for the next poll.
-        queues = self._live.current.queues
-        limited = {name for name, limits in queues.items() if limits.global_concurrency is not None}
-        if any(item.job.queue in limited for item in batch):
-            self.wake()
-
-    @staticmethod
-    def _unstorable(item: _Finished, error: InvalidJob) -> _Finished:
-        if item.completion.outcome != Outcome.COMPLETED or item.completion.result is None:
-            # Nothing but the error text can be at fault: keep the outcome, drop the text.
-            completion = dataclasses.replace(item.completion, error="(the error text could not be stored)")
-        else:
-            completion = dataclasses.replace(
-                item.completion,
-                outcome=Outcome.FAILED,
-                result=None,
-                error=f"the handler's result could not be stored: {error.message}",
-            )
-        return dataclasses.replace(item, completion=completion)
-
-    def _report(self, item: _Finished, stored: Job | None) -> None:
-        job, completion = item.job, item.completion
-        if stored is None:
-            log.warning(
-                "job %s: outcome %s of attempt %d discarded, the job is no longer this daemon's",
-                job.id,
-                completion.outcome,
-                completion.attempt,
-                extra=_job_fields(job, "fenced", item.duration),
-            )
-            return
-        self._watch.changed(job.id)
-        if completion.outcome == Outcome.RETRIED:
-            self.on_scheduled()
-        if completion.outcome == Outcome.REQUEUED:
-            log.info("job %s requeued by shutdown", job.id, extra=_job_fields(job, "requeued", item.duration))
-            return
-        self._metrics.job_finished(job.queue, job.type, completion.outcome.value, item.duration)
-        level = logging.INFO if completion.outcome == Outcome.COMPLETED else logging.WARNING
-        message = "job %s %s" + (": %s" if completion.error else "")
-        args = (job.id, completion.outcome.value, *((completion.error,) if completion.error else ()))
-        log.log(level, message, *args, extra=_job_fields(job, completion.outcome.value, item.duration))
 
     # -- leases and remote cancels --------------------------------------------------------
 
@@ -449,7 +408,7 @@ class WorkerPool:
             for job_id in set(ids) - kept:
                 running = self._running.get(job_id)
                 if running is not None:
-                    running.stop("its lease was lost: the job was rescued or cancelled elsewhere")
+                    running.stop(StopReason.LEASE_LOST)
 
     async def _watch_cancels(self) -> None:
         while True:
@@ -464,21 +423,3 @@ class WorkerPool:
                 continue
             for job_id in requested:
                 self.cancel_running(job_id)
-
-
-def _store_retry_delay(failures: int) -> float:
-    """How long to wait before asking an unavailable store again, after `failures` tries."""
-    return STORE_RETRY_DELAYS[min(failures, len(STORE_RETRY_DELAYS)) - 1]
-
-
-def _job_fields(job: Job, outcome: str, duration: float | None) -> dict[str, object]:
-    fields: dict[str, object] = {
-        "job_id": str(job.id),
-        "type": job.type,
-        "queue": job.queue,
-        "attempt": job.attempts,
-        "outcome": outcome,
-    }
-    if duration is not None:
-        fields["duration"] = round(duration, 6)
-    return fields

@@ -16,6 +16,7 @@ from jobd.config import StoreConfig
 from jobd.errors import IllegalTransition, JobdError, JobNotFound, KeyInUse
 from jobd.job import TRANSITIONS, Action, Job, JobState, Progress
 from jobd.store import (
+    ClaimRequest,
     Completion,
     JobFilter,
     NewJob,
@@ -115,9 +116,8 @@ def completion(job: Job, outcome: Outcome, *, owner: str = "daemon-1", **fields:
 
 
 async def finish(store: Store, job: Job, outcome: Outcome, now: datetime = T0, **fields: Any) -> Job:
-    [done] = await store.complete_jobs([completion(job, outcome, **fields)], now)
-    assert done is not None
-    return done
+    assert await store.complete_jobs([completion(job, outcome, **fields)], now) == [True]
+    return await current(store, job)
 
 
 async def current(store: Store, job: Job) -> Job:
@@ -479,15 +479,61 @@ async def test_completions_are_batched_and_independent(store: Store) -> None:
         ],
         at(1),
     )
-    assert [None if job is None else job.state for job in results] == [
-        JobState.COMPLETED,
-        None,
-        JobState.FAILED,
-        None,
-    ]
+    assert results == [True, False, True, False]
     assert (await current(store, a)).state == JobState.COMPLETED
+    assert (await current(store, b)).state == JobState.FAILED
     assert (await current(store, stranger)).state == JobState.RUNNING
     assert await store.complete_jobs([], at(1)) == []
+
+
+async def test_completions_and_a_claim_share_one_call_and_the_fence_still_holds(store: Store) -> None:
+    mine, theirs = await running(store), await running(store, owner="daemon-2")
+    later = await insert(store, payload="later")
+    first = await insert(store, payload="first", priority=5)
+    request = ClaimRequest("daemon-1", [QueueSlots("default", 5)], 1, at(1) + LEASE)
+    result = await store.complete_and_claim_jobs(
+        [
+            completion(mine, Outcome.COMPLETED, result="done"),
+            completion(theirs, Outcome.COMPLETED, result="not mine to finish"),
+        ],
+        request,
+        at(1),
+    )
+    assert result.applied == [True, False]
+    assert [job.id for job in result.claimed] == [first.id]  # the best pending job, within the limit
+    [claimed] = result.claimed
+    assert (claimed.state, claimed.attempts, claimed.started_at) == (JobState.RUNNING, 1, at(1))
+    done = await current(store, mine)
+    assert (done.state, done.result, done.finished_at) == (JobState.COMPLETED, "done", at(1))
+    assert (await current(store, theirs)).state == JobState.RUNNING
+    assert (await current(store, later)).state == JobState.PENDING
+    # A late completion of the job just claimed is fenced out too, in the same kind of call.
+    stale = Completion(claimed.id, "daemon-1", claimed.attempts + 1, Outcome.COMPLETED)
+    result = await store.complete_and_claim_jobs([stale], request, at(2))
+    assert result.applied == [False]
+    assert [job.id for job in result.claimed] == [later.id]
+
+
+async def test_completing_and_claiming_together_never_exceeds_a_global_limit(store: Store) -> None:
+    first = await running(store, queue="limited")
+    waiting = [await insert(store, queue="limited") for _ in range(3)]
+    request = ClaimRequest("daemon-1", [QueueSlots("limited", 10, global_limit=1)], 10, at(1) + LEASE)
+    result = await store.complete_and_claim_jobs([completion(first, Outcome.COMPLETED)], request, at(1))
+    assert result.applied == [True]
+    # The claim may not yet see the room the completion made, but never takes more.
+    assert len(result.claimed) <= 1
+    if not result.claimed:
+        result = await store.complete_and_claim_jobs([], request, at(1))
+    assert len(result.claimed) == 1 and result.claimed[0].id == waiting[0].id
+    assert nonzero(await store.count_jobs())["limited"][JobState.RUNNING] == 1
+    assert (await store.complete_and_claim_jobs([], request, at(2))).claimed == []
+
+
+async def test_a_call_with_nothing_to_complete_or_claim_changes_nothing(store: Store) -> None:
+    job = await insert(store)
+    result = await store.complete_and_claim_jobs([], ClaimRequest("daemon-1", [], 10, at(1) + LEASE), at(1))
+    assert (result.applied, result.claimed) == ([], [])
+    assert await current(store, job) == job
 
 
 async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
@@ -496,7 +542,7 @@ async def test_completion_is_fenced_by_owner_and_attempt(store: Store) -> None:
     wrong_owner = Completion(job.id, "daemon-2", job.attempts, Outcome.COMPLETED)
     wrong_attempt = Completion(job.id, "daemon-1", job.attempts + 1, Outcome.COMPLETED)
     unknown = Completion(uuid.uuid4(), "daemon-1", 1, Outcome.COMPLETED)
-    assert await store.complete_jobs([wrong_owner, wrong_attempt, unknown], at(1)) == [None, None, None]
+    assert await store.complete_jobs([wrong_owner, wrong_attempt, unknown], at(1)) == [False, False, False]
     assert await current(store, job) == before
     assert not await store.set_progress(job.id, "daemon-2", job.attempts, Progress(0.1), at(1))
     assert not await store.set_progress(job.id, "daemon-1", job.attempts + 1, Progress(0.1), at(1))
@@ -511,7 +557,7 @@ async def test_completion_after_rescue_and_reclaim_is_refused(store: Store) -> N
     assert (reclaimed.id, reclaimed.attempts) == (job.id, 2)
     late = Completion(job.id, "daemon-1", 1, Outcome.COMPLETED, result="stale")
     same_attempt_number = Completion(job.id, "daemon-1", 2, Outcome.COMPLETED, result="stale")
-    assert await store.complete_jobs([late, same_attempt_number], at(41)) == [None, None]
+    assert await store.complete_jobs([late, same_attempt_number], at(41)) == [False, False]
     assert not await store.set_progress(job.id, "daemon-1", 1, Progress(0.9), at(41))
     assert await current(store, job) == reclaimed
     done = await finish(store, reclaimed, Outcome.COMPLETED, owner="daemon-2", now=at(42), result="fresh")
@@ -881,10 +927,9 @@ async def test_a_valid_completion_after_a_fenced_one_of_the_same_job_applies(sto
     job = await running(store)
     stale = completion(job, Outcome.COMPLETED, owner="daemon-gone", result="old")
     valid = completion(job, Outcome.COMPLETED, result="new")
-    results = await store.complete_jobs([stale, valid], at(1))
-    assert results[0] is None
-    assert results[1] is not None and results[1].result == "new"
-    assert (await current(store, job)).state == JobState.COMPLETED
+    assert await store.complete_jobs([stale, valid], at(1)) == [False, True]
+    done = await current(store, job)
+    assert (done.state, done.result) == (JobState.COMPLETED, "new")
 
 
 async def test_prune_with_no_room_deletes_nothing(store: Store) -> None:

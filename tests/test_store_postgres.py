@@ -18,7 +18,7 @@ import trio.lowlevel
 
 from jobd.errors import InvalidJob, StoreUnavailable
 from jobd.job import JobState
-from jobd.store import Completion, NewJob, Outcome, QueueSlots
+from jobd.store import Completion, JobFilter, NewJob, Outcome, QueueSlots
 from jobd.store.postgres import MIGRATIONS, PostgresStore
 
 pytestmark = pytest.mark.postgres
@@ -94,18 +94,94 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
     async with opened(fresh_postgres_url):
         pass
     tables = query(fresh_postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'jobd'")
-    assert {row[0] for row in tables} == {"jobs", "paused_queues", "migrations"}
+    assert {row[0] for row in tables} == {
+        "live_jobs",
+        "finished_jobs",
+        "finished_counts",
+        "paused_queues",
+        "migrations",
+    }
+    views = query(fresh_postgres_url, "SELECT viewname FROM pg_views WHERE schemaname = 'jobd'")
+    assert views == [("jobs",)]
     found = query(fresh_postgres_url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'jobd'")
     indexes = {str(name): str(definition) for name, definition in found}
-    claim = indexes["jobs_claim"]
+    claim = indexes["live_jobs_claim"]
     assert "(queue, priority DESC, run_at, seq)" in claim
     assert "WHERE (state = 'pending'::text)" in claim
-    assert "WHERE (state = 'scheduled'::text)" in indexes["jobs_scheduled"]
-    assert "WHERE (state = 'running'::text)" in indexes["jobs_running"]
-    assert indexes["jobs_live_key"].startswith("CREATE UNIQUE INDEX")
+    assert "WHERE (state = 'scheduled'::text)" in indexes["live_jobs_scheduled"]
+    assert "WHERE (state = 'running'::text)" in indexes["live_jobs_running"]
+    assert indexes["live_jobs_key"].startswith("CREATE UNIQUE INDEX")
+    # The hot table's indexes hold no finished job; the finished table's serve listings.
+    assert not any("finished_at" in definition for name, definition in indexes.items() if "live_" in name)
+    assert "USING brin (finished_at)" in indexes["finished_jobs_finished_at"]
     migrations = query(fresh_postgres_url, "SELECT version, name FROM jobd.migrations ORDER BY version")
-    assert migrations == [(version, name) for version, name, _sql in MIGRATIONS]
-    assert migrations[0] == (1, "initial")
+    assert migrations == [(migration.version, migration.name) for migration in MIGRATIONS]
+    assert migrations[:2] == [(1, "initial"), (2, "live_and_finished")]
+
+
+async def test_a_database_of_release_0_1_upgrades_with_every_job_as_it_was(fresh_postgres_url: str) -> None:
+    """Jobs written by the 0.1 schema (migration 1 alone), in every state, read back the
+    same after the upgrade, are counted, listed, and keep working."""
+    [initial] = [migration for migration in MIGRATIONS if migration.version == 1]
+    with psycopg.connect(fresh_postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA jobd")
+        conn.execute(
+            "CREATE TABLE jobd.migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(initial.sql)
+        conn.execute("INSERT INTO jobd.migrations (version, name) VALUES (1, 'initial')")
+        ids = {state: uuid.uuid4() for state in JobState}
+        for state, job_id in ids.items():
+            finished = state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+            conn.execute(
+                "INSERT INTO jobd.jobs (id, type, queue, payload, state, priority, attempts, max_attempts,"
+                " run_at, created_at, updated_at, started_at, finished_at, last_error, result, key, owner,"
+                " lease_until) VALUES (%s, 'test.job', 'default', %s, %s, 2, 1, 3,"
+                " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    job_id,
+                    psycopg.types.json.Jsonb({"state": state.value}),
+                    state.value,
+                    NOW,
+                    NOW,
+                    NOW,
+                    NOW if state != JobState.PENDING else None,
+                    NOW if finished else None,
+                    "boom" if state == JobState.FAILED else None,
+                    psycopg.types.json.Jsonb([1, 2]) if state == JobState.COMPLETED else None,
+                    f"key-{state.value}",
+                    "old-daemon" if state == JobState.RUNNING else None,
+                    LEASE if state == JobState.RUNNING else None,
+                ),
+            )
+    async with opened(fresh_postgres_url) as store:
+        for state, job_id in ids.items():
+            job = await store.get_job(job_id)
+            assert job is not None, state
+            assert (job.state, job.payload, job.key, job.priority) == (
+                state,
+                {"state": state.value},
+                f"key-{state.value}",
+                2,
+            )
+        failed = await store.get_job(ids[JobState.FAILED])
+        completed = await store.get_job(ids[JobState.COMPLETED])
+        assert failed is not None and failed.last_error == "boom"
+        assert completed is not None and completed.result == [1, 2]
+        counts = await store.count_jobs()
+        assert counts == {"default": {state: 1 for state in JobState}}
+        page = await store.list_jobs(JobFilter(), 10, None)
+        assert {job.id for job in page.jobs} == set(ids.values())
+        # The upgraded jobs move on as any other: the running one completes, the failed one retries.
+        done = Completion(ids[JobState.RUNNING], "old-daemon", 1, Outcome.COMPLETED, "ok")
+        assert await store.complete_jobs([done], NOW) == [True]
+        retried = await store.retry_job(ids[JobState.FAILED], NOW)
+        assert retried.state == JobState.PENDING
+        counts = await store.count_jobs()
+        assert counts["default"][JobState.COMPLETED] == 2 and JobState.FAILED not in counts["default"]
+    live = query(fresh_postgres_url, "SELECT state FROM jobd.live_jobs ORDER BY state")
+    assert live == [("pending",), ("pending",), ("scheduled",)]  # the retried one is pending again
 
 
 async def test_ten_daemons_opening_together_migrate_once(fresh_postgres_url: str) -> None:
@@ -164,7 +240,9 @@ async def test_global_limit_holds_across_daemons(fresh_postgres_url: str) -> Non
             for number in range(4):
                 nursery.start_soon(daemon, f"daemon-{number}")
     assert most == limit
-    assert query(fresh_postgres_url, "SELECT count(*) FROM jobd.jobs WHERE state = 'completed'") == [(60,)]
+    assert query(fresh_postgres_url, "SELECT count(*) FROM jobd.finished_jobs WHERE state = 'completed'") == [
+        (60,)
+    ]
 
 
 async def test_two_daemons_never_claim_the_same_job(fresh_postgres_url: str) -> None:
@@ -226,7 +304,7 @@ async def test_a_connection_killed_mid_query_raises_store_unavailable(fresh_post
     async with opened(fresh_postgres_url, pool_size=1) as store:
         [inserted] = await store.insert_jobs([new_job()])
         with psycopg.connect(fresh_postgres_url) as blocker:
-            blocker.execute("SELECT 1 FROM jobd.jobs FOR UPDATE")  # cancel_job now waits for this lock
+            blocker.execute("SELECT 1 FROM jobd.live_jobs FOR UPDATE")  # cancel_job now waits for this lock
             async with trio.open_nursery() as nursery:
 
                 async def kill_when_waiting() -> None:
@@ -248,7 +326,7 @@ async def test_a_cancelled_call_cancels_its_query_and_keeps_the_connection(fresh
     async with opened(fresh_postgres_url, pool_size=1) as store:
         [inserted] = await store.insert_jobs([new_job()])
         with psycopg.connect(fresh_postgres_url) as blocker:
-            blocker.execute("SELECT 1 FROM jobd.jobs FOR UPDATE")
+            blocker.execute("SELECT 1 FROM jobd.live_jobs FOR UPDATE")
             started = time.monotonic()
             with trio.move_on_after(0.5) as scope:
                 await store.cancel_job(inserted.job.id, NOW)
@@ -264,7 +342,7 @@ async def test_the_statement_timeout_ends_a_stuck_call(fresh_postgres_url: str) 
     async with opened(fresh_postgres_url, statement_timeout=0.3) as store:
         [inserted] = await store.insert_jobs([new_job()])
         with psycopg.connect(fresh_postgres_url) as blocker:
-            blocker.execute("SELECT 1 FROM jobd.jobs FOR UPDATE")
+            blocker.execute("SELECT 1 FROM jobd.live_jobs FOR UPDATE")
             with pytest.raises(StoreUnavailable, match="cancel"):
                 await store.cancel_job(inserted.job.id, NOW)
         await store.ping()
@@ -289,8 +367,10 @@ async def test_completion_is_fenced_across_daemons(fresh_postgres_url: str) -> N
         assert reclaimed.attempts == 2
 
         stale = await first.complete_jobs([Completion(claimed.id, "a", 1, Outcome.COMPLETED, "a")], later)
-        assert stale == [None]
-        [done] = await second.complete_jobs([Completion(claimed.id, "b", 2, Outcome.COMPLETED, "b")], later)
+        assert stale == [False]
+        valid = await second.complete_jobs([Completion(claimed.id, "b", 2, Outcome.COMPLETED, "b")], later)
+        assert valid == [True]
+        done = await first.get_job(claimed.id)
         assert done is not None and (done.state, done.result) == (JobState.COMPLETED, "b")
 
 

@@ -360,7 +360,8 @@ async def test_completion_round_trip_after_reopen(db_path: str) -> None:
     await reopened.open()
     try:
         done = Completion(job.id, "d1", 1, Outcome.COMPLETED, result={"n": 1})
-        [finished] = await reopened.complete_jobs([done], T0 + timedelta(seconds=1))
+        assert await reopened.complete_jobs([done], T0 + timedelta(seconds=1)) == [True]
+        finished = await reopened.get_job(job.id)
         assert finished is not None and finished.result == {"n": 1}
     finally:
         await reopened.close()

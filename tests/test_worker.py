@@ -21,6 +21,7 @@ import trio.testing
 import jobd
 from jobd import builtins
 from jobd.config import parse_config
+from jobd.daemon import build_engine
 from jobd.handlers import Handler, JobContext
 from jobd.job import Job, JobState
 from jobd.maintenance import Maintenance
@@ -30,7 +31,7 @@ from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import NewJob
 from jobd.store.memory import MemoryStore
-from jobd.worker import JobWatch, WorkerPool
+from jobd.worker import WorkerPool
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -71,10 +72,8 @@ async def running_engine(
     live = LiveSettings(settings)
     store = store or MemoryStore()
     metrics = Metrics("test")
-    watch = JobWatch()
-    pool = WorkerPool(store, live, metrics, watch, owner="test-owner", clock=virtual_now)
-    maintenance = Maintenance(store, live, pool, metrics, virtual_now)
-    service = JobService(store, live, pool, maintenance, metrics, watch, virtual_now)
+    built = build_engine(store, live, metrics, owner="test-owner", clock=virtual_now)
+    pool, maintenance, service = built.pool, built.maintenance, built.service
     service.mark_store_ready()
     engine = Engine(store, live, pool, service, maintenance, metrics)
     await maintenance.rescue_orphans()
@@ -556,7 +555,7 @@ async def test_a_shutdown_with_the_store_down_gives_up_instead_of_hanging(autoju
     class DownStore(MemoryStore):
         down = False
 
-        async def complete_jobs(self, *args: Any, **kwargs: Any) -> list[Job | None]:
+        async def complete_jobs(self, *args: Any, **kwargs: Any) -> list[bool]:
             if self.down:
                 raise StoreUnavailable("the store is down")
             return await super().complete_jobs(*args, **kwargs)

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import trio
 
-from jobd.job import JSON, Action, Job, JobState, Progress
+from jobd.job import JSON, Action, Job, JobState, Progress, next_state
 
 WakeCallback = Callable[[str], None]
 """Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"."""
@@ -49,6 +49,24 @@ class NewJob:
     def state(self) -> JobState:
         """`scheduled` when run_at is after created_at, else `pending`."""
         return JobState.SCHEDULED if self.run_at > self.created_at else JobState.PENDING
+
+    def inserted(self) -> Job:
+        """The job as a store keeps it once inserted."""
+        return Job(
+            id=self.id,
+            type=self.type,
+            queue=self.queue,
+            payload=self.payload,
+            state=self.state,
+            priority=self.priority,
+            attempts=0,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+            run_at=self.run_at,
+            created_at=self.created_at,
+            updated_at=self.created_at,
+            key=self.key,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +120,22 @@ class QueueSlots:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a claim may take: see `Store.claim_jobs`."""
+
+    owner: str
+    slots: Sequence[QueueSlots]
+    limit: int
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedAndClaimed:
+    applied: list[bool]  # one per completion: False where the fence refused it
+    claimed: list[Job]  # in claim order
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: Sequence[Job]
     next: str | None  # cursor for the following page, None at the end
@@ -118,6 +152,26 @@ class JobFilter:
 class Rescued:
     job: Job  # as it is after the rescue
     owner: str  # the owner whose lease expired
+
+
+@dataclass(frozen=True, slots=True)
+class RescueDecision:
+    state: JobState
+    error: str
+
+
+def rescue_decision(job: Job, owner: str, *, cancel_requested: bool) -> RescueDecision:
+    """What becomes of a running job whose lease expired, and what its `last_error` says:
+    `cancelled` if a cancel was requested, `failed` if that attempt was its last, else
+    `pending` again. Every store rescues through this one rule."""
+    error = f"lease expired: daemon {owner} stopped renewing attempt {job.attempts}"
+    if cancel_requested:
+        action, error = Action.CANCEL, "cancelled; " + error
+    elif job.attempts >= job.max_attempts:
+        action = Action.FAIL
+    else:
+        action = Action.REQUEUE
+    return RescueDecision(next_state(job.id, job.state, action), error)
 
 
 QueueCounts = Mapping[str, Mapping[JobState, int]]
@@ -164,9 +218,18 @@ class Store(Protocol):
         until `lease_until`, progress cleared. Returns them in claim order.
         """
 
-    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
-        """Apply each completion that is still fenced-in; None for one that was not
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
+        """Apply each completion that is still fenced-in; False for one that was not
         (the job was rescued, re-claimed or is gone). Sets finished_at on final states."""
+
+    async def complete_and_claim_jobs(
+        self, completions: Sequence[Completion], claim: ClaimRequest, now: datetime
+    ) -> CompletedAndClaimed:
+        """`complete_jobs` then `claim_jobs`, in one transaction and one round trip.
+
+        The claim may not see the room the completions make under a global limit
+        (its count may be taken before they apply); it never takes more than the limit.
+        """
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime

@@ -1,19 +1,29 @@
-"""An in-memory store: for tests, demos and benchmarks. Keeps nothing across restarts."""
+"""An in-memory store: for tests, demos and benchmarks. Keeps nothing across restarts.
+
+Every row keeps the store's indexes current whenever its job changes (`_Row.job`'s
+setter): ready heaps per queue, a heap of scheduled rows, counts per queue and state,
+the live keys, and the finished rows in the order they finished. So a claim, a
+promotion, a count or a prune never walks the whole table, however many finished
+jobs it keeps.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import heapq
 import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import trio
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse
-from jobd.job import FINISHED_STATES, Action, Job, JobState, Progress, next_state
+from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, Progress, next_state
 from jobd.store import (
+    ClaimRequest,
+    CompletedAndClaimed,
     Completion,
     Inserted,
     JobFilter,
@@ -24,25 +34,64 @@ from jobd.store import (
     QueueSlots,
     Rescued,
     WakeCallback,
+    rescue_decision,
 )
 
-ReadyHeaps = dict[str, list[tuple[tuple[int, datetime, int], int, "_Row"]]]
 _entries = itertools.count()  # ties between heap entries never compare rows
 
 
+class _Indexes:
+    """What the store keeps besides the rows, updated as each row's job changes."""
+
+    def __init__(self) -> None:
+        self.ready: dict[str, list[tuple[tuple[int, datetime, int], int, _Row]]] = {}
+        self.scheduled: list[tuple[datetime, int, _Row]] = []
+        self.counts: collections.Counter[tuple[str, JobState]] = collections.Counter()
+        self.live_keys: dict[str, _Row] = {}
+        self.running: dict[uuid.UUID, _Row] = {}
+        self.finished: dict[JobState, list[tuple[datetime, int, _Row]]] = {
+            state: [] for state in FINISHED_STATES
+        }
+
+    def enter(self, row: _Row) -> None:
+        job = row.job
+        self.counts[(job.queue, job.state)] += 1
+        if job.state == JobState.PENDING:
+            key = row.sort_key()
+            heapq.heappush(self.ready.setdefault(job.queue, []), (key, next(_entries), row))
+        elif job.state == JobState.SCHEDULED:
+            heapq.heappush(self.scheduled, (job.run_at, next(_entries), row))
+        elif job.state == JobState.RUNNING:
+            self.running[job.id] = row
+        elif job.finished_at is not None:
+            heapq.heappush(self.finished[job.state], (job.finished_at, next(_entries), row))
+        if job.key is not None and job.state not in FINISHED_STATES:
+            self.live_keys[job.key] = row
+
+    def leave(self, row: _Row) -> None:
+        """Undo `enter` where it is cheap; heap entries go stale instead, and their
+        readers check them against the row."""
+        job = row.job
+        self.counts[(job.queue, job.state)] -= 1
+        self.running.pop(job.id, None)
+        if job.key is not None and self.live_keys.get(job.key) is row:
+            del self.live_keys[job.key]
+
+
 class _Row:
-    """One stored job and its lease. Whenever it becomes `pending` it enters its queue's
-    heap of ready rows, so a claim pops the best rows instead of sorting the table."""
+    """One stored job and its lease."""
 
-    __slots__ = ("_job", "_ready", "cancel_requested", "lease_until", "owner", "sequence")
+    __slots__ = ("_indexes", "_job", "cancel_requested", "deleted", "lease_until", "owner", "sequence")
 
-    def __init__(self, job: Job, sequence: int, ready: ReadyHeaps) -> None:
+    def __init__(self, job: Job, sequence: int, indexes: _Indexes) -> None:
         self.sequence = sequence
         self.owner: str | None = None
         self.lease_until: datetime | None = None
         self.cancel_requested = False
-        self._ready = ready
-        self.job = job
+        self.deleted = False
+        self._indexes = indexes
+        self._job = job
+        indexes.enter(self)
 
     @property
     def job(self) -> Job:
@@ -50,16 +99,16 @@ class _Row:
 
     @job.setter
     def job(self, job: Job) -> None:
+        self._indexes.leave(self)
         self._job = job
-        if job.state == JobState.PENDING:
-            heapq.heappush(self._ready.setdefault(job.queue, []), (self.sort_key(), next(_entries), self))
+        self._indexes.enter(self)
 
     def sort_key(self) -> tuple[int, datetime, int]:
         return (-self._job.priority, self._job.run_at, self.sequence)
 
     def ready_with(self, key: tuple[int, datetime, int]) -> bool:
-        """Whether a heap entry made with `key` still stands for this row."""
-        return self._job.state == JobState.PENDING and key == self.sort_key()
+        """Whether a ready-heap entry made with `key` still stands for this row."""
+        return not self.deleted and self._job.state == JobState.PENDING and key == self.sort_key()
 
 
 class MemoryStore:
@@ -69,7 +118,7 @@ class MemoryStore:
         self._rows: dict[uuid.UUID, _Row] = {}
         self._sequence = itertools.count(1)
         self._paused: set[str] = set()
-        self._ready: ReadyHeaps = {}
+        self._indexes = _Indexes()
 
     async def open(self) -> None:
         pass
@@ -81,45 +130,26 @@ class MemoryStore:
         pass
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
-        results: list[Inserted] = []
-        live_keys = (
-            {
-                row.job.key: row.job
-                for row in self._rows.values()
-                if row.job.key and row.job.state not in FINISHED_STATES
-            }
-            if any(new.key is not None for new in jobs)
-            else {}
-        )
+        live_keys = self._indexes.live_keys
+        batch_keys: dict[str, Job] = {}
         new_ids: set[uuid.UUID] = set()
+        results: list[Inserted] = []
         for index, new in enumerate(jobs):
-            if new.key is not None and new.key in live_keys:
-                results.append(Inserted(live_keys[new.key], created=False))
-                continue
+            if new.key is not None:
+                holder = batch_keys.get(new.key) or (live_keys[new.key].job if new.key in live_keys else None)
+                if holder is not None:
+                    results.append(Inserted(holder, created=False))
+                    continue
             if new.id in self._rows or new.id in new_ids:
                 raise InvalidJob(f"a job with id {new.id} already exists", field="id", index=index)
-            job = Job(
-                id=new.id,
-                type=new.type,
-                queue=new.queue,
-                payload=new.payload,
-                state=new.state,
-                priority=new.priority,
-                attempts=0,
-                max_attempts=new.max_attempts,
-                timeout=new.timeout,
-                run_at=new.run_at,
-                created_at=new.created_at,
-                updated_at=new.created_at,
-                key=new.key,
-            )
+            job = new.inserted()
             if new.key is not None:
-                live_keys[new.key] = job
+                batch_keys[new.key] = job
             new_ids.add(new.id)
             results.append(Inserted(job, created=True))
         for result in results:
             if result.created:
-                self._rows[result.job.id] = _Row(result.job, next(self._sequence), self._ready)
+                self._rows[result.job.id] = _Row(result.job, next(self._sequence), self._indexes)
         return results
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
@@ -128,44 +158,46 @@ class MemoryStore:
 
     async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
-        rows = sorted(
-            (
-                row
-                for row in self._rows.values()
-                if (below is None or row.sequence < below)
-                and (filter.state is None or row.job.state == filter.state)
-                and (filter.type is None or row.job.type == filter.type)
-                and (filter.queue is None or row.job.queue == filter.queue)
-            ),
-            key=lambda row: -row.sequence,
-        )
-        page = rows[:limit]
-        more = len(rows) > limit
+        page: list[_Row] = []
+        # Rows are kept in submission order: walk them newest first and stop at a full page.
+        for row in reversed(self._rows.values()):
+            if below is not None and row.sequence >= below:
+                continue
+            job = row.job
+            if (
+                (filter.state is None or job.state == filter.state)
+                and (filter.type is None or job.type == filter.type)
+                and (filter.queue is None or job.queue == filter.queue)
+            ):
+                page.append(row)
+                if len(page) > limit:
+                    break
+        more = len(page) > limit
+        page = page[:limit]
         return JobPage([row.job for row in page], str(page[-1].sequence) if more and page else None)
 
     async def claim_jobs(
         self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
     ) -> list[Job]:
-        # Counting running jobs scans every row: only a global limit needs it.
-        running = self._running_per_queue() if any(slot.global_limit is not None for slot in slots) else {}
         candidates: list[_Row] = []
+        counts = self._indexes.counts
         for slot in slots:
             if slot.queue in self._paused:
                 continue
             allowed = slot.free
             if slot.global_limit is not None:
-                allowed = min(allowed, slot.global_limit - running.get(slot.queue, 0))
-            if allowed <= 0:
-                continue
-            candidates.extend(self._pop_ready(slot.queue, allowed))
+                allowed = min(allowed, slot.global_limit - counts[(slot.queue, JobState.RUNNING)])
+            if allowed > 0:
+                candidates.extend(self._pop_ready(slot.queue, min(allowed, limit)))
         candidates.sort(key=_Row.sort_key)
         for row in candidates[max(limit, 0) :]:  # not taken after all: ready again
-            heapq.heappush(self._ready[row.job.queue], (row.sort_key(), next(_entries), row))
+            heapq.heappush(self._indexes.ready[row.job.queue], (row.sort_key(), next(_entries), row))
         claimed: list[Job] = []
+        state = next_state("", JobState.PENDING, Action.CLAIM)
         for row in candidates[: max(limit, 0)]:
-            row.job = dataclasses.replace(
+            row.job = _changed(
                 row.job,
-                state=next_state(row.job.id, row.job.state, Action.CLAIM),
+                state=state,
                 attempts=row.job.attempts + 1,
                 started_at=now,
                 updated_at=now,
@@ -177,62 +209,68 @@ class MemoryStore:
 
     def _pop_ready(self, queue: str, count: int) -> list[_Row]:
         """The best `count` ready rows of `queue`, taken off its heap (stale entries dropped)."""
-        heap = self._ready.get(queue, [])
+        heap = self._indexes.ready.get(queue, [])
         taken: list[_Row] = []
         while heap and len(taken) < count:
             key, _, row = heapq.heappop(heap)
-            if row.ready_with(key) and self._rows.get(row.job.id) is row and row not in taken:
+            if row.ready_with(key) and row not in taken:
                 taken.append(row)
         return taken
 
-    def _running_per_queue(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self._rows.values():
-            if row.job.state == JobState.RUNNING:
-                counts[row.job.queue] = counts.get(row.job.queue, 0) + 1
-        return counts
-
     def _fenced(self, job_id: uuid.UUID, owner: str, attempt: int) -> _Row | None:
-        row = self._rows.get(job_id)
-        if (
-            row is None
-            or row.job.state != JobState.RUNNING
-            or row.owner != owner
-            or row.job.attempts != attempt
-        ):
+        row = self._indexes.running.get(job_id)
+        if row is None or row.owner != owner or row.job.attempts != attempt:
             return None
         return row
 
-    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
-        results: list[Job | None] = []
-        for completion in completions:
-            row = self._fenced(completion.job_id, completion.owner, completion.attempt)
-            if row is None:
-                results.append(None)
-                continue
-            state = next_state(row.job.id, row.job.state, completion.outcome.action)
-            job = dataclasses.replace(row.job, state=state, updated_at=now)
-            if completion.outcome == Outcome.COMPLETED:
-                job = dataclasses.replace(job, result=completion.result, finished_at=now)
-            elif completion.outcome == Outcome.RETRIED:
-                job = dataclasses.replace(job, last_error=completion.error, run_at=completion.run_at or now)
-            elif completion.outcome == Outcome.REQUEUED:
-                job = dataclasses.replace(
-                    job, attempts=job.attempts - 1, run_at=now, last_error=completion.error
-                )
-            else:
-                job = dataclasses.replace(job, last_error=completion.error, finished_at=now)
-            row.job, row.owner, row.lease_until, row.cancel_requested = job, None, None, False
-            results.append(job)
-        return results
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
+        return [self._complete(completion, now) for completion in completions]
+
+    def _complete(self, completion: Completion, now: datetime) -> bool:
+        row = self._fenced(completion.job_id, completion.owner, completion.attempt)
+        if row is None:
+            return False
+        job = row.job
+        state = next_state(job.id, job.state, completion.outcome.action)
+        if completion.outcome == Outcome.COMPLETED:
+            job = _changed(
+                job, state=state, updated_at=now, result=completion.result, finished_at=now
+            )
+        elif completion.outcome == Outcome.RETRIED:
+            job = _changed(
+                job, state=state, updated_at=now, last_error=completion.error, run_at=completion.run_at or now
+            )
+        elif completion.outcome == Outcome.REQUEUED:
+            job = _changed(
+                job,
+                state=state,
+                updated_at=now,
+                attempts=job.attempts - 1,
+                run_at=now,
+                last_error=completion.error,
+            )
+        else:
+            job = _changed(
+                job, state=state, updated_at=now, last_error=completion.error, finished_at=now
+            )
+        row.owner, row.lease_until, row.cancel_requested = None, None, False
+        row.job = job
+        return True
+
+    async def complete_and_claim_jobs(
+        self, completions: Sequence[Completion], claim: ClaimRequest, now: datetime
+    ) -> CompletedAndClaimed:
+        applied = await self.complete_jobs(completions, now)
+        claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+        return CompletedAndClaimed(applied, claimed)
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
     ) -> set[uuid.UUID]:
         kept: set[uuid.UUID] = set()
         for job_id in job_ids:
-            row = self._rows.get(job_id)
-            if row is not None and row.job.state == JobState.RUNNING and row.owner == owner:
+            row = self._indexes.running.get(job_id)
+            if row is not None and row.owner == owner:
                 row.lease_until = lease_until
                 kept.add(job_id)
         return kept
@@ -243,7 +281,7 @@ class MemoryStore:
         row = self._fenced(job_id, owner, attempt)
         if row is None:
             return False
-        row.job = dataclasses.replace(row.job, progress=progress, updated_at=now)
+        row.job = _changed(row.job, progress=progress, updated_at=now)
         return True
 
     async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
@@ -254,7 +292,7 @@ class MemoryStore:
         if row.job.state == JobState.RUNNING:
             row.cancel_requested = True
             return row.job
-        row.job = dataclasses.replace(
+        row.job = _changed(
             row.job, state=state, updated_at=now, finished_at=now, last_error="cancelled before it ran"
         )
         return row.job
@@ -262,8 +300,8 @@ class MemoryStore:
     async def cancel_requests(self, owner: str) -> set[uuid.UUID]:
         return {
             job_id
-            for job_id, row in self._rows.items()
-            if row.cancel_requested and row.owner == owner and row.job.state == JobState.RUNNING
+            for job_id, row in self._indexes.running.items()
+            if row.cancel_requested and row.owner == owner
         }
 
     async def retry_job(self, job_id: uuid.UUID, now: datetime) -> Job:
@@ -272,11 +310,9 @@ class MemoryStore:
             raise JobNotFound(str(job_id))
         state = next_state(job_id, row.job.state, Action.RETRY)
         key = row.job.key
-        if key is not None and any(
-            other.job.key == key and other.job.state not in FINISHED_STATES for other in self._rows.values()
-        ):
+        if key is not None and key in self._indexes.live_keys:
             raise KeyInUse(str(job_id), key)
-        row.job = dataclasses.replace(
+        row.job = _changed(
             row.job,
             state=state,
             attempts=0,
@@ -290,43 +326,37 @@ class MemoryStore:
         return row.job
 
     async def promote_due_jobs(self, now: datetime) -> datetime | None:
-        earliest: datetime | None = None
-        for row in self._rows.values():
-            if row.job.state != JobState.SCHEDULED:
-                continue
-            if row.job.run_at <= now:
-                row.job = dataclasses.replace(
-                    row.job, state=next_state(row.job.id, row.job.state, Action.PROMOTE), updated_at=now
-                )
-            elif earliest is None or row.job.run_at < earliest:
-                earliest = row.job.run_at
-        return earliest
+        heap = self._indexes.scheduled
+        state = next_state("", JobState.SCHEDULED, Action.PROMOTE)
+        while heap:
+            run_at, _, row = heap[0]
+            if row.deleted or row.job.state != JobState.SCHEDULED or row.job.run_at != run_at:
+                heapq.heappop(heap)  # stale: the row changed since
+            elif run_at <= now:
+                heapq.heappop(heap)
+                row.job = _changed(row.job, state=state, updated_at=now)
+            else:
+                return run_at
+        return None
 
     async def rescue_jobs(self, now: datetime, *, all_running: bool = False) -> list[Rescued]:
         rescued: list[Rescued] = []
-        for row in self._rows.values():
-            if row.job.state != JobState.RUNNING or row.owner is None:
+        for row in list(self._indexes.running.values()):
+            if row.owner is None:
                 continue
             if not all_running and row.lease_until is not None and row.lease_until >= now:
                 continue
             owner = row.owner
-            error = f"lease expired: daemon {owner} stopped renewing attempt {row.job.attempts}"
-            if row.cancel_requested:
-                action, error = Action.CANCEL, "cancelled; " + error
-            elif row.job.attempts >= row.job.max_attempts:
-                action = Action.FAIL
-            else:
-                action = Action.REQUEUE
-            state = next_state(row.job.id, row.job.state, action)
-            row.job = dataclasses.replace(
-                row.job,
-                state=state,
-                last_error=error,
-                updated_at=now,
-                run_at=now if state == JobState.PENDING else row.job.run_at,
-                finished_at=now if state in FINISHED_STATES else None,
-            )
+            decision = rescue_decision(row.job, owner, cancel_requested=row.cancel_requested)
             row.owner, row.lease_until, row.cancel_requested = None, None, False
+            row.job = _changed(
+                row.job,
+                state=decision.state,
+                last_error=decision.error,
+                updated_at=now,
+                run_at=now if decision.state == JobState.PENDING else row.job.run_at,
+                finished_at=now if decision.state in FINISHED_STATES else None,
+            )
             rescued.append(Rescued(row.job, owner))
         return rescued
 
@@ -335,21 +365,28 @@ class MemoryStore:
             return 0
         deleted = 0
         for state, cutoff in before.items():
-            doomed = [
-                job_id
-                for job_id, row in self._rows.items()
-                if row.job.state == state and row.job.finished_at is not None and row.job.finished_at < cutoff
-            ][:limit]
-            for job_id in doomed:
-                del self._rows[job_id]
-            deleted += len(doomed)
+            finished = self._indexes.finished[state]
+            count = 0
+            while finished and count < limit:
+                finished_at, _, row = finished[0]
+                if row.deleted or row.job.state != state or row.job.finished_at != finished_at:
+                    heapq.heappop(finished)  # stale: retried or deleted since
+                elif finished_at < cutoff:
+                    heapq.heappop(finished)
+                    self._indexes.leave(row)
+                    row.deleted = True
+                    del self._rows[row.job.id]
+                    count += 1
+                else:
+                    break
+            deleted += count
         return deleted
 
     async def count_jobs(self) -> QueueCounts:
         counts: dict[str, dict[JobState, int]] = {}
-        for row in self._rows.values():
-            per_state = counts.setdefault(row.job.queue, {})
-            per_state[row.job.state] = per_state.get(row.job.state, 0) + 1
+        for (queue, state), jobs in self._indexes.counts.items():
+            if jobs:
+                counts.setdefault(queue, {})[state] = jobs
         return counts
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
@@ -366,6 +403,46 @@ class MemoryStore:
     ) -> None:
         task_status.started()
         await trio.sleep_forever()
+
+
+_KEEP: Any = object()
+
+
+def _changed(
+    job: Job,
+    *,
+    state: JobState = _KEEP,
+    attempts: int = _KEEP,
+    run_at: datetime = _KEEP,
+    updated_at: datetime = _KEEP,
+    started_at: datetime | None = _KEEP,
+    finished_at: datetime | None = _KEEP,
+    last_error: str | None = _KEEP,
+    result: JSON = _KEEP,
+    progress: Progress | None = _KEEP,
+) -> Job:
+    """`dataclasses.replace` for the fields a store changes, at less than half its cost:
+    every claim and completion of this store makes a new `Job`."""
+    return Job(
+        job.id,
+        job.type,
+        job.queue,
+        job.payload,
+        job.state if state is _KEEP else state,
+        job.priority,
+        job.attempts if attempts is _KEEP else attempts,
+        job.max_attempts,
+        job.timeout,
+        job.run_at if run_at is _KEEP else run_at,
+        job.created_at,
+        job.updated_at if updated_at is _KEEP else updated_at,
+        job.started_at if started_at is _KEEP else started_at,
+        job.finished_at if finished_at is _KEEP else finished_at,
+        job.last_error if last_error is _KEEP else last_error,
+        job.result if result is _KEEP else result,
+        job.progress if progress is _KEEP else progress,
+        job.key,
+    )
 
 
 def _parse_cursor(after: str | None) -> int | None:

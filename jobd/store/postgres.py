@@ -1,9 +1,11 @@
 """The PostgreSQL store: shared by every daemon that points at the same database.
 
 psycopg's async API does not run under Trio, so each protocol call is one hop to a
-worker thread that runs BEGIN … statements … COMMIT on a sync connection from a
-small pool of our own; `pool_size` bounds both the connections and the threads.
-SQL lives in `sql/postgres/`: numbered migrations and the named queries.
+worker thread that runs its statements on a sync connection from a small pool of our
+own; `pool_size` bounds both the connections and the threads. The hot paths (insert,
+claim, complete) are one statement each, sent alone: one round trip, one commit.
+Others run inside BEGIN … COMMIT. SQL lives in `sql/postgres/`: numbered migrations
+and the named queries.
 
 Cancelling a call cancels its query on the server (`cancel_safe`) and waits for
 the thread, so a connection never goes back to the pool mid-statement. A call
@@ -16,23 +18,24 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
+import select
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
 import trio
-from psycopg.rows import dict_row
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import FINISHED_STATES, Action, Job, JobState, Progress, next_state
 from jobd.store import (
+    ClaimRequest,
+    CompletedAndClaimed,
     Completion,
     Inserted,
     JobFilter,
@@ -43,11 +46,12 @@ from jobd.store import (
     QueueSlots,
     Rescued,
     WakeCallback,
+    rescue_decision,
 )
+from jobd.store.sqlfiles import load_migrations, load_queries
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
-Row = dict[str, Any]
 
 NOTIFY_CHANNEL = "jobd"
 LOCK_NAMESPACE = 0x6A6F6264  # "jobd": the first key of every advisory lock jobd takes
@@ -62,24 +66,24 @@ _NO_CURSOR = 2**63 - 1
 _LIST_FILTERS = ("state", "type", "queue")
 
 
-def _load_sql() -> tuple[dict[str, str], list[tuple[int, str, str]]]:
-    """The named queries, and the migrations as (version, name, sql) in order."""
-    folder = resources.files("jobd.store") / "sql" / "postgres"
-    queries: dict[str, str] = {}
-    for block in re.split(r"^-- name: ", folder.joinpath("queries.sql").read_text(), flags=re.M)[1:]:
-        name, _, body = block.partition("\n")
-        # Comments go: psycopg would read a %(placeholder)s in one as a parameter.
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name.strip()] = "\n".join(lines).strip()
-    migrations = []
-    for entry in folder.iterdir():
-        found = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
-        if found:
-            migrations.append((int(found[1]), found[2], entry.read_text()))
-    return queries, sorted(migrations)
+# The columns of a job, in the order `_job` reads them.
+COLUMNS = (
+    "id", "type", "queue", "payload", "state", "priority", "attempts", "max_attempts", "timeout",
+    "run_at", "created_at", "updated_at", "started_at", "finished_at", "last_error", "result",
+    "progress", "key",
+)  # fmt: skip
 
 
-QUERIES, MIGRATIONS = _load_sql()
+def _expand(query: str) -> str:
+    return (
+        query.replace("{columns}", ", ".join(COLUMNS))
+        .replace("{j_columns}", ", ".join(f"j.{name}" for name in COLUMNS))
+        .replace("{nulls}", ", ".join(["NULL"] * len(COLUMNS)))
+    )
+
+
+QUERIES = {name: _expand(query) for name, query in load_queries("postgres").items()}
+MIGRATIONS = load_migrations("postgres")
 
 
 @dataclass(slots=True)
@@ -124,7 +128,7 @@ class PostgresStore:
         try:
             return psycopg.connect(
                 self._url,
-                autocommit=True,  # transactions are explicit: BEGIN … COMMIT in one hop
+                autocommit=True,  # a lone statement is its own transaction; others say BEGIN
                 connect_timeout=max(1, math.ceil(self._connect_timeout)),
                 application_name="jobd",
                 # A backstop for a query nothing cancels, and times read back in UTC.
@@ -141,14 +145,15 @@ class PostgresStore:
         except psycopg.Error as error:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_reason(error)}") from error
 
-    async def _run(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` in one transaction on a pooled connection, in one thread hop."""
+    async def _run(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
+        """Run `work` on a pooled connection, in one thread hop: inside BEGIN … COMMIT, or,
+        for work that is one statement, alone (one round trip, no BEGIN or COMMIT)."""
         if self._closed:
             raise StoreUnavailable("the PostgreSQL store is closed")
         async with self._limiter:
             checkout = _Checkout(self._idle.pop() if self._idle else None)
             try:
-                return await self._run_cancellable(checkout, work)
+                return await self._run_cancellable(checkout, work, transaction)
             finally:
                 if checkout.conn is not None:
                     if self._closed:
@@ -156,7 +161,9 @@ class PostgresStore:
                     else:
                         self._idle.append(checkout.conn)
 
-    async def _run_cancellable(self, checkout: _Checkout, work: Callable[[Connection], T]) -> T:
+    async def _run_cancellable(
+        self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool
+    ) -> T:
         # The thread runs shielded, so the connection is never abandoned mid-query; a
         # watcher turns our cancellation into a cancel request to the server.
         finished = False
@@ -179,7 +186,9 @@ class PostgresStore:
             with trio.CancelScope(shield=True):
                 try:
                     outcome.append(
-                        await trio.to_thread.run_sync(self._transact, checkout, work, limiter=self._threads)
+                        await trio.to_thread.run_sync(
+                            self._call, checkout, work, transaction, limiter=self._threads
+                        )
                     )
                 except Exception as error:
                     failure.append(error)
@@ -190,11 +199,14 @@ class PostgresStore:
             raise failure[0]
         return outcome[0]
 
-    def _transact(self, checkout: _Checkout, work: Callable[[Connection], T]) -> T:
-        conn = self._begin(checkout)
+    def _call(self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool) -> T:
+        conn = self._usable_connection(checkout)
         try:
             if checkout.cancelled:
                 raise StoreUnavailable("the call was cancelled")
+            if not transaction:
+                return work(conn)
+            conn.execute(_BEGIN)
             result = work(conn)
             conn.execute("COMMIT")
             return result
@@ -205,21 +217,18 @@ class PostgresStore:
             _roll_back(checkout)
             raise
 
-    def _begin(self, checkout: _Checkout) -> Connection:
-        if checkout.conn is not None:
-            try:
-                checkout.conn.execute(_BEGIN)
-                return checkout.conn
-            except psycopg.Error:
-                # A pooled connection died while idle (server restart, terminated
-                # backend): nothing ran yet, so a new connection may safely try again.
-                _discard(checkout)
-        checkout.conn = self._connect()
-        try:
-            checkout.conn.execute(_BEGIN)
-        except psycopg.Error as error:
+    def _usable_connection(self, checkout: _Checkout) -> Connection:
+        """The checked-out connection, or a new one in place of one that died while idle.
+
+        An idle connection has nothing to say: one that can be read from was closed by
+        the server (restarted, or its backend terminated). Nothing was sent on it, so a
+        new connection may safely run the call.
+        """
+        conn = checkout.conn
+        if conn is not None and (conn.closed or conn.broken or _has_input(conn)):
             _discard(checkout)
-            raise StoreUnavailable(f"PostgreSQL connection lost: {_reason(error)}") from error
+        if checkout.conn is None:
+            checkout.conn = self._connect()
         return checkout.conn
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -236,18 +245,20 @@ class PostgresStore:
                 await trio.to_thread.run_sync(_close_all, idle, limiter=self._threads)
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone(), transaction=False)
 
     # -- jobs ----------------------------------------------------------------------------
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         if not jobs:
             return []
-        rows = await self._run(lambda conn: insert_job_rows(conn, jobs))
-        return [Inserted(_job(row), created) for row, created in rows]
+        # Without keys the insert is one statement; a key held by a job that finishes
+        # meanwhile needs a second look, in the same transaction.
+        keyed = any(new.key is not None for new in jobs)
+        return await self._run(lambda conn: insert_jobs_on(conn, jobs), transaction=keyed)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
-        row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}))
+        row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
         return _job(row) if row else None
 
     async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
@@ -260,49 +271,36 @@ class PostgresStore:
                 params[name] = str(value)
                 terms.append(f"AND {name} = %({name})s")
         query = QUERIES["list_jobs"].replace("{filters}", " ".join(terms))
-        rows = await self._run(lambda conn: _fetch_all(conn, query, params))
+        rows = await self._run(lambda conn: conn.execute(query, params).fetchall(), transaction=False)
         page = [_job(row) for row in rows[:limit]]
         more = len(rows) > limit and page
-        return JobPage(page, str(rows[limit - 1]["seq"]) if more else None)
+        return JobPage(page, str(rows[limit - 1][len(COLUMNS)]) if more else None)
 
     async def claim_jobs(
         self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
     ) -> list[Job]:
-        wanted = [slot for slot in slots if slot.free > 0]
-        if not wanted or limit <= 0:
+        if limit <= 0 or not any(slot.free > 0 for slot in slots):
             return []
-        params = {
-            "limit": limit,
-            "queues": [slot.queue for slot in wanted],
-            "free": [slot.free for slot in wanted],
-            "global_limits": [slot.global_limit for slot in wanted],
-            "state": JobState.RUNNING.value,
-            "now": now,
-            "owner": owner,
-            "lease_until": lease_until,
-        }
-        limited = sorted({slot.queue for slot in wanted if slot.global_limit is not None})
+        claim = ClaimRequest(owner, slots, limit, lease_until)
+        return (await self.complete_and_claim_jobs([], claim, now)).claimed
 
-        def claim(conn: Connection) -> list[Row]:
-            cursor = conn.cursor(row_factory=dict_row)
-            # SKIP LOCKED keeps two claimers off the same rows, but it cannot bound a
-            # count: two daemons would each see the same running total and both fill
-            # the remaining room. Holding a per-queue lock until commit makes the
-            # "count running, then claim" of one daemon finish before the next
-            # starts. Locks are taken in name order so two daemons never deadlock.
-            for queue in limited:
-                cursor.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
-            cursor.execute(QUERIES["claim_jobs"], params)
-            return cursor.fetchall()
-
-        return [_job(row) for row in await self._run(claim)]
-
-    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
         if not completions:
             return []
-        # The first completion of each job goes in one statement; a job named again
-        # (two runs of it ended together) has its later completions applied one by one
-        # after it, as if each came alone: whichever still holds the fence applies.
+        return (await self._exchange(completions, None, now)).applied
+
+    async def complete_and_claim_jobs(
+        self, completions: Sequence[Completion], claim: ClaimRequest, now: datetime
+    ) -> CompletedAndClaimed:
+        return await self._exchange(completions, claim, now)
+
+    async def _exchange(
+        self, completions: Sequence[Completion], claim: ClaimRequest | None, now: datetime
+    ) -> CompletedAndClaimed:
+        wanted = [slot for slot in claim.slots if slot.free > 0] if claim and claim.limit > 0 else []
+        # The first completion of each job goes in the statement that claims; a job named
+        # again (two runs of it ended together) has each later completion applied after
+        # it, as if it came alone: whichever still holds the fence applies.
         firsts: dict[uuid.UUID, int] = {}
         repeats: list[int] = []
         for index, completion in enumerate(completions):
@@ -310,24 +308,38 @@ class PostgresStore:
                 repeats.append(index)
             else:
                 firsts[completion.job_id] = index
-        groups = [list(firsts.values()), *([index] for index in repeats)]
-        statements = [_completion_params([completions[i] for i in group], now) for group in groups]
-        # A job back to pending or scheduled is work for any daemon: tell them.
-        wakes = any(c.outcome in (Outcome.RETRIED, Outcome.REQUEUED) for c in completions)
+        first = [completions[index] for index in firsts.values()]
+        statements = [_exchange_params(first, wanted, claim, now)]
+        statements += [_exchange_params([completions[index]], [], None, now) for index in repeats]
+        # SKIP LOCKED keeps two claimers off the same rows, but it cannot bound a count:
+        # two daemons would each see the same running total and both fill the remaining
+        # room. Holding a per-queue lock until commit makes the "count running, then
+        # claim" of one daemon finish before the next starts. Locks are taken in name
+        # order so two daemons never deadlock.
+        limited = sorted({slot.queue for slot in wanted if slot.global_limit is not None})
 
-        def complete(conn: Connection) -> list[list[Row]]:
-            found = [_fetch_all(conn, QUERIES["complete_jobs"], params) for params in statements]
-            if wakes and any(found):
-                _notify(conn, "jobs")
-            return found
+        def exchange(conn: Connection) -> list[list[tuple[Any, ...]]]:
+            if not limited and len(statements) == 1:
+                return [conn.execute(QUERIES["complete_and_claim_jobs"], statements[0]).fetchall()]
+            # BEGIN, the locks, the statements and COMMIT all go in one round trip.
+            with conn.pipeline():
+                conn.execute(_BEGIN)
+                for queue in limited:
+                    conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
+                cursors = [conn.execute(QUERIES["complete_and_claim_jobs"], params) for params in statements]
+                conn.execute("COMMIT")
+            return [cursor.fetchall() for cursor in cursors]
 
-        results: list[Job | None] = [None] * len(completions)
-        for group, rows in zip(groups, await self._run(complete), strict=True):
-            changed = {row["id"]: row for row in rows}
-            for index in group:
-                row = changed.get(completions[index].job_id)
-                results[index] = None if row is None else _job(row)
-        return results
+        results = await self._run(exchange, transaction=False)
+        # UNION ALL keeps no order: put the claim back in claim order.
+        claimed = sorted((row for row in results[0] if row[0]), key=_claim_order)
+        applied_ids = [{row[1] for row in rows if not row[0]} for rows in results]
+        applied = [False] * len(completions)
+        for index in firsts.values():
+            applied[index] = completions[index].job_id in applied_ids[0]
+        for statement, index in enumerate(repeats, start=1):
+            applied[index] = completions[index].job_id in applied_ids[statement]
+        return CompletedAndClaimed(applied, [_job(row[1:]) for row in claimed])
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
@@ -335,8 +347,10 @@ class PostgresStore:
         if not job_ids:
             return set()
         params = {"ids": list(job_ids), "owner": owner, "lease_until": lease_until}
-        rows = await self._run(lambda conn: _fetch_all(conn, QUERIES["renew_leases"], params))
-        return {row["id"] for row in rows}
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["renew_leases"], params).fetchall(), transaction=False
+        )
+        return {row[0] for row in rows}
 
     async def set_progress(
         self, job_id: uuid.UUID, owner: str, attempt: int, progress: Progress, now: datetime
@@ -348,39 +362,51 @@ class PostgresStore:
             "progress": Jsonb(progress.to_json()),
             "now": now,
         }
-        return await self._run(lambda conn: conn.execute(QUERIES["set_progress"], params).rowcount == 1)
+        return await self._run(
+            lambda conn: conn.execute(QUERIES["set_progress"], params).rowcount == 1, transaction=False
+        )
 
     async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
-        def cancel(conn: Connection) -> Row:
-            row = _fetch_one(conn, "lock_job", {"id": job_id})
+        def cancel(conn: Connection) -> tuple[Any, ...]:
+            row = _fetch_one(conn, "lock_live_job", {"id": job_id})
             if row is None:
-                raise JobNotFound(str(job_id))
-            state = next_state(job_id, JobState(row["state"]), Action.CANCEL)
-            if row["state"] == JobState.RUNNING:
+                finished = _fetch_one(conn, "lock_finished_job", {"id": job_id})
+                if finished is None:
+                    raise JobNotFound(str(job_id))
+                next_state(job_id, JobState(finished[4]), Action.CANCEL)  # raises: it is finished
+            assert row is not None
+            state = next_state(job_id, JobState(row[4]), Action.CANCEL)
+            if row[4] == JobState.RUNNING:
                 _notify(conn, "cancel")
                 return _require(_fetch_one(conn, "request_cancel", {"id": job_id}))
-            params = {"id": job_id, "state": state.value, "now": now}
-            return _require(_fetch_one(conn, "cancel_waiting_job", params))
+            params = {"id": job_id, "state": state.value, "now": now, "error": "cancelled before it ran"}
+            return _require(_fetch_one(conn, "finish_live_job", params))
 
         return _job(await self._run(cancel))
 
     async def cancel_requests(self, owner: str) -> set[uuid.UUID]:
-        rows = await self._run(lambda conn: _fetch_all(conn, QUERIES["cancel_requests"], {"owner": owner}))
-        return {row["id"] for row in rows}
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["cancel_requests"], {"owner": owner}).fetchall(),
+            transaction=False,
+        )
+        return {row[0] for row in rows}
 
     async def retry_job(self, job_id: uuid.UUID, now: datetime) -> Job:
-        def retry(conn: Connection) -> Row:
-            row = _fetch_one(conn, "lock_job", {"id": job_id})
+        def retry(conn: Connection) -> tuple[Any, ...]:
+            row = _fetch_one(conn, "lock_finished_job", {"id": job_id})
             if row is None:
-                raise JobNotFound(str(job_id))
-            state = next_state(job_id, JobState(row["state"]), Action.RETRY)
-            key = row["key"]
-            if key is not None and _require(_fetch_one(conn, "live_key_exists", {"key": key}))["exists"]:
-                raise KeyInUse(str(job_id), key)
+                live = _fetch_one(conn, "get_job", {"id": job_id})
+                if live is None:
+                    raise JobNotFound(str(job_id))
+                next_state(job_id, JobState(live[4]), Action.RETRY)  # raises: it is not finished
+            assert row is not None
+            state = next_state(job_id, JobState(row[4]), Action.RETRY)
+            key = row[17]
             try:
-                retried = _fetch_one(conn, "retry_job", {"id": job_id, "state": state.value, "now": now})
+                # A savepoint, so that a key in use leaves the transaction usable.
+                with conn.transaction():
+                    retried = _fetch_one(conn, "retry_job", {"id": job_id, "state": state.value, "now": now})
             except psycopg.errors.UniqueViolation:
-                # Another transaction gave the key to a new job since our check.
                 raise KeyInUse(str(job_id), key) from None
             _notify(conn, "jobs")
             return _require(retried)
@@ -388,33 +414,28 @@ class PostgresStore:
         return _job(await self._run(retry))
 
     async def promote_due_jobs(self, now: datetime) -> datetime | None:
-        def promote(conn: Connection) -> datetime | None:
-            promoted = conn.execute(
-                QUERIES["promote_due_jobs"], {"state": JobState.PENDING.value, "now": now}
-            ).rowcount
-            if promoted:
-                _notify(conn, "jobs")
-            earliest = conn.execute(QUERIES["earliest_scheduled"]).fetchone()
-            return earliest[0] if earliest else None
-
-        return await self._run(promote)
+        params = {"state": JobState.PENDING.value, "now": now}
+        row = await self._run(
+            lambda conn: conn.execute(QUERIES["promote_due_jobs"], params).fetchone(), transaction=False
+        )
+        earliest: datetime | None = row[0] if row else None
+        return earliest
 
     async def rescue_jobs(self, now: datetime, *, all_running: bool = False) -> list[Rescued]:
-        params = {
-            "now": now,
-            "all_running": all_running,
-            "cancelled": next_state("", JobState.RUNNING, Action.CANCEL).value,
-            "failed": next_state("", JobState.RUNNING, Action.FAIL).value,
-            "pending": next_state("", JobState.RUNNING, Action.REQUEUE).value,
-        }
-
-        def rescue(conn: Connection) -> list[Row]:
-            rows = _fetch_all(conn, QUERIES["rescue_jobs"], params)
-            if any(row["state"] == JobState.PENDING for row in rows):
+        def rescue(conn: Connection) -> list[Rescued]:
+            expired = conn.execute(QUERIES["expired_leases"], {"now": now, "all_running": all_running})
+            rescued = []
+            for row in expired.fetchall():
+                job, owner, cancel_requested = _job(row), row[len(COLUMNS)], row[len(COLUMNS) + 1]
+                decision = rescue_decision(job, owner, cancel_requested=cancel_requested)
+                params = {"id": job.id, "state": decision.state.value, "error": decision.error, "now": now}
+                query = "finish_live_job" if decision.state in FINISHED_STATES else "requeue_rescued"
+                rescued.append(Rescued(_job(_require(_fetch_one(conn, query, params))), owner))
+            if any(item.job.state == JobState.PENDING for item in rescued):
                 _notify(conn, "jobs")
-            return rows
+            return rescued
 
-        return [Rescued(_job(row), row["expired_owner"]) for row in await self._run(rescue)]
+        return await self._run(rescue)
 
     async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
         def prune(conn: Connection) -> int:
@@ -428,23 +449,21 @@ class PostgresStore:
         return await self._run(prune) if before and limit > 0 else 0
 
     async def count_jobs(self) -> QueueCounts:
-        rows = await self._run(lambda conn: conn.execute(QUERIES["count_jobs"]).fetchall())
+        rows = await self._run(lambda conn: conn.execute(QUERIES["count_jobs"]).fetchall(), transaction=False)
         counts: dict[str, dict[JobState, int]] = {}
         for queue, state, count in rows:
-            counts.setdefault(queue, {})[JobState(state)] = count
+            if count:
+                counts.setdefault(queue, {})[JobState(state)] = int(count)
         return counts
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
-        def pause(conn: Connection) -> None:
-            if paused:
-                conn.execute(QUERIES["pause_queue"], {"queue": queue})
-            elif conn.execute(QUERIES["resume_queue"], {"queue": queue}).rowcount:
-                _notify(conn, "jobs")
-
-        await self._run(pause)
+        name = "pause_queue" if paused else "resume_queue"
+        await self._run(lambda conn: conn.execute(QUERIES[name], {"queue": queue}), transaction=False)
 
     async def paused_queues(self) -> frozenset[str]:
-        rows = await self._run(lambda conn: conn.execute(QUERIES["paused_queues"]).fetchall())
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["paused_queues"]).fetchall(), transaction=False
+        )
         return frozenset(row[0] for row in rows)
 
     # -- notifications -------------------------------------------------------------------
@@ -505,36 +524,85 @@ def _receive_notifications(conn: Connection, wake: WakeCallback) -> None:
         conn.close()
 
 
-# -- work run inside a transaction, in the worker thread -------------------------------------
+# -- work run in the worker thread ------------------------------------------------------------
 
 
-def insert_job_rows(conn: Connection, jobs: Sequence[NewJob]) -> list[tuple[Row, bool]]:
-    """Insert `jobs` in order on `conn`, inside whatever transaction it is in.
-
-    Returns each job's row and whether it was created; an item whose key a live job
-    holds gets that job's row instead. Shared by the store and `jobd.transactional`.
-    """
-    cursor = conn.cursor(row_factory=dict_row)
-    params = [_insert_params(new) for new in jobs]
-    # One pipelined batch; each insert returns its row, or none when its key is held.
+def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
+    """Insert `jobs` in order on `conn`, inside whatever transaction it is in (or, in
+    autocommit mode, as one statement). An item whose key a live job holds gets that job
+    instead (created=False). Shared by the store and `jobd.transactional`."""
+    times = _TimeTexts()
+    items = [
+        {
+            "id": str(new.id),
+            "type": new.type,
+            "queue": new.queue,
+            "payload": new.payload,
+            "state": new.state.value,
+            "priority": new.priority,
+            "max_attempts": new.max_attempts,
+            "timeout": new.timeout,
+            "run_at": times.text(new.run_at),
+            "created_at": times.text(new.created_at),
+            "key": new.key,
+        }
+        for new in jobs
+    ]
+    params = {"jobs": _json_text(items, jobs)}
     try:
-        cursor.executemany(QUERIES["insert_job"], params, returning=True)
+        # A cursor of our own: the caller's connection may make rows of another kind.
+        rows = conn.cursor(row_factory=tuple_row).execute(QUERIES["insert_jobs"], params).fetchall()
     except psycopg.errors.UniqueViolation as error:
-        if error.diag.constraint_name == "jobs_pkey":
+        if error.diag.constraint_name == "live_jobs_pkey":
             raise _taken_id(jobs, error) from None
         raise
-    inserted: list[Row | None] = []
-    while True:
-        inserted.append(cursor.fetchone())
-        if not cursor.nextset():
-            break
-    results = [
-        (row, True) if row is not None else _find_key_holder(cursor, new)
-        for new, row in zip(jobs, inserted, strict=True)
-    ]
-    if any(created for _row, created in results):
-        _notify(conn, "jobs")
+    created = {row[0] for row in rows if row[0] is not None}
+    results = []
+    for new in jobs:
+        if new.id in created:
+            results.append(Inserted(new.inserted(), created=True))
+        else:
+            results.append(_key_holder(conn, new))
     return results
+
+
+def _key_holder(conn: Connection, new: NewJob) -> Inserted:
+    """The live job holding `new.key`; or, if it finished meanwhile, `new` inserted now."""
+    while True:
+        live = _fetch_one(conn, "live_job_with_key", {"key": new.key})
+        if live is not None:
+            return Inserted(_job(live), created=False)
+        [inserted] = insert_jobs_on(conn, [new])
+        if inserted.created:
+            return inserted
+
+
+def _json_text(items: list[dict[str, Any]], jobs: Sequence[NewJob]) -> str:
+    try:
+        return json.dumps(items, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        for index, new in enumerate(jobs):  # which item: the rare path may take its time
+            try:
+                json.dumps(new.payload, allow_nan=False)
+            except (TypeError, ValueError):
+                raise InvalidJob(f"payload is not JSON: {error}", field="payload", index=index) from None
+        raise InvalidJob(f"a job is not JSON: {error}") from None
+
+
+class _TimeTexts:
+    """Times as PostgreSQL reads them, each distinct one formatted once per call: the
+    times of one batch are mostly the same instant."""
+
+    def __init__(self) -> None:
+        self._texts: dict[datetime, str] = {}
+
+    def text(self, value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        text = self._texts.get(value)
+        if text is None:
+            text = self._texts[value] = value.isoformat()
+        return text
 
 
 def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation) -> InvalidJob:
@@ -548,47 +616,48 @@ def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation) -> 
     return InvalidJob(f"a job id is already taken: {detail}", field="id")
 
 
-def _find_key_holder(cursor: psycopg.Cursor[Row], new: NewJob) -> tuple[Row, bool]:
-    while True:
-        live = cursor.execute(QUERIES["live_job_with_key"], {"key": new.key}).fetchone()
-        if live is not None:
-            return live, False
-        # The holder finished before we could read it: the key is free again.
-        row = cursor.execute(QUERIES["insert_job"], _insert_params(new)).fetchone()
-        if row is not None:
-            return row, True
-
-
-def _completion_params(batch: Sequence[Completion], now: datetime) -> dict[str, Any]:
-    states = [next_state(c.job_id, JobState.RUNNING, c.outcome.action) for c in batch]
+def _exchange_params(
+    completions: Sequence[Completion], slots: Sequence[QueueSlots], claim: ClaimRequest | None, now: datetime
+) -> dict[str, Any]:
+    times = _TimeTexts()
+    done = []
+    for c in completions:
+        state = next_state(c.job_id, JobState.RUNNING, c.outcome.action)
+        done.append(
+            {
+                "id": str(c.job_id),
+                "owner": c.owner,
+                "attempt": c.attempt,
+                "outcome": c.outcome.value,
+                "state": state.value,
+                "final": state in FINISHED_STATES,
+                "result": c.result if c.outcome == Outcome.COMPLETED else None,
+                "error": c.error,
+                "run_at": times.text(c.run_at),
+            }
+        )
+    try:
+        completions_text = json.dumps(done, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidJob(f"a result is not JSON: {error}") from None
     return {
         "now": now,
-        "ids": [c.job_id for c in batch],
-        "owners": [c.owner for c in batch],
-        "attempts": [c.attempt for c in batch],
-        "outcomes": [c.outcome.value for c in batch],
-        "states": [state.value for state in states],
-        "finals": [state in FINISHED_STATES for state in states],
-        "results": [json.dumps(c.result) if c.outcome == Outcome.COMPLETED else None for c in batch],
-        "errors": [c.error for c in batch],
-        "run_ats": [c.run_at for c in batch],
+        "completions": completions_text,
+        "queues": [slot.queue for slot in slots],
+        "free": [slot.free for slot in slots],
+        "global_limits": [slot.global_limit for slot in slots],
+        "limit": claim.limit if claim else 0,
+        "owner": claim.owner if claim else None,
+        "lease_until": claim.lease_until if claim else None,
     }
 
 
-def _insert_params(new: NewJob) -> dict[str, Any]:
-    return {
-        "id": new.id,
-        "type": new.type,
-        "queue": new.queue,
-        "payload": Jsonb(new.payload),
-        "state": new.state.value,
-        "priority": new.priority,
-        "max_attempts": new.max_attempts,
-        "timeout": new.timeout,
-        "run_at": new.run_at,
-        "created_at": new.created_at,
-        "key": new.key,
-    }
+_PRIORITY, _RUN_AT, _SEQ = 1 + COLUMNS.index("priority"), 1 + COLUMNS.index("run_at"), 1 + len(COLUMNS)
+
+
+def _claim_order(row: tuple[Any, ...]) -> tuple[int, datetime, int]:
+    """Claim order for a claimed row of `complete_and_claim_jobs` (a flag, the columns, seq)."""
+    return (-row[_PRIORITY], row[_RUN_AT], row[_SEQ])
 
 
 def _migrate(conn: Connection) -> None:
@@ -601,33 +670,43 @@ def _migrate(conn: Connection) -> None:
         " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
     )
     applied = {row[0] for row in conn.execute("SELECT version FROM jobd.migrations")}
-    newest = MIGRATIONS[-1][0]
+    newest = MIGRATIONS[-1].version
     if applied and max(applied) > newest:
         raise StoreUnavailable(
             f"the database's jobd schema is at version {max(applied)}, newer than this jobd knows ({newest})"
         )
-    for version, name, sql in MIGRATIONS:
-        if version not in applied:
-            conn.execute(sql)  # several statements: psycopg runs them as one query without parameters
-            conn.execute("INSERT INTO jobd.migrations (version, name) VALUES (%s, %s)", (version, name))
+    for migration in MIGRATIONS:
+        if migration.version not in applied:
+            conn.execute(
+                migration.sql
+            )  # several statements: psycopg runs them as one query without parameters
+            conn.execute(
+                "INSERT INTO jobd.migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
 
 
 def _notify(conn: Connection, payload: str) -> None:
     conn.execute(QUERIES["notify"], {"payload": payload})
 
 
-def _fetch_one(conn: Connection, name: str, params: Mapping[str, Any]) -> Row | None:
-    return conn.cursor(row_factory=dict_row).execute(QUERIES[name], params).fetchone()
+def _fetch_one(conn: Connection, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    return conn.cursor(row_factory=tuple_row).execute(QUERIES[name], params).fetchone()
 
 
-def _fetch_all(conn: Connection, query: str, params: Mapping[str, Any]) -> list[Row]:
-    return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
-
-
-def _require(row: Row | None) -> Row:
+def _require(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
     if row is None:  # every caller asks for a row this transaction holds locked
         raise StoreUnavailable("PostgreSQL returned no row where one was certain")
     return row
+
+
+def _has_input(conn: Connection) -> bool:
+    """Whether an idle connection's socket can be read: the server has closed it."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _roll_back(checkout: _Checkout) -> None:
@@ -636,6 +715,8 @@ def _roll_back(checkout: _Checkout) -> None:
     if conn is None or conn.broken or conn.closed:
         _discard(checkout)
         return
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return  # a lone statement failed: nothing to end
     try:
         conn.execute("ROLLBACK")
     except psycopg.Error:
@@ -671,27 +752,31 @@ def _translate(error: psycopg.Error) -> Exception:
     return StoreUnavailable(f"PostgreSQL error: {_reason(error)}")
 
 
-def _job(row: Row) -> Job:
-    progress = row["progress"]
+def _job(row: Sequence[Any]) -> Job:
+    """A job from a row whose first columns are `COLUMNS`."""
+    (
+        job_id, job_type, queue, payload, state, priority, attempts, max_attempts, timeout,
+        run_at, created_at, updated_at, started_at, finished_at, last_error, result, progress, key,
+    ) = row[: len(COLUMNS)]  # fmt: skip
     return Job(
-        id=row["id"],
-        type=row["type"],
-        queue=row["queue"],
-        payload=row["payload"],
-        state=JobState(row["state"]),
-        priority=row["priority"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        timeout=row["timeout"],
-        run_at=row["run_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        last_error=row["last_error"],
-        result=row["result"],
+        id=job_id,
+        type=job_type,
+        queue=queue,
+        payload=payload,
+        state=JobState(state),
+        priority=priority,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        run_at=run_at,
+        created_at=created_at,
+        updated_at=updated_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        last_error=last_error,
+        result=result,
         progress=Progress(progress["fraction"], progress.get("message")) if progress else None,
-        key=row["key"],
+        key=key,
     )
 
 

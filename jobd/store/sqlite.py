@@ -19,14 +19,12 @@ import fcntl
 import json
 import os
 import queue
-import re
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -36,6 +34,8 @@ import trio
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import JSON, Action, Job, JobState, Progress, next_state
 from jobd.store import (
+    ClaimRequest,
+    CompletedAndClaimed,
     Completion,
     Inserted,
     JobFilter,
@@ -45,12 +45,12 @@ from jobd.store import (
     QueueSlots,
     Rescued,
     WakeCallback,
+    rescue_decision,
 )
+from jobd.store.sqlfiles import load_migrations, load_queries
 
 T = TypeVar("T")
 
-_SQL_DIR = resources.files("jobd.store") / "sql" / "sqlite"
-_MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 _BUSY_TIMEOUT_MS = 5000
 _GROUP_LIMIT = 64  # writes sharing one transaction at most
@@ -72,26 +72,7 @@ _REASONS = {
 }
 
 
-def _load_queries() -> dict[str, str]:
-    """`queries.sql` split on its "-- name: NAME" lines, comment lines dropped."""
-    parts = re.split(r"^-- name: (\w+)\n", (_SQL_DIR / "queries.sql").read_text(), flags=re.MULTILINE)
-    return {
-        name: "\n".join(line for line in body.splitlines() if not line.startswith("--")).strip()
-        for name, body in zip(parts[1::2], parts[2::2], strict=True)
-    }
-
-
-_Q = _load_queries()
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    """(version, name, SQL) of every numbered migration, in order."""
-    found = []
-    for entry in _SQL_DIR.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match[1]), match[2], entry.read_text()))
-    return sorted(found)
+_Q = load_queries("sqlite")
 
 
 # -- values to and from columns ---------------------------------------------------------
@@ -264,9 +245,7 @@ def _claim_jobs(
     return [_job(row) for row in rows]
 
 
-def _complete_jobs(
-    conn: sqlite3.Connection, completions: Sequence[Completion], now: datetime
-) -> list[Job | None]:
+def _complete_jobs(conn: sqlite3.Connection, completions: Sequence[Completion], now: datetime) -> list[bool]:
     batch = [
         {
             "id": str(completion.job_id),
@@ -289,13 +268,12 @@ def _complete_jobs(
             repeats.append(index)
         else:
             firsts[str(item["id"])] = index
-    results: list[Job | None] = [None] * len(batch)
+    results = [False] * len(batch)
     for indexes in (list(firsts.values()), *([index] for index in repeats)):
         values = {"now": _micros(now), "batch": json.dumps([batch[index] for index in indexes])}
-        changed = {row["id"]: row for row in conn.execute(_Q["complete_jobs"], values)}
+        changed = {row[0] for row in conn.execute(_Q["complete_jobs"], values)}
         for index in indexes:
-            row = changed.get(batch[index]["id"])
-            results[index] = None if row is None else _job(row)
+            results[index] = batch[index]["id"] in changed
     return results
 
 
@@ -345,19 +323,13 @@ def _rescue_jobs(conn: sqlite3.Connection, now: datetime, all_running: bool) -> 
     rescued = []
     rows = conn.execute(_Q["rescuable_jobs"], {"all_running": all_running, "now": _micros(now)}).fetchall()
     for row in rows:
-        owner, attempts = row["owner"], row["attempts"]
-        error = f"lease expired: daemon {owner} stopped renewing attempt {attempts}"
-        if row["cancel_requested"]:
-            action, error = Action.CANCEL, "cancelled; " + error
-        elif attempts >= row["max_attempts"]:
-            action = Action.FAIL
-        else:
-            action = Action.REQUEUE
-        state = next_state(row["id"], JobState.RUNNING, action)
+        owner = row["owner"]
+        decision = rescue_decision(_job(row), owner, cancel_requested=bool(row["cancel_requested"]))
+        state = decision.state
         values = {
             "id": row["id"],
             "state": state.value,
-            "error": error,
+            "error": decision.error,
             "now": _micros(now),
             "finished_at": _micros(now) if state.finished else None,
         }
@@ -601,14 +573,15 @@ class SQLiteStore:
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
         )
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        known = _migrations()
-        newest = known[-1][0]
+        known = load_migrations("sqlite")
+        newest = known[-1].version
         if applied and max(applied) > newest:
             raise StoreUnavailable(
                 f"SQLite database {self.path} has schema version {max(applied)}, newer than this jobd "
                 f"knows ({newest}): run a newer jobd"
             )
-        for version, name, sql in known:
+        for migration in known:
+            version, name, sql = migration.version, migration.name, migration.sql
             if version in applied:
                 continue
             # executescript commits any open transaction first, so the script carries its own.
@@ -656,8 +629,18 @@ class SQLiteStore:
     ) -> list[Job]:
         return await self._write(lambda conn: _claim_jobs(conn, owner, slots, limit, now, lease_until))
 
-    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[Job | None]:
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
         return await self._write(lambda conn: _complete_jobs(conn, completions, now))
+
+    async def complete_and_claim_jobs(
+        self, completions: Sequence[Completion], claim: ClaimRequest, now: datetime
+    ) -> CompletedAndClaimed:
+        def exchange(conn: sqlite3.Connection) -> CompletedAndClaimed:
+            applied = _complete_jobs(conn, completions, now) if completions else []
+            claimed = _claim_jobs(conn, claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+            return CompletedAndClaimed(applied, claimed)
+
+        return await self._write(exchange)
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime

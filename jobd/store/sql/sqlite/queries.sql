@@ -66,7 +66,7 @@ FROM (
 ) AS c
 -- "+jobs.state" keeps SQLite off the state index: each completion finds its row by id.
 WHERE jobs.id = c.id AND +jobs.state = 'running' AND jobs.owner = c.owner AND jobs.attempts = c.attempt
-RETURNING *;
+RETURNING id;
 
 -- name: renew_lease
 UPDATE jobs SET lease_until = :lease_until
