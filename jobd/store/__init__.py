@@ -202,7 +202,7 @@ class Store(Protocol):
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None: ...
 
-    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+    async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         """Newest submitted first. `after` is a cursor from an earlier page; a cursor that
         is not one raises ValueError."""
 

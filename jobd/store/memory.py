@@ -156,7 +156,7 @@ class MemoryStore:
         row = self._rows.get(job_id)
         return row.job if row else None
 
-    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+    async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
         page: list[_Row] = []
         # Rows are kept in submission order: walk them newest first and stop at a full page.
@@ -165,9 +165,9 @@ class MemoryStore:
                 continue
             job = row.job
             if (
-                (filter.state is None or job.state == filter.state)
-                and (filter.type is None or job.type == filter.type)
-                and (filter.queue is None or job.queue == filter.queue)
+                (wanted.state is None or job.state == wanted.state)
+                and (wanted.type is None or job.type == wanted.type)
+                and (wanted.queue is None or job.queue == wanted.queue)
             ):
                 page.append(row)
                 if len(page) > limit:

@@ -261,12 +261,12 @@ class PostgresStore:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
         return _job(row) if row else None
 
-    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+    async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
         params: dict[str, Any] = {"below": below, "limit": limit + 1}
         terms = []
         for name in _LIST_FILTERS:
-            value = getattr(filter, name)
+            value = getattr(wanted, name)
             if value is not None:
                 params[name] = str(value)
                 terms.append(f"AND {name} = %({name})s")
