@@ -29,7 +29,7 @@ from jobd.metrics import Metrics
 from jobd.plugins import Registry
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
-from jobd.store import NewJob
+from jobd.store import InsertedAndClaimed, NewJob
 from jobd.store.memory import MemoryStore
 from jobd.worker import WorkerPool
 
@@ -120,6 +120,34 @@ async def test_a_woken_worker_starts_a_job_without_waiting_for_a_poll(autojump: 
         submitted_at = trio.current_time()
         await engine.wait(await engine.submit("t.record"))
         assert started and started[0] - submitted_at < 0.001
+
+
+class ClaimOnInsertStore(MemoryStore):
+    """Records which jobs were claimed in the same call that inserted a submit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed_on_insert: list[uuid.UUID] = []
+
+    async def insert_and_claim_jobs(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().insert_and_claim_jobs(*args, **kwargs)
+        self.claimed_on_insert += [job.id for job in result.claimed]
+        return result
+
+
+async def test_a_job_submitted_to_an_idle_daemon_is_claimed_by_its_insert(autojump: object) -> None:
+    store = ClaimOnInsertStore()
+    async with running_engine(store=store, config={"workers": {"poll_interval": "1h"}}) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        job = await engine.submit("jobd.noop", "now")
+        assert store.claimed_on_insert == [job.id]  # no second store call, no wake-up needed
+        assert (await engine.wait(job)).state == JobState.COMPLETED
+        # A paused queue: the insert claims nothing, and a lane claims it after the resume.
+        await engine.service.pause("default")
+        held = await engine.submit("jobd.noop", "held")
+        assert store.claimed_on_insert == [job.id]
+        await engine.service.resume("default")
+        assert (await engine.wait(held)).state == JobState.COMPLETED
 
 
 async def test_global_and_queue_concurrency_are_never_exceeded(autojump: object) -> None:
@@ -524,7 +552,10 @@ async def test_a_null_timeout_means_the_default(autojump: object) -> None:
 
 
 class SlowClaimStore(MemoryStore):
-    """Claims take a second to come back, as a busy store's would."""
+    """Claims take a second to come back, as a busy store's would; submits only insert."""
+
+    async def insert_and_claim_jobs(self, jobs: Any, claim: Any, now: Any) -> InsertedAndClaimed:
+        return InsertedAndClaimed(await self.insert_jobs(jobs), [])
 
     async def claim_jobs(self, *args: Any, **kwargs: Any) -> list[Job]:
         claimed = await super().claim_jobs(*args, **kwargs)

@@ -136,6 +136,12 @@ class CompletedAndClaimed:
 
 
 @dataclass(frozen=True, slots=True)
+class InsertedAndClaimed:
+    inserted: list[Inserted]  # one per job to insert
+    claimed: list[Job]  # in claim order
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: Sequence[Job]
     next: str | None  # cursor for the following page, None at the end
@@ -199,6 +205,13 @@ class Store(Protocol):
         An item whose `key` matches a job that is not finished (including an earlier
         item of the same batch) is not inserted: its result holds that job, created=False.
         """
+
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        """`insert_jobs` then `claim_jobs`, in one transaction where the store can: a job
+        submitted to a daemon with free slots starts without another round trip. The
+        claim takes the best pending jobs, new or not, as any claim does."""
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None: ...
 

@@ -26,6 +26,7 @@ from jobd.store import (
     CompletedAndClaimed,
     Completion,
     Inserted,
+    InsertedAndClaimed,
     JobFilter,
     JobPage,
     NewJob,
@@ -152,6 +153,13 @@ class MemoryStore:
                 self._rows[result.job.id] = _Row(result.job, next(self._sequence), self._indexes)
         return results
 
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        inserted = await self.insert_jobs(jobs)
+        claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+        return InsertedAndClaimed(inserted, claimed)
+
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = self._rows.get(job_id)
         return row.job if row else None
@@ -233,9 +241,7 @@ class MemoryStore:
         job = row.job
         state = next_state(job.id, job.state, completion.outcome.action)
         if completion.outcome == Outcome.COMPLETED:
-            job = _changed(
-                job, state=state, updated_at=now, result=completion.result, finished_at=now
-            )
+            job = _changed(job, state=state, updated_at=now, result=completion.result, finished_at=now)
         elif completion.outcome == Outcome.RETRIED:
             job = _changed(
                 job, state=state, updated_at=now, last_error=completion.error, run_at=completion.run_at or now
@@ -250,9 +256,7 @@ class MemoryStore:
                 last_error=completion.error,
             )
         else:
-            job = _changed(
-                job, state=state, updated_at=now, last_error=completion.error, finished_at=now
-            )
+            job = _changed(job, state=state, updated_at=now, last_error=completion.error, finished_at=now)
         row.owner, row.lease_until, row.cancel_requested = None, None, False
         row.job = job
         return True

@@ -38,6 +38,7 @@ from jobd.store import (
     CompletedAndClaimed,
     Completion,
     Inserted,
+    InsertedAndClaimed,
     JobFilter,
     JobPage,
     NewJob,
@@ -257,6 +258,41 @@ class PostgresStore:
         keyed = any(new.key is not None for new in jobs)
         return await self._run(lambda conn: insert_jobs_on(conn, jobs), transaction=keyed)
 
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        if any(new.key is not None for new in jobs):
+            # A held key is looked up before the claim can go: two calls.
+            inserted = await self.insert_jobs(jobs)
+            claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+            return InsertedAndClaimed(inserted, claimed)
+        insert = _insert_params(jobs)
+        wanted = [slot for slot in claim.slots if slot.free > 0] if claim.limit > 0 else []
+        exchange = _exchange_params([], wanted, claim, now)
+        limited = sorted({slot.queue for slot in wanted if slot.global_limit is not None})
+
+        def insert_and_claim(conn: Connection) -> list[tuple[Any, ...]]:
+            try:
+                # BEGIN, the insert, the locks, the claim and COMMIT go in one round trip;
+                # the claim, a statement of its own, sees the rows just inserted.
+                with conn.pipeline():
+                    conn.execute(_BEGIN)
+                    conn.execute(QUERIES["insert_jobs"], insert)
+                    for queue in limited:
+                        conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
+                    claiming = conn.execute(QUERIES["complete_and_claim_jobs"], exchange)
+                    conn.execute("COMMIT")
+            except psycopg.errors.UniqueViolation as error:
+                if error.diag.constraint_name == "live_jobs_pkey":
+                    raise _taken_id(jobs, error) from None
+                raise
+            return claiming.fetchall()
+
+        rows = await self._run(insert_and_claim, transaction=False)
+        return InsertedAndClaimed(
+            [Inserted(new.inserted(), created=True) for new in jobs], _claimed_jobs(rows)
+        )
+
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
         return _job(row) if row else None
@@ -331,15 +367,13 @@ class PostgresStore:
             return [cursor.fetchall() for cursor in cursors]
 
         results = await self._run(exchange, transaction=False)
-        # UNION ALL keeps no order: put the claim back in claim order.
-        claimed = sorted((row for row in results[0] if row[0]), key=_claim_order)
         applied_ids = [{row[1] for row in rows if not row[0]} for rows in results]
         applied = [False] * len(completions)
         for index in firsts.values():
             applied[index] = completions[index].job_id in applied_ids[0]
         for statement, index in enumerate(repeats, start=1):
             applied[index] = completions[index].job_id in applied_ids[statement]
-        return CompletedAndClaimed(applied, [_job(row[1:]) for row in claimed])
+        return CompletedAndClaimed(applied, _claimed_jobs(results[0]))
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
@@ -531,6 +565,25 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
     """Insert `jobs` in order on `conn`, inside whatever transaction it is in (or, in
     autocommit mode, as one statement). An item whose key a live job holds gets that job
     instead (created=False). Shared by the store and `jobd.transactional`."""
+    params = _insert_params(jobs)
+    try:
+        # A cursor of our own: the caller's connection may make rows of another kind.
+        rows = conn.cursor(row_factory=tuple_row).execute(QUERIES["insert_jobs"], params).fetchall()
+    except psycopg.errors.UniqueViolation as error:
+        if error.diag.constraint_name == "live_jobs_pkey":
+            raise _taken_id(jobs, error) from None
+        raise
+    created = {row[0] for row in rows if row[0] is not None}
+    results = []
+    for new in jobs:
+        if new.id in created:
+            results.append(Inserted(new.inserted(), created=True))
+        else:
+            results.append(_key_holder(conn, new))
+    return results
+
+
+def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
     times = _TimeTexts()
     items = [
         {
@@ -548,22 +601,7 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
         }
         for new in jobs
     ]
-    params = {"jobs": _json_text(items, jobs)}
-    try:
-        # A cursor of our own: the caller's connection may make rows of another kind.
-        rows = conn.cursor(row_factory=tuple_row).execute(QUERIES["insert_jobs"], params).fetchall()
-    except psycopg.errors.UniqueViolation as error:
-        if error.diag.constraint_name == "live_jobs_pkey":
-            raise _taken_id(jobs, error) from None
-        raise
-    created = {row[0] for row in rows if row[0] is not None}
-    results = []
-    for new in jobs:
-        if new.id in created:
-            results.append(Inserted(new.inserted(), created=True))
-        else:
-            results.append(_key_holder(conn, new))
-    return results
+    return {"jobs": _json_text(items, jobs)}
 
 
 def _key_holder(conn: Connection, new: NewJob) -> Inserted:
@@ -655,9 +693,13 @@ def _exchange_params(
 _PRIORITY, _RUN_AT, _SEQ = 1 + COLUMNS.index("priority"), 1 + COLUMNS.index("run_at"), 1 + len(COLUMNS)
 
 
-def _claim_order(row: tuple[Any, ...]) -> tuple[int, datetime, int]:
-    """Claim order for a claimed row of `complete_and_claim_jobs` (a flag, the columns, seq)."""
-    return (-row[_PRIORITY], row[_RUN_AT], row[_SEQ])
+def _claimed_jobs(rows: list[tuple[Any, ...]]) -> list[Job]:
+    """The claimed jobs among the rows of `complete_and_claim_jobs` (a flag, the columns,
+    seq), in claim order: UNION ALL keeps none."""
+    claimed = sorted(
+        (row for row in rows if row[0]), key=lambda row: (-row[_PRIORITY], row[_RUN_AT], row[_SEQ])
+    )
+    return [_job(row[1:]) for row in claimed]
 
 
 def _migrate(conn: Connection) -> None:

@@ -40,6 +40,7 @@ from jobd.store import (
     CompletedAndClaimed,
     Completion,
     Inserted,
+    InsertedAndClaimed,
     JobFilter,
     JobPage,
     NewJob,
@@ -636,6 +637,16 @@ class SQLiteStore:
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         return await self._write(lambda conn: _insert_jobs(conn, jobs))
+
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        def insert_and_claim(conn: sqlite3.Connection) -> InsertedAndClaimed:
+            inserted = _insert_jobs(conn, jobs)
+            claimed = _claim_jobs(conn, claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+            return InsertedAndClaimed(inserted, claimed)
+
+        return await self._write(insert_and_claim)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._read(lambda conn: conn.execute(_Q["get_job"], {"id": str(job_id)}).fetchone())
