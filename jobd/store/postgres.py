@@ -19,15 +19,18 @@ import contextlib
 import json
 import math
 import select
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import outcome
 import psycopg
 import psycopg.errors
 import trio
+import trio.lowlevel
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
@@ -119,8 +122,6 @@ class PostgresStore:
         self._statement_timeout = statement_timeout
         self._idle: list[Connection] = []
         self._limiter = trio.CapacityLimiter(pool_size)  # calls in flight = connections in use
-        # Threads for those calls, plus one per call for sending its cancel request.
-        self._threads = trio.CapacityLimiter(2 * pool_size)
         self._closed = False
 
     # -- connections and the one thread hop per call -------------------------------------
@@ -165,40 +166,33 @@ class PostgresStore:
     async def _run_cancellable(
         self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool
     ) -> T:
-        # The thread runs shielded, so the connection is never abandoned mid-query; a
-        # watcher turns our cancellation into a cancel request to the server.
-        finished = False
-        outcome: list[T] = []
-        failure: list[Exception] = []
+        """Run the call in a worker thread and wait for it to end, even when cancelled, so
+        that a connection never goes back to the pool mid-statement: a cancellation sends
+        the server a cancel request instead (from a thread of its own, again every
+        `_CANCEL_REPEAT` seconds until the call ends), then raises `Cancelled` once the
+        call has ended. No task or nursery per call: this is every store call's path."""
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+        ended = threading.Event()
 
-        async def cancel_query_when_cancelled() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    while not finished:
-                        await trio.to_thread.run_sync(
-                            checkout.cancel, self._connect_timeout, limiter=self._threads
-                        )
-                        await trio.sleep(_CANCEL_REPEAT)
+        def deliver(result: outcome.Outcome[T]) -> None:  # in the worker thread
+            ended.set()
+            # Wrapped: the call's own error must not pass before a cancellation does.
+            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancel_query_when_cancelled)
-            with trio.CancelScope(shield=True):
-                try:
-                    outcome.append(
-                        await trio.to_thread.run_sync(
-                            self._call, checkout, work, transaction, limiter=self._threads
-                        )
-                    )
-                except Exception as error:
-                    failure.append(error)
-                finally:
-                    finished = True
-            nursery.cancel_scope.cancel()
-        if failure:
-            raise failure[0]
-        return outcome[0]
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            trio.lowlevel.start_thread_soon(lambda: self._cancel_until(checkout, ended), lambda _: None)
+            return trio.lowlevel.Abort.FAILED  # keep waiting: the thread still holds the connection
+
+        trio.lowlevel.start_thread_soon(lambda: self._call(checkout, work, transaction), deliver)
+        result: outcome.Outcome[T] = await trio.lowlevel.wait_task_rescheduled(abort)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a call cancelled meanwhile raises here
+        return result.unwrap()
+
+    def _cancel_until(self, checkout: _Checkout, ended: threading.Event) -> None:
+        while not ended.is_set():
+            checkout.cancel(self._connect_timeout)
+            ended.wait(_CANCEL_REPEAT)
 
     def _call(self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool) -> T:
         conn = self._usable_connection(checkout)
@@ -243,7 +237,7 @@ class PostgresStore:
         idle, self._idle = self._idle, []
         if idle:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_close_all, idle, limiter=self._threads)
+                await trio.to_thread.run_sync(_close_all, idle)
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone(), transaction=False)
