@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-import outcome
 import psycopg
 import psycopg.errors
 import trio
 import trio.lowlevel
+from outcome import Outcome as Captured
+from outcome import Value as CapturedValue
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
@@ -175,17 +176,17 @@ class PostgresStore:
         token = trio.lowlevel.current_trio_token()
         ended = threading.Event()
 
-        def deliver(result: outcome.Outcome[T]) -> None:  # in the worker thread
+        def deliver(result: Captured[T]) -> None:  # in the worker thread
             ended.set()
             # Wrapped: the call's own error must not pass before a cancellation does.
-            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.Value(result))
+            token.run_sync_soon(trio.lowlevel.reschedule, task, CapturedValue(result))
 
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
             trio.lowlevel.start_thread_soon(lambda: self._cancel_until(checkout, ended), lambda _: None)
             return trio.lowlevel.Abort.FAILED  # keep waiting: the thread still holds the connection
 
         trio.lowlevel.start_thread_soon(lambda: self._call(checkout, work, transaction), deliver)
-        result: outcome.Outcome[T] = await trio.lowlevel.wait_task_rescheduled(abort)
+        result: Captured[T] = await trio.lowlevel.wait_task_rescheduled(abort)
         await trio.lowlevel.checkpoint_if_cancelled()  # a call cancelled meanwhile raises here
         return result.unwrap()
 
