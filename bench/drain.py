@@ -8,7 +8,8 @@ each job costs in CPU.
 
 Runs the real `jobd` program(s) on a private socket and measures from the client side:
 - submit: jobs/s through `POST /v1/jobs/batch` (1,000 per request) into a paused queue,
-  and the latency of single `POST /v1/jobs` requests on an idle daemon;
+  and the latency of single `POST /v1/jobs` requests on an idle daemon, through httpx
+  and through a plain socket (the daemon's share alone);
 - drain: jobs/s from `resume` until every job is completed (polling `GET /v1/stats`);
 - CPU: microseconds of CPU per drained job, of the daemon(s) and of the PostgreSQL
   server (every `postgres` process: backends, WAL writer, checkpointer), from /proc;
@@ -163,7 +164,7 @@ def drain(daemons: list[Daemon], jobs: int, postgres: bool) -> dict[str, float]:
             done = client.get("/v1/stats").json()["queues"]["default"]["completed"] - baseline
             if done >= jobs:
                 break
-            time.sleep(0.02)
+            time.sleep(0.1)  # each poll counts the live jobs: not too often
         drain_seconds = time.perf_counter() - started
         daemon_cpu = cpu_seconds(daemon_pids) - daemon_cpu
         server_cpu = cpu_seconds(server_pids) - server_cpu
@@ -201,6 +202,40 @@ def latency(daemon: Daemon, samples: int) -> dict[str, float]:
         "enqueue_to_start_p50_ms": statistics.median(start_ms),
         "enqueue_to_start_p99_ms": percentile(start_ms, 0.99),
     }
+
+
+def raw_submit_latency(daemon: Daemon, samples: int) -> dict[str, float]:
+    """Single submits over a plain keep-alive socket: the daemon's own share of a submit,
+    without the ~0.5 ms the httpx client spends on each request."""
+    import json
+    import socket
+
+    took: list[float] = []
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(daemon.socket)
+        for i in range(samples + 20):
+            time.sleep(0.01)
+            body = json.dumps({"type": "jobd.noop", "payload": i}).encode()
+            request = (
+                b"POST /v1/jobs HTTP/1.1\r\nhost: jobd\r\ncontent-type: application/json\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            before = time.perf_counter()
+            conn.sendall(request)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += conn.recv(65536)
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+                ).split(b":")[1]
+            )
+            while len(rest) < length:
+                rest += conn.recv(65536)
+            if i >= 20:
+                took.append((time.perf_counter() - before) * 1000)
+    return {"submit_raw_p50_ms": statistics.median(took), "submit_raw_p99_ms": percentile(took, 0.99)}
 
 
 def stats_latency(daemon: Daemon) -> dict[str, float]:
@@ -263,6 +298,7 @@ def main() -> None:
         results.update(drain(daemons, args.jobs, args.store == "postgres"))
         if args.latency_samples:
             results.update(latency(daemons[0], args.latency_samples))
+            results.update(raw_submit_latency(daemons[0], args.latency_samples))
         results.update(stats_latency(daemons[0]))
     finally:
         for daemon in daemons:

@@ -103,8 +103,8 @@ class JobService:
     async def submit(self, body: object) -> Inserted:
         self._check_running()
         new = self._new_job(body, self._clock(), self._live.current)
-        store = await self._ready_store()
-        [inserted] = await store.insert_jobs([new])
+        await self._ready_store()
+        [inserted] = await self._pool.insert_jobs([new])
         self._after_insert([inserted])
         return inserted
 
@@ -124,8 +124,8 @@ class JobService:
                 new_jobs.append(self._new_job(item, now, settings))
             except InvalidJob as error:
                 raise error.at_index(index) from None
-        store = await self._ready_store()
-        inserted = await store.insert_jobs(new_jobs)
+        await self._ready_store()
+        inserted = await self._pool.insert_jobs(new_jobs)
         self._after_insert(inserted)
         return inserted
 
@@ -288,8 +288,8 @@ class JobService:
         self._check_running()
         schedule = self._schedule(name)
         now = self._clock()
-        store = await self._ready_store()
-        [inserted] = await store.insert_jobs([tick_job(schedule, now, now)])
+        await self._ready_store()
+        [inserted] = await self._pool.insert_jobs([tick_job(schedule, now, now)])
         self._metrics.schedule_fired(name, 0, 1)
         self._after_insert([inserted])
         return inserted.job

@@ -1,8 +1,11 @@
-"""What the daemon currently runs with: config + handlers, resolved once per (re)load.
+"""What the daemon currently runs with: config + handlers + plugins' settings, resolved
+once per (re)load.
 
 A `Settings` value is frozen; a reload builds a new one and swaps it into the one
 `LiveSettings` holder that the engine and the API share, so every request and every
-claim sees one consistent generation.
+claim sees one consistent generation. Each plugin's settings (what its `jobd_configure`
+returned) are part of it: `registry.settings` by plugin, and on each of the plugin's
+handlers, which pass them to the payload validator and to `JobContext.settings`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,10 +29,10 @@ from jobd.clock import Clock, utc_now
 from jobd.completer import Completer, FinishedAttempt, job_log_fields
 from jobd.errors import Fail, InvalidJob, Retry, StoreUnavailable
 from jobd.handlers import ATTEMPT_ERRORS, JobContext, check_result, clean_text
-from jobd.job import JSON, Job, Progress
+from jobd.job import JSON, Job, JobState, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
-from jobd.store import ClaimRequest, Completion, Outcome, QueueSlots, Store
+from jobd.store import ClaimRequest, Completion, Inserted, NewJob, Outcome, QueueSlots, Store
 from jobd.watch import JobWatch
 
 COMPLETION_BATCH = 500
@@ -109,6 +109,7 @@ class WorkerPool:
         self._stopping = False
         self._immediately = False
         self._drain_deadline = self._give_up_at = math.inf
+        self._jobs: trio.Nursery | None = None  # the nursery the running jobs belong to, while it is open
         self._cancel_check = trio.Event()
 
     # -- what others may ask of the pool ------------------------------------------------
@@ -139,6 +140,25 @@ class WorkerPool:
         running.stop(StopReason.CANCELLED)
         return True
 
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
+        """Insert `jobs`, and in the same store call claim jobs for this daemon's free
+        slots: a job submitted to a daemon with room starts without another round trip."""
+        pending = any(new.state == JobState.PENDING for new in jobs)
+        claim = self._claim_request() if pending and self._jobs is not None and not self._stopping else None
+        if claim is None:
+            return await self._store.insert_jobs(jobs)
+        now = self._clock()
+        self._reserve(claim, 1)
+        try:
+            result = await self._store.insert_and_claim_jobs(jobs, claim, now)
+        finally:
+            self._reserve(claim, -1)
+            self.wake()  # a lane may wait for this claim to land, or find more to claim
+        if self._jobs is not None:
+            for job in result.claimed:
+                self._start(self._jobs, job, now)
+        return result.inserted
+
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop claiming; `run` then lets running jobs finish for the grace period,
         or, `immediately`, cancels and requeues them now."""
@@ -160,10 +180,12 @@ class WorkerPool:
             # claim is still on its way finds no running handler to stop at once.
             services.start_soon(self._watch_cancels)
             async with trio.open_nursery() as jobs:
+                self._jobs = jobs
                 task_status.started()
                 async with trio.open_nursery() as lanes:
                     for lane in range(LANES):
                         lanes.start_soon(self._dispatch, jobs, grace, lane)
+                self._jobs = None
             services.cancel_scope.cancel()
 
     # -- the dispatcher: record what ended, claim what fits ------------------------------
@@ -175,7 +197,9 @@ class WorkerPool:
             wakeup = self._wakeups[lane] = trio.Event()
             if self._stopping:
                 self._drain(grace)
-                if not self._running and not self._completer.waiting:
+                # Done when nothing runs, nothing waits to be recorded, and no claim is in
+                # flight (a submit's may still bring jobs to run).
+                if not self._running and not self._completer.waiting and not self._claiming:
                     return
             batch = self._completer.take(COMPLETION_BATCH)
             claim = None if self._stopping or not self._claimable else self._claim_request()

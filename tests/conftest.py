@@ -148,7 +148,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
             monkeypatch.delenv(name)
     import jobd.client
 
-    monkeypatch.setattr(jobd.client, "SYSTEM_SOCKET", str(tmp_path_factory.getbasetemp() / "no-system-jobd.sock"))
+    no_system_socket = tmp_path_factory.getbasetemp() / "no-system-jobd.sock"
+    monkeypatch.setattr(jobd.client, "SYSTEM_SOCKET", str(no_system_socket))
 
 
 # -- the daemon as a process ------------------------------------------------------------
@@ -207,7 +208,9 @@ class DaemonProcess:
         return httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://jobd",
                             timeout=timeout)
 
-    def ctl(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def ctl(
+        self, *args: str, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*JOBD_CTL, "--socket", self.socket, *args], capture_output=True, text=True,
                               input=input, timeout=timeout, env=self.env)
 

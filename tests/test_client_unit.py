@@ -496,7 +496,9 @@ def test_a_broken_config_is_reported_only_when_it_is_needed(
     assert Client("/given.sock").socket == "/given.sock"
 
 
-def test_a_missing_user_socket_falls_back_to_the_system_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_user_socket_falls_back_to_the_system_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from jobd import client as client_module
 
     system = tmp_path / "system.sock"

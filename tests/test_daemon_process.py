@@ -87,10 +87,8 @@ def test_a_plugin_installed_as_a_distribution_runs_its_jobs(start_daemon: StartD
 def test_kill_9_mid_job_loses_nothing(start_daemon: StartDaemon) -> None:
     daemon = start_daemon(config={"workers": {"concurrency": 4}})
     with daemon.http() as client:
-        sleepers = [
-            client.post("/v1/jobs", json={"type": "jobd.sleep", "payload": {"seconds": 1}, "max_attempts": 3}).json()
-            for _ in range(3)
-        ]
+        sleeper = {"type": "jobd.sleep", "payload": {"seconds": 1}, "max_attempts": 3}
+        sleepers = [client.post("/v1/jobs", json=sleeper).json() for _ in range(3)]
         last_chance = client.post(
             "/v1/jobs", json={"type": "jobd.sleep", "payload": {"seconds": 1000}, "max_attempts": 1}
         ).json()
@@ -102,8 +100,8 @@ def test_kill_9_mid_job_loses_nothing(start_daemon: StartDaemon) -> None:
     daemon.kill()
     daemon.start()
     everything = [*sleepers, last_chance, *waiting, delayed]
-    wait_until(lambda: all(job_state(daemon, j["id"])["state"] in ("completed", "failed") for j in everything),
-               timeout=60, what="every job to finish")
+    wait_until(lambda: all(job_state(daemon, j["id"])["state"] in ("completed", "failed")
+                           for j in everything), timeout=60, what="every job to finish")
     for job in sleepers:
         final = job_state(daemon, job["id"])
         assert final["state"] == "completed"
@@ -297,8 +295,10 @@ def test_a_flood_of_concurrent_submissions_is_all_kept(start_daemon: StartDaemon
     with ThreadPoolExecutor(max_workers=50) as pool:
         ids = set(pool.map(submit, range(1000)))
     assert len(ids) == 1000
-    wait_until(lambda: json.loads(daemon.ctl("--json", "stats").stdout)["queues"]["default"]["completed"] == 1000,
-               timeout=60, what="1000 jobs completed")
+    def completed() -> int:
+        return int(json.loads(daemon.ctl("--json", "stats").stdout)["queues"]["default"]["completed"])
+
+    wait_until(lambda: completed() == 1000, timeout=60, what="1000 jobs completed")
     assert {j["id"] for j in all_jobs(daemon)} == ids
 
 
@@ -326,8 +326,8 @@ def test_idempotency_key_pause_resume_and_metrics(start_daemon: StartDaemon) -> 
 
 
 def test_ctl_reports_an_unreachable_daemon_with_exit_3(short_dir: Path) -> None:
-    result = subprocess.run([*JOBD_CTL, "--socket", str(short_dir / "none.sock"), "stats"], capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run([*JOBD_CTL, "--socket", str(short_dir / "none.sock"), "stats"],
+                            capture_output=True, text=True, timeout=30)
     assert result.returncode == 3
     assert "none.sock" in result.stderr and "Traceback" not in result.stderr
 
@@ -385,7 +385,8 @@ def test_jobd_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
     assert {"jobs", "paused_queues", "schema_migrations"} <= tables
     bad = tmp_path / "bad.toml"
     bad.write_text('[store]\nurl = "sqlite:///proc/no/such/dir/jobd.db"\n')
-    failed = subprocess.run([*JOBD, "migrate", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    failed = subprocess.run([*JOBD, "migrate", "--config", str(bad)], capture_output=True, text=True,
+                            timeout=30)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr and "/proc/no/such" in failed.stderr
 
 

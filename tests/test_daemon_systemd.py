@@ -50,7 +50,8 @@ class NotifyListener:
 
 @pytest.fixture(params=["path", "abstract"])
 def notify_socket(request: pytest.FixtureRequest, short_dir: Path) -> Iterator[tuple[str, NotifyListener]]:
-    address = str(short_dir / "notify") if request.param == "path" else f"@jobd-test-{os.getpid()}-{time.time_ns()}"
+    abstract = f"@jobd-test-{os.getpid()}-{time.time_ns()}"
+    address = str(short_dir / "notify") if request.param == "path" else abstract
     listener = NotifyListener(address)
     yield address, listener
     listener.sock.close()
@@ -100,7 +101,8 @@ def test_socket_activation_serves_the_passed_socket(short_dir: Path) -> None:
     try:
         wait_until(socket_path.exists, what="the activation socket")
         # The first connection makes systemd-socket-activate start jobd with the socket as fd 3.
-        result = subprocess.run([*JOBD[:-1], str(Path(JOBD[0]).parent / "jobd-ctl"), "--socket", str(socket_path),
+        jobd_ctl = [*JOBD[:-1], str(Path(JOBD[0]).parent / "jobd-ctl")]
+        result = subprocess.run([*jobd_ctl, "--socket", str(socket_path),
                                  "--json", "submit", "jobd.noop", "7", "--wait"],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr + (short_dir / "log").read_text()

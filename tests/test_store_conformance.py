@@ -518,6 +518,47 @@ async def test_completions_and_a_claim_share_one_call_and_the_fence_still_holds(
     assert [job.id for job in result.claimed] == [later.id]
 
 
+async def test_insert_and_claim_inserts_then_claims_the_best_pending_jobs(store: Store) -> None:
+    older = await insert(store, priority=5)
+    new = new_job(payload="new")
+    request = ClaimRequest("daemon-1", [QueueSlots("default", 5)], 1, at(1) + LEASE)
+    result = await store.insert_and_claim_jobs([new], request, at(1))
+    assert [(item.job.id, item.created, item.job.state) for item in result.inserted] == [
+        (new.id, True, JobState.PENDING)
+    ]
+    assert [job.id for job in result.claimed] == [older.id]  # claim order, not the newest
+    assert (await current(store, older)).state == JobState.RUNNING
+    stored = await store.get_job(new.id)
+    assert stored is not None and stored.state == JobState.PENDING
+    # Next time the new job is the best one, claimed in the same call as its successor.
+    result = await store.insert_and_claim_jobs([new_job()], request, at(2))
+    assert [job.id for job in result.claimed] == [new.id]
+
+
+async def test_insert_and_claim_claims_nothing_from_a_paused_queue_or_past_its_limit(store: Store) -> None:
+    await store.set_queue_paused("held", True)
+    request = ClaimRequest("daemon-1", [QueueSlots("held", 5)], 5, at(1) + LEASE)
+    result = await store.insert_and_claim_jobs([new_job(queue="held")], request, at(1))
+    assert result.claimed == [] and result.inserted[0].created
+    limited = ClaimRequest("daemon-1", [QueueSlots("capped", 5, global_limit=1)], 5, at(1) + LEASE)
+    two = [new_job(queue="capped"), new_job(queue="capped")]
+    result = await store.insert_and_claim_jobs(two, limited, at(1))
+    assert len(result.claimed) == 1
+    assert nonzero(await store.count_jobs())["capped"] == {JobState.RUNNING: 1, JobState.PENDING: 1}
+
+
+async def test_insert_and_claim_is_all_or_nothing_and_keeps_keys(store: Store) -> None:
+    existing = await insert(store, key="held")
+    request = ClaimRequest("daemon-1", [QueueSlots("default", 5)], 5, at(1) + LEASE)
+    fresh = new_job()
+    with pytest.raises(JobdError):
+        await store.insert_and_claim_jobs([fresh, new_job(id=existing.id)], request, at(1))
+    assert await store.get_job(fresh.id) is None
+    assert (await current(store, existing)).state == JobState.PENDING  # the failed call claimed nothing
+    result = await store.insert_and_claim_jobs([new_job(key="held")], request, at(1))
+    assert (result.inserted[0].created, result.inserted[0].job.id) == (False, existing.id)
+
+
 async def test_completing_and_claiming_together_never_exceeds_a_global_limit(store: Store) -> None:
     first = await running(store, queue="limited")
     waiting = [await insert(store, queue="limited") for _ in range(3)]

@@ -23,6 +23,7 @@ from jobd.errors import InvalidJob, StoreUnavailable
 from jobd.job import JobState
 from jobd.store import Completion, JobFilter, NewJob, Outcome, QueueSlots
 from jobd.store.factory import create_store, describe
+from jobd.store.sqlfiles import load_migrations
 from jobd.store.sqlite import _Q, SQLiteStore
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -413,3 +414,59 @@ async def test_queued_writes_share_a_transaction_yet_fail_alone(store: SQLiteSto
     for job in good:
         assert await store.get_job(job.id) is not None
     assert sum((await store.count_jobs())["default"].values()) == 20
+
+
+async def test_a_database_of_release_0_1_upgrades_with_every_job_as_it_was(db_path: str) -> None:
+    """Jobs written by the 0.1 schema (migration 1 alone), in every state, read back the
+    same after the upgrade to every later migration, are counted, and keep working."""
+    [initial] = [migration for migration in load_migrations("sqlite") if migration.version == 1]
+    ids = {state: uuid.uuid4() for state in JobState}
+    with sqlite3.connect(db_path) as conn:
+        conn.executescript(initial.sql)
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', 0)")
+        micros = 1_900_000_000_000_000
+        for state, job_id in ids.items():
+            finished = state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+            conn.execute(
+                "INSERT INTO jobs (id, type, queue, payload, state, priority, attempts, max_attempts,"
+                " run_at, created_at, updated_at, finished_at, last_error, result, key, owner, lease_until)"
+                " VALUES (?, 'test.job', 'default', ?, ?, 2, 1, 3, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    str(job_id),
+                    f'{{"state": "{state.value}"}}',
+                    state.value,
+                    micros,
+                    micros,
+                    micros,
+                    micros if finished else None,
+                    "boom" if state == JobState.FAILED else None,
+                    "[1, 2]" if state == JobState.COMPLETED else None,
+                    f"key-{state.value}",
+                    "old-daemon" if state == JobState.RUNNING else None,
+                    micros if state == JobState.RUNNING else None,
+                ),
+            )
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        for state, job_id in ids.items():
+            job = await store.get_job(job_id)
+            assert job is not None, state
+            expected = (state, {"state": state.value}, f"key-{state.value}", 2)
+            assert (job.state, job.payload, job.key, job.priority) == expected
+        completed = await store.get_job(ids[JobState.COMPLETED])
+        assert completed is not None and completed.result == [1, 2]
+        assert await store.count_jobs() == {"default": {state: 1 for state in JobState}}
+        page = await store.list_jobs(JobFilter(), 10, None)
+        assert {job.id for job in page.jobs} == set(ids.values())
+        done = Completion(ids[JobState.RUNNING], "old-daemon", 1, Outcome.COMPLETED, "ok")
+        assert await store.complete_jobs([done], T0) == [True]
+        assert (await store.retry_job(ids[JobState.FAILED], T0)).state == JobState.PENDING
+    finally:
+        await store.close()
+    applied = rows(db_path, "SELECT version FROM schema_migrations ORDER BY version")
+    assert applied == [(migration.version,) for migration in load_migrations("sqlite")]

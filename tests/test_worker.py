@@ -6,6 +6,7 @@ store, so seconds of back-off and timeouts take microseconds and nothing depends
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ import trio.testing
 
 import jobd
 from jobd import builtins
-from jobd.config import Config, parse_config
+from jobd.config import parse_config
 from jobd.daemon import build_engine
 from jobd.handlers import Handler, JobContext
 from jobd.job import Job, JobState
@@ -28,7 +29,7 @@ from jobd.metrics import Metrics
 from jobd.plugins import Registry
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
-from jobd.store import NewJob
+from jobd.store import InsertedAndClaimed, NewJob
 from jobd.store.memory import MemoryStore
 from jobd.worker import WorkerPool
 
@@ -78,13 +79,11 @@ async def running_engine(
     await maintenance.rescue_orphans()
     async with trio.open_nursery() as nursery:
         await nursery.start(maintenance.run)
-        await nursery.start(lambda task_status: pool.run(grace=lambda: 5.0, task_status=task_status))
-        yield engine
-        pool.request_stop()
-        # pool.run returns once drained; then stop maintenance
-        while pool.busy:
-            await trio.sleep(0.01)
-        await trio.sleep(0.1)
+        async with trio.open_nursery() as workers:
+            await workers.start(lambda task_status: pool.run(grace=lambda: 5.0, task_status=task_status))
+            yield engine
+            pool.request_stop()
+        # pool.run has returned: every job ended and its outcome is committed. Stop maintenance.
         nursery.cancel_scope.cancel()
 
 
@@ -121,6 +120,34 @@ async def test_a_woken_worker_starts_a_job_without_waiting_for_a_poll(autojump: 
         submitted_at = trio.current_time()
         await engine.wait(await engine.submit("t.record"))
         assert started and started[0] - submitted_at < 0.001
+
+
+class ClaimOnInsertStore(MemoryStore):
+    """Records which jobs were claimed in the same call that inserted a submit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed_on_insert: list[uuid.UUID] = []
+
+    async def insert_and_claim_jobs(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().insert_and_claim_jobs(*args, **kwargs)
+        self.claimed_on_insert += [job.id for job in result.claimed]
+        return result
+
+
+async def test_a_job_submitted_to_an_idle_daemon_is_claimed_by_its_insert(autojump: object) -> None:
+    store = ClaimOnInsertStore()
+    async with running_engine(store=store, config={"workers": {"poll_interval": "1h"}}) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        job = await engine.submit("jobd.noop", "now")
+        assert store.claimed_on_insert == [job.id]  # no second store call, no wake-up needed
+        assert (await engine.wait(job)).state == JobState.COMPLETED
+        # A paused queue: the insert claims nothing, and a lane claims it after the resume.
+        await engine.service.pause("default")
+        held = await engine.submit("jobd.noop", "held")
+        assert store.claimed_on_insert == [job.id]
+        await engine.service.resume("default")
+        assert (await engine.wait(held)).state == JobState.COMPLETED
 
 
 async def test_global_and_queue_concurrency_are_never_exceeded(autojump: object) -> None:
@@ -199,7 +226,7 @@ async def test_failures_back_off_exponentially_then_succeed(autojump: object) ->
         done = await engine.wait(await engine.submit("t.flaky"))
     assert done.state == JobState.COMPLETED and done.result == "ok" and done.attempts == 4
     assert done.last_error == "RuntimeError: boom 3"
-    gaps = [round(b[1] - a[1], 3) for a, b in zip(attempts, attempts[1:])]
+    gaps = [round(b[1] - a[1], 3) for a, b in itertools.pairwise(attempts)]
     assert [n for n, _ in attempts] == [1, 2, 3, 4]
     assert gaps == [2.0, 4.0, 5.0]  # 2s, 4s, then capped at 5s
 
@@ -264,9 +291,10 @@ async def test_cancel_a_waiting_job_finalises_it_at_once(autojump: object) -> No
 
 
 async def test_cancel_a_running_job_cancels_its_handler_within_a_second(autojump: object) -> None:
-    handler_cancelled = trio.Event()
+    handler_started, handler_cancelled = trio.Event(), trio.Event()
 
     async def long(job: JobContext) -> None:
+        handler_started.set()
         try:
             await trio.sleep(3600)
         finally:
@@ -274,8 +302,7 @@ async def test_cancel_a_running_job_cancels_its_handler_within_a_second(autojump
 
     async with running_engine(handler_of("t.long", long)) as engine:
         job = await engine.submit("t.long")
-        while (await engine.service.get(str(job.id))).state != JobState.RUNNING:
-            await trio.sleep(0.01)
+        await handler_started.wait()
         t0 = trio.current_time()
         answer = await engine.service.cancel(str(job.id))
         assert answer.state in (JobState.RUNNING, JobState.CANCELLED)
@@ -346,9 +373,10 @@ async def test_progress_is_stored_on_the_job(autojump: object) -> None:
 
 
 async def test_a_job_whose_lease_is_lost_is_stopped_and_its_outcome_discarded(autojump: object) -> None:
-    stopped = trio.Event()
+    started, stopped = trio.Event(), trio.Event()
 
     async def long(job: JobContext) -> None:
+        started.set()
         try:
             await trio.sleep(3600)
         finally:
@@ -356,8 +384,7 @@ async def test_a_job_whose_lease_is_lost_is_stopped_and_its_outcome_discarded(au
 
     async with running_engine(handler_of("t.long", long), config={"workers": {"lease": "30s"}}) as engine:
         job = await engine.submit("t.long", max_attempts=1)
-        while engine.pool.busy == 0:
-            await trio.sleep(0.01)
+        await started.wait()
         # Another daemon decides this one is dead and takes the job over.
         rescued = await engine.store.rescue_jobs(virtual_now(), all_running=True)
         assert [r.job.state for r in rescued] == [JobState.FAILED]
@@ -413,7 +440,8 @@ async def test_a_retry_starts_when_its_back_off_ends_not_at_the_next_poll(autoju
         if job.attempt == 1:
             raise jobd.Retry(delay=0.3)
 
-    async with running_engine(handler_of("t.twice", twice), config={"workers": {"poll_interval": "1h"}}) as engine:
+    hour_poll = {"workers": {"poll_interval": "1h"}}
+    async with running_engine(handler_of("t.twice", twice), config=hour_poll) as engine:
         done = await engine.wait(await engine.submit("t.twice"))
     assert done.state == JobState.COMPLETED and done.attempts == 2
     assert 0.3 <= starts[1] - starts[0] < 0.31
@@ -524,7 +552,10 @@ async def test_a_null_timeout_means_the_default(autojump: object) -> None:
 
 
 class SlowClaimStore(MemoryStore):
-    """Claims take a second to come back, as a busy store's would."""
+    """Claims take a second to come back, as a busy store's would; submits only insert."""
+
+    async def insert_and_claim_jobs(self, jobs: Any, claim: Any, now: Any) -> InsertedAndClaimed:
+        return InsertedAndClaimed(await self.insert_jobs(jobs), [])
 
     async def claim_jobs(self, *args: Any, **kwargs: Any) -> list[Job]:
         claimed = await super().claim_jobs(*args, **kwargs)
@@ -561,15 +592,16 @@ async def test_a_shutdown_with_the_store_down_gives_up_instead_of_hanging(autoju
             return await super().complete_jobs(*args, **kwargs)
 
     store = DownStore()
+    started = trio.Event()
 
     async def long(job: JobContext) -> None:
+        started.set()
         await trio.sleep(3600)
 
     t0 = 0.0
     async with running_engine(handler_of("t.long", long), store=store) as engine:
         job = await engine.submit("t.long")
-        while engine.pool.busy == 0:
-            await trio.sleep(0.01)
+        await started.wait()
         store.down = True
         t0 = trio.current_time()
     # 5 s of grace, then the outcome could not be written: given up after 10 s more.

@@ -141,6 +141,12 @@ class CompletedAndClaimed:
 
 
 @dataclass(frozen=True, slots=True)
+class InsertedAndClaimed:
+    inserted: list[Inserted]  # one per job to insert
+    claimed: list[Job]  # in claim order
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: Sequence[Job]
     next: str | None  # cursor for the following page, None at the end
@@ -294,9 +300,16 @@ class Store(Protocol):
         item of the same batch) is not inserted: its result holds that job, created=False.
         """
 
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        """`insert_jobs` then `claim_jobs`, in one transaction where the store can: a job
+        submitted to a daemon with free slots starts without another round trip. The
+        claim takes the best pending jobs, new or not, as any claim does."""
+
     async def get_job(self, job_id: uuid.UUID) -> Job | None: ...
 
-    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+    async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         """Newest submitted first. `after` is a cursor from an earlier page; a cursor that
         is not one raises ValueError."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from jobd.config import StoreConfig
+from jobd.config import StoreConfig, parse_store_url
 from jobd.errors import ConfigError
 from jobd.store import Store
 from jobd.store.memory import MemoryStore
@@ -14,26 +14,19 @@ _HIDDEN = "***"
 
 
 def create_store(config: StoreConfig) -> Store:
-    """`memory:`, `sqlite:///ABSOLUTE/PATH` or `postgresql://…` (also `postgres://…`)."""
-    url = config.url
-    if url == "memory:":
+    """The store `config.url` names; its rules are `jobd.config.parse_store_url`'s."""
+    try:
+        location = parse_store_url(config.url)
+    except ValueError as error:
+        raise ConfigError(str(error), key="store.url") from None
+    if location.kind == "memory":
         return MemoryStore()
-    if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        if not path.startswith("/"):
-            raise ConfigError(
-                f"the SQLite path must be absolute (sqlite:///ABSOLUTE/PATH), got {url!r}", key="store.url"
-            )
-        return SQLiteStore(path, synchronous=config.sqlite_synchronous)
-    if url.startswith(("postgresql://", "postgres://")):
-        # Imported here: a SQLite or memory daemon never loads the PostgreSQL driver.
-        from jobd.store.postgres import PostgresStore
+    if location.kind == "sqlite":
+        return SQLiteStore(location.target, synchronous=config.sqlite_synchronous)
+    # Imported here: a SQLite or memory daemon never loads the PostgreSQL driver.
+    from jobd.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=config.pool_size, connect_timeout=config.connect_timeout)
-    raise ConfigError(
-        f"expected sqlite:///ABSOLUTE/PATH, postgresql://... or memory:, got {describe(url)!r}",
-        key="store.url",
-    )
+    return PostgresStore(location.target, pool_size=config.pool_size, connect_timeout=config.connect_timeout)
 
 
 def describe(url: str) -> str:

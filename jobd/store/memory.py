@@ -27,6 +27,7 @@ from jobd.store import (
     Completion,
     Fired,
     Inserted,
+    InsertedAndClaimed,
     JobFilter,
     JobPage,
     NewJob,
@@ -163,11 +164,18 @@ class MemoryStore:
                     self._schedule_jobs.setdefault(result.job.schedule, []).append(row)
         return results
 
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        inserted = await self.insert_jobs(jobs)
+        claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+        return InsertedAndClaimed(inserted, claimed)
+
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = self._rows.get(job_id)
         return row.job if row else None
 
-    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+    async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
         page: list[_Row] = []
         # Rows are kept in submission order: walk them newest first and stop at a full page.
@@ -176,9 +184,9 @@ class MemoryStore:
                 continue
             job = row.job
             if (
-                (filter.state is None or job.state == filter.state)
-                and (filter.type is None or job.type == filter.type)
-                and (filter.queue is None or job.queue == filter.queue)
+                (wanted.state is None or job.state == wanted.state)
+                and (wanted.type is None or job.type == wanted.type)
+                and (wanted.queue is None or job.queue == wanted.queue)
             ):
                 page.append(row)
                 if len(page) > limit:
@@ -244,9 +252,7 @@ class MemoryStore:
         job = row.job
         state = next_state(job.id, job.state, completion.outcome.action)
         if completion.outcome == Outcome.COMPLETED:
-            job = _changed(
-                job, state=state, updated_at=now, result=completion.result, finished_at=now
-            )
+            job = _changed(job, state=state, updated_at=now, result=completion.result, finished_at=now)
         elif completion.outcome == Outcome.RETRIED:
             job = _changed(
                 job, state=state, updated_at=now, last_error=completion.error, run_at=completion.run_at or now
@@ -261,9 +267,7 @@ class MemoryStore:
                 last_error=completion.error,
             )
         else:
-            job = _changed(
-                job, state=state, updated_at=now, last_error=completion.error, finished_at=now
-            )
+            job = _changed(job, state=state, updated_at=now, last_error=completion.error, finished_at=now)
         row.owner, row.lease_until, row.cancel_requested = None, None, False
         row.job = job
         return True

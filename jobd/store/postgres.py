@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import select
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.errors
 import trio
+import trio.lowlevel
+from outcome import Outcome as Captured
+from outcome import Value as CapturedValue
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
@@ -39,6 +43,7 @@ from jobd.store import (
     Completion,
     Fired,
     Inserted,
+    InsertedAndClaimed,
     JobFilter,
     JobPage,
     NewJob,
@@ -125,8 +130,6 @@ class PostgresStore:
         self._statement_timeout = statement_timeout
         self._idle: list[Connection] = []
         self._limiter = trio.CapacityLimiter(pool_size)  # calls in flight = connections in use
-        # Threads for those calls, plus one per call for sending its cancel request.
-        self._threads = trio.CapacityLimiter(2 * pool_size)
         self._closed = False
 
     # -- connections and the one thread hop per call -------------------------------------
@@ -171,40 +174,33 @@ class PostgresStore:
     async def _run_cancellable(
         self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool
     ) -> T:
-        # The thread runs shielded, so the connection is never abandoned mid-query; a
-        # watcher turns our cancellation into a cancel request to the server.
-        finished = False
-        outcome: list[T] = []
-        failure: list[Exception] = []
+        """Run the call in a worker thread and wait for it to end, even when cancelled, so
+        that a connection never goes back to the pool mid-statement: a cancellation sends
+        the server a cancel request instead (from a thread of its own, again every
+        `_CANCEL_REPEAT` seconds until the call ends), then raises `Cancelled` once the
+        call has ended. No task or nursery per call: this is every store call's path."""
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+        ended = threading.Event()
 
-        async def cancel_query_when_cancelled() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    while not finished:
-                        await trio.to_thread.run_sync(
-                            checkout.cancel, self._connect_timeout, limiter=self._threads
-                        )
-                        await trio.sleep(_CANCEL_REPEAT)
+        def deliver(result: Captured[T]) -> None:  # in the worker thread
+            ended.set()
+            # Wrapped: the call's own error must not pass before a cancellation does.
+            token.run_sync_soon(trio.lowlevel.reschedule, task, CapturedValue(result))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(cancel_query_when_cancelled)
-            with trio.CancelScope(shield=True):
-                try:
-                    outcome.append(
-                        await trio.to_thread.run_sync(
-                            self._call, checkout, work, transaction, limiter=self._threads
-                        )
-                    )
-                except Exception as error:
-                    failure.append(error)
-                finally:
-                    finished = True
-            nursery.cancel_scope.cancel()
-        if failure:
-            raise failure[0]
-        return outcome[0]
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            trio.lowlevel.start_thread_soon(lambda: self._cancel_until(checkout, ended), lambda _: None)
+            return trio.lowlevel.Abort.FAILED  # keep waiting: the thread still holds the connection
+
+        trio.lowlevel.start_thread_soon(lambda: self._call(checkout, work, transaction), deliver)
+        result: Captured[T] = await trio.lowlevel.wait_task_rescheduled(abort)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a call cancelled meanwhile raises here
+        return result.unwrap()
+
+    def _cancel_until(self, checkout: _Checkout, ended: threading.Event) -> None:
+        while not ended.is_set():
+            checkout.cancel(self._connect_timeout)
+            ended.wait(_CANCEL_REPEAT)
 
     def _call(self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool) -> T:
         conn = self._usable_connection(checkout)
@@ -249,7 +245,7 @@ class PostgresStore:
         idle, self._idle = self._idle, []
         if idle:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_close_all, idle, limiter=self._threads)
+                await trio.to_thread.run_sync(_close_all, idle)
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone(), transaction=False)
@@ -264,16 +260,51 @@ class PostgresStore:
         keyed = any(new.key is not None for new in jobs)
         return await self._run(lambda conn: insert_jobs_on(conn, jobs), transaction=keyed)
 
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        if any(new.key is not None for new in jobs):
+            # A held key is looked up before the claim can go: two calls.
+            inserted = await self.insert_jobs(jobs)
+            claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+            return InsertedAndClaimed(inserted, claimed)
+        insert = _insert_params(jobs)
+        wanted = [slot for slot in claim.slots if slot.free > 0] if claim.limit > 0 else []
+        exchange = _exchange_params([], wanted, claim, now)
+        limited = sorted({slot.queue for slot in wanted if slot.global_limit is not None})
+
+        def insert_and_claim(conn: Connection) -> list[tuple[Any, ...]]:
+            try:
+                # BEGIN, the insert, the locks, the claim and COMMIT go in one round trip;
+                # the claim, a statement of its own, sees the rows just inserted.
+                with conn.pipeline():
+                    conn.execute(_BEGIN)
+                    conn.execute(QUERIES["insert_jobs"], insert)
+                    for queue in limited:
+                        conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
+                    claiming = conn.execute(QUERIES["complete_and_claim_jobs"], exchange)
+                    conn.execute("COMMIT")
+            except psycopg.errors.UniqueViolation as error:
+                if error.diag.constraint_name == "live_jobs_pkey":
+                    raise _taken_id(jobs, error) from None
+                raise
+            return claiming.fetchall()
+
+        rows = await self._run(insert_and_claim, transaction=False)
+        return InsertedAndClaimed(
+            [Inserted(new.inserted(), created=True) for new in jobs], _claimed_jobs(rows)
+        )
+
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
         return _job(row) if row else None
 
-    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+    async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
         params: dict[str, Any] = {"below": below, "limit": limit + 1}
         terms = []
         for name in _LIST_FILTERS:
-            value = getattr(filter, name)
+            value = getattr(wanted, name)
             if value is not None:
                 params[name] = str(value)
                 terms.append(f"AND {name} = %({name})s")
@@ -338,15 +369,13 @@ class PostgresStore:
             return [cursor.fetchall() for cursor in cursors]
 
         results = await self._run(exchange, transaction=False)
-        # UNION ALL keeps no order: put the claim back in claim order.
-        claimed = sorted((row for row in results[0] if row[0]), key=_claim_order)
         applied_ids = [{row[1] for row in rows if not row[0]} for rows in results]
         applied = [False] * len(completions)
         for index in firsts.values():
             applied[index] = completions[index].job_id in applied_ids[0]
         for statement, index in enumerate(repeats, start=1):
             applied[index] = completions[index].job_id in applied_ids[statement]
-        return CompletedAndClaimed(applied, [_job(row[1:]) for row in claimed])
+        return CompletedAndClaimed(applied, _claimed_jobs(results[0]))
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
@@ -605,6 +634,25 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
     """Insert `jobs` in order on `conn`, inside whatever transaction it is in (or, in
     autocommit mode, as one statement). An item whose key a live job holds gets that job
     instead (created=False). Shared by the store and `jobd.transactional`."""
+    params = _insert_params(jobs)
+    try:
+        # A cursor of our own: the caller's connection may make rows of another kind.
+        rows = conn.cursor(row_factory=tuple_row).execute(QUERIES["insert_jobs"], params).fetchall()
+    except psycopg.errors.UniqueViolation as error:
+        if error.diag.constraint_name == "live_jobs_pkey":
+            raise _taken_id(jobs, error) from None
+        raise
+    created = {row[0] for row in rows if row[0] is not None}
+    results = []
+    for new in jobs:
+        if new.id in created:
+            results.append(Inserted(new.inserted(), created=True))
+        else:
+            results.append(_key_holder(conn, new))
+    return results
+
+
+def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
     times = _TimeTexts()
     items = [
         {
@@ -626,22 +674,7 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
         if new.schedule is not None:  # left out otherwise: json_to_recordset reads a missing key as NULL
             item["schedule"] = new.schedule
             item["scheduled_for"] = times.text(new.scheduled_for)
-    params = {"jobs": _json_text(items, jobs)}
-    try:
-        # A cursor of our own: the caller's connection may make rows of another kind.
-        rows = conn.cursor(row_factory=tuple_row).execute(QUERIES["insert_jobs"], params).fetchall()
-    except psycopg.errors.UniqueViolation as error:
-        if error.diag.constraint_name == "live_jobs_pkey":
-            raise _taken_id(jobs, error) from None
-        raise
-    created = {row[0] for row in rows if row[0] is not None}
-    results = []
-    for new in jobs:
-        if new.id in created:
-            results.append(Inserted(new.inserted(), created=True))
-        else:
-            results.append(_key_holder(conn, new))
-    return results
+    return {"jobs": _json_text(items, jobs)}
 
 
 def _key_holder(conn: Connection, new: NewJob) -> Inserted:
@@ -733,9 +766,13 @@ def _exchange_params(
 _PRIORITY, _RUN_AT, _SEQ = 1 + COLUMNS.index("priority"), 1 + COLUMNS.index("run_at"), 1 + len(COLUMNS)
 
 
-def _claim_order(row: tuple[Any, ...]) -> tuple[int, datetime, int]:
-    """Claim order for a claimed row of `complete_and_claim_jobs` (a flag, the columns, seq)."""
-    return (-row[_PRIORITY], row[_RUN_AT], row[_SEQ])
+def _claimed_jobs(rows: list[tuple[Any, ...]]) -> list[Job]:
+    """The claimed jobs among the rows of `complete_and_claim_jobs` (a flag, the columns,
+    seq), in claim order: UNION ALL keeps none."""
+    claimed = sorted(
+        (row for row in rows if row[0]), key=lambda row: (-row[_PRIORITY], row[_RUN_AT], row[_SEQ])
+    )
+    return [_job(row[1:]) for row in claimed]
 
 
 def _migrate(conn: Connection) -> None:

@@ -2,7 +2,7 @@
 
 All database work runs on one dedicated thread that owns the connection. A Trio task
 queues a call and parks; the thread runs the call as one transaction and hands the
-outcome back with `run_sync_soon`, which does not wait for the event loop, so calls
+result back with `run_sync_soon`, which does not wait for the event loop, so calls
 pipeline instead of paying a thread hop each. A call still queued when its task is
 cancelled is dropped; one already running runs to its end, so the database is never
 left half-written (the task sees the cancellation at its next checkpoint).
@@ -28,8 +28,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-import outcome
 import trio
+from outcome import Error as CapturedError
+from outcome import Outcome as Captured
+from outcome import capture
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import JSON, Action, Job, JobState, Progress, next_state
@@ -39,6 +41,7 @@ from jobd.store import (
     Completion,
     Fired,
     Inserted,
+    InsertedAndClaimed,
     JobFilter,
     JobPage,
     NewJob,
@@ -222,10 +225,10 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
     return results
 
 
-def _list_jobs(conn: sqlite3.Connection, filter: JobFilter, limit: int, below: int | None) -> JobPage:
+def _list_jobs(conn: sqlite3.Connection, wanted: JobFilter, limit: int, below: int | None) -> JobPage:
     values: dict[str, Any] = {"below": 2**63 - 1 if below is None else below, "limit": limit + 1}
     for name in _LIST_FILTERS:
-        value = getattr(filter, name)
+        value = getattr(wanted, name)
         if value is not None:
             values[name] = str(value)
     # Only the fixed names above are spliced in; the values stay parameters.
@@ -461,7 +464,7 @@ def _fire_schedules(conn: sqlite3.Connection, fires: Sequence[ScheduleFire], now
 
 @dataclass(eq=False)
 class _Call:
-    """One queued call and the parked Trio task waiting for its outcome.
+    """One queued call and the parked Trio task waiting for its result.
 
     A call holds either `work` (run as it is: opening, closing, reads) or
     `transaction` (a write, run inside a transaction the thread manages).
@@ -488,7 +491,7 @@ class _Call:
             self.status = "running"
             return True
 
-    def finish(self, result: outcome.Outcome[object]) -> None:
+    def finish(self, result: Captured[object]) -> None:
         # The loop may be gone already (a run that ended without closing the store).
         with contextlib.suppress(trio.RunFinishedError):
             self.token.run_sync_soon(trio.lowlevel.reschedule, self.task, result)
@@ -550,7 +553,7 @@ class SQLiteStore:
                 return
             if call.transaction is None:
                 if call.start():
-                    call.finish(outcome.capture(self._guarded, cast(Callable[[], object], call.work)))
+                    call.finish(capture(self._guarded, cast(Callable[[], object], call.work)))
                 continue
             # Group commit: the writes that queued up while the last transaction was
             # being made durable share the next one, so one fsync serves them all.
@@ -571,7 +574,7 @@ class SQLiteStore:
         is rolled back alone; the results are handed out only once all are committed."""
         if not calls:
             return
-        results: list[outcome.Outcome[object]] = []
+        results: list[Captured[object]] = []
         try:
             conn = self._connection()
             # IMMEDIATE takes the write lock up front: no SQLITE_BUSY on a later lock upgrade.
@@ -579,8 +582,8 @@ class SQLiteStore:
             for call in calls:
                 transaction = cast(Callable[[sqlite3.Connection], object], call.transaction)
                 conn.execute("SAVEPOINT call")
-                result: outcome.Outcome[object] = outcome.capture(self._guarded, transaction, conn)
-                if isinstance(result, outcome.Error):
+                result: Captured[object] = capture(self._guarded, transaction, conn)
+                if isinstance(result, CapturedError):
                     conn.execute("ROLLBACK TO call")
                 conn.execute("RELEASE call")
                 results.append(result)
@@ -591,7 +594,7 @@ class SQLiteStore:
                     self._conn.execute("ROLLBACK")
             failure = error if isinstance(error, StoreUnavailable) else self._unavailable(error)
             # One exception object per task: each raise rewrites its traceback.
-            results = [outcome.Error(StoreUnavailable(failure.message)) for _ in calls]
+            results = [CapturedError(StoreUnavailable(failure.message)) for _ in calls]
         for call, result in zip(calls, results, strict=True):
             call.finish(result)
 
@@ -713,13 +716,23 @@ class SQLiteStore:
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         return await self._write(lambda conn: _insert_jobs(conn, jobs))
 
+    async def insert_and_claim_jobs(
+        self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
+    ) -> InsertedAndClaimed:
+        def insert_and_claim(conn: sqlite3.Connection) -> InsertedAndClaimed:
+            inserted = _insert_jobs(conn, jobs)
+            claimed = _claim_jobs(conn, claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+            return InsertedAndClaimed(inserted, claimed)
+
+        return await self._write(insert_and_claim)
+
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._read(lambda conn: conn.execute(_Q["get_job"], {"id": str(job_id)}).fetchone())
         return _job(row) if row is not None else None
 
-    async def list_jobs(self, filter: JobFilter, limit: int, after: str | None) -> JobPage:
+    async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
-        return await self._read(lambda conn: _list_jobs(conn, filter, limit, below))
+        return await self._read(lambda conn: _list_jobs(conn, wanted, limit, below))
 
     async def claim_jobs(
         self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime

@@ -12,7 +12,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import jobd_email
 import pytest
@@ -38,7 +38,7 @@ class Received:
     @property
     def message(self) -> EmailMessage:
         stored = self.data.replace(b"\r\n", b"\n")  # as a mailbox keeps it: lines end in LF
-        return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(stored))
+        return BytesParser(policy=policy.default).parsebytes(stored)
 
 
 @dataclass
@@ -67,7 +67,8 @@ class SmtpSession(socketserver.StreamRequestHandler):
             sink.release.wait(60)
             return
         self.reply(sink.replies.get("GREETING", "220 sink ESMTP"))
-        sender, recipients = "", []
+        sender = ""
+        recipients: list[str] = []
         while line := self.rfile.readline():
             command, _, argument = line.decode().rstrip("\r\n").partition(" ")
             verb = command.upper()

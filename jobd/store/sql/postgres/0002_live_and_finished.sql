@@ -28,13 +28,16 @@ ALTER TABLE jobd.live_jobs SET (fillfactor = 70);
 DROP INDEX jobd.jobs_finished;
 DROP INDEX jobd.jobs_live_key;
 CREATE UNIQUE INDEX live_jobs_key ON jobd.live_jobs (key) WHERE key IS NOT NULL;
--- Running jobs: the per-queue count under a global limit, the expired-lease scan
--- and a daemon's cancel requests. lease_until is no longer indexed (see fillfactor).
+-- Running jobs (few: at most every daemon's concurrency): the per-queue count under a
+-- global limit, the expired-lease scan, a daemon's cancel requests and the listing of
+-- running jobs, newest first. lease_until is no longer indexed (see fillfactor).
 DROP INDEX jobd.jobs_running;
-CREATE INDEX live_jobs_running ON jobd.live_jobs (queue) WHERE state = 'running';
+CREATE INDEX live_jobs_running ON jobd.live_jobs (seq) WHERE state = 'running';
 ALTER INDEX jobd.jobs_claim RENAME TO live_jobs_claim;
 ALTER INDEX jobd.jobs_scheduled RENAME TO live_jobs_scheduled;
-ALTER INDEX jobd.jobs_list_state RENAME TO live_jobs_list_state;
+-- Every claim wrote a row version into a (state, seq) index: it goes. Listing live jobs
+-- by state walks the seq index (live jobs are few) or, for running ones, the index above.
+DROP INDEX jobd.jobs_list_state;
 
 -- The finished table's indexes: one per way of finding its jobs.
 CREATE UNIQUE INDEX finished_jobs_seq ON jobd.finished_jobs (seq);  -- listing, newest first
