@@ -62,6 +62,7 @@ class _Watch:
     watching_since: datetime  # ticks before this were missed while no daemon watched
     looked_until: datetime | None = None  # the last time we looked for due ticks
     next_run: datetime | None = None  # when to look again
+    warned: bool = False  # that another daemon defines this schedule otherwise
 
     def plan(self) -> None:
         start = self.record.counted_from
@@ -164,7 +165,7 @@ class Scheduler:
             if ticks:
                 jitter = schedule.jitter
                 jobs = [tick_job(schedule, tick, now, self._rng.uniform(0.0, jitter)) for tick in ticks]
-                fires.append(ScheduleFire(schedule.name, jobs, schedule.skip_overlap))
+                fires.append(ScheduleFire(schedule.name, schedule.timing, jobs, schedule.skip_overlap))
             looked.append(watch)
         fired = await self._store.fire_schedules(fires, now) if fires else []
         for result in fired:
@@ -199,6 +200,15 @@ class Scheduler:
             self._synced = None
             return
         watch.record = fired.record
+        if fired.record.timing != watch.schedule.timing and not watch.warned:
+            watch.warned = True
+            log.warning(
+                "schedule %s is defined otherwise by another daemon sharing the store (%s, here %s); "
+                "this daemon fires none of its ticks until it restarts or reloads with the same definition",
+                fired.name,
+                fired.record.timing,
+                watch.schedule.timing,
+            )
         self._metrics.schedule_fired(fired.name, len(fired.ticks), len(fired.jobs))
         for job in fired.jobs:
             self._metrics.job_submitted(job.queue, job.type)

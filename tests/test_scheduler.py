@@ -235,7 +235,8 @@ async def fire(store: MemoryStore, name: str, *ticks: datetime) -> Fired:
     jobs = [NewJob(id=new_job_id(), type="t.record", queue="default", payload=None, priority=0, run_at=tick,
                    max_attempts=3, timeout=None, key=None, created_at=tick, schedule=name, scheduled_for=tick)
             for tick in ticks]
-    [fired] = await store.fire_schedules([ScheduleFire(name, jobs, False)], ticks[-1])
+    [record] = (await store.schedule_records([name])).values()
+    [fired] = await store.fire_schedules([ScheduleFire(name, record.timing, jobs, False)], ticks[-1])
     return fired
 
 

@@ -996,7 +996,7 @@ def tick_job(schedule: str, tick: datetime, *, created_at: datetime = T0, payloa
 
 def fire_of(schedule: str, *ticks: datetime, skip_overlap: bool = False) -> ScheduleFire:
     jobs = [tick_job(schedule, tick, payload=n) for n, tick in enumerate(ticks)]
-    return ScheduleFire(schedule, jobs, skip_overlap)
+    return ScheduleFire(schedule, TIMING, jobs, skip_overlap)
 
 
 async def fire(store: Store, schedule: str, *ticks: datetime, skip_overlap: bool = False,
@@ -1142,3 +1142,12 @@ async def test_many_daemons_firing_one_tick_at_once_make_one_job(
     made = [job for fired in results for job in fired.jobs]
     assert sorted(job.scheduled_for for job in made if job.scheduled_for) == [at(60), at(120)]
     assert nonzero(await store.count_jobs()) == {"default": {JobState.SCHEDULED: 2}}
+
+
+async def test_a_daemon_that_defines_the_schedule_otherwise_fires_nothing(store: Store) -> None:
+    await store.sync_schedules({"s": TIMING}, at(0))
+    other = replace(fire_of("s", at(60)), timing="every 1000000us")
+    [fired] = await store.fire_schedules([other], at(61))
+    assert (fired.ticks, fired.jobs) == ([], [])
+    assert fired.record is not None and fired.record.timing == TIMING
+    assert len((await fire(store, "s", at(60), now=at(61))).jobs) == 1

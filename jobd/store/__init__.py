@@ -210,6 +210,7 @@ class ScheduleFire:
     seen (see `plan_fire`)."""
 
     name: str
+    timing: str  # the ticks' definition in the asking daemon's config
     jobs: Sequence[NewJob]
     skip_overlap: bool  # overlap = "skip": no job while one of this schedule's is unfinished
 
@@ -232,10 +233,12 @@ class Fired:
 
 def plan_fire(fire: ScheduleFire, record: ScheduleRecord, unfinished: bool) -> FirePlan:
     """Which ticks of `fire` the store records, and which jobs it makes, judged by its own
-    record: none while paused; only ticks after `record.counted_from`; with
-    `skip_overlap`, no job while the schedule has an `unfinished` job, else only the
-    oldest tick's (the later ones would overlap it). Every store fires through this rule."""
-    if record.paused:
+    record: none while paused, nor for a daemon that defines the schedule's ticks
+    otherwise than the record (its config is not the one the store last synced); only
+    ticks after `record.counted_from`; with `skip_overlap`, no job while the schedule has
+    an `unfinished` job, else only the oldest tick's (the later ones would overlap it).
+    Every store fires through this rule."""
+    if record.paused or record.timing != fire.timing:
         return FirePlan([], [])
     after = record.counted_from
     fresh = [job for job in fire.jobs if job.scheduled_for is not None and job.scheduled_for > after]
