@@ -7,6 +7,7 @@ import types
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pytest
@@ -270,3 +271,17 @@ async def test_open_plugin_holds_the_lifespan_open_around_the_block(monkeypatch:
         assert events == ["blue", "open"]
         assert registry.get("jobd.sleep") is not None
     assert events == ["blue", "open", "closed"]
+
+
+@handler("kit.tick")
+async def tick(job: JobContext) -> Any:
+    tick_time = None if job.scheduled_for is None else str(job.scheduled_for)
+    return {"schedule": job.schedule, "scheduled_for": tick_time}
+
+
+async def test_a_handler_sees_the_schedule_and_tick_that_made_its_job() -> None:
+    when = datetime(2030, 1, 1, 2, 30, tzinfo=UTC)
+    made = await run_handler(tick, None, schedule="nightly", scheduled_for=when)
+    assert made.result == {"schedule": "nightly", "scheduled_for": "2030-01-01 02:30:00+00:00"}
+    plain = await run_handler(tick, None)
+    assert plain.result == {"schedule": None, "scheduled_for": None}
