@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 from jobd.durations import format_duration, parse_duration
 from jobd.errors import ConfigError, InvalidJob
 from jobd.recurrence import MIN_EVERY, parse_cron, parse_zone
-from jobd.submission import check_submission
+from jobd.submission import Submission, check_submission
 
 SYSTEM_CONFIG = Path("/etc/jobd/jobd.toml")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -152,6 +152,19 @@ class ScheduleConfig:
     overlap: Literal["allow", "skip"] = "allow"
     jitter: float = duration(0.0)
     enabled: bool = True
+
+    def submission(self) -> Submission:
+        """The job each tick makes, checked as any submit is; `InvalidJob` otherwise.
+        A tick's job has no delay, so the instant it is checked at does not matter."""
+        return check_submission(
+            job_type=self.job_type,
+            payload=self.payload,
+            now=_EPOCH,
+            queue=self.queue,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+        )
 
 
 SECTIONS: Mapping[str, type] = MappingProxyType(
@@ -364,16 +377,7 @@ def _schedule(name: str, table: Mapping[str, Any], where: str) -> ScheduleConfig
     if not schedule.job_type:
         raise refuse("type", "a schedule needs the type of the job its ticks make")
     try:
-        # The rules of any submitted job; `now` only matters for a delay, which this has not.
-        check_submission(
-            job_type=schedule.job_type,
-            payload=schedule.payload,
-            now=_EPOCH,
-            queue=schedule.queue,
-            priority=schedule.priority,
-            max_attempts=schedule.max_attempts,
-            timeout=schedule.timeout,
-        )
+        schedule.submission()
     except InvalidJob as error:
         raise refuse(error.field or "type", error.message) from None
     return schedule

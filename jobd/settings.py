@@ -26,7 +26,7 @@ from jobd.recurrence import Recurrence
 from jobd.retry import RetryPolicy
 from jobd.schedules import CatchUp, Schedule
 from jobd.store import NewJob
-from jobd.submission import Submission, check_submission
+from jobd.submission import Submission
 
 T = TypeVar("T")
 
@@ -155,15 +155,7 @@ def _resolve_schedule(settings: Settings, name: str, table: ScheduleConfig) -> S
     """`[schedules.NAME]` against the handlers in force: its job checked as a submit is
     (`Settings.new_job`), its options resolved once for every tick. A `ConfigError`
     names the key at fault."""
-    asked = check_submission(
-        job_type=table.job_type,
-        payload=table.payload,
-        now=_CHECKED_AT,
-        queue=table.queue,
-        priority=table.priority,
-        max_attempts=table.max_attempts,
-        timeout=table.timeout,
-    )
+    asked = table.submission()
     try:
         job = settings.new_job(asked, _CHECKED_AT)
     except InvalidJob as error:
