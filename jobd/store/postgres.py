@@ -268,32 +268,9 @@ class PostgresStore:
             inserted = await self.insert_jobs(jobs)
             claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
             return InsertedAndClaimed(inserted, claimed)
-        insert = _insert_params(jobs)
-        wanted = [slot for slot in claim.slots if slot.free > 0] if claim.limit > 0 else []
-        exchange = _exchange_params([], wanted, claim, now)
-        limited = sorted({slot.queue for slot in wanted if slot.global_limit is not None})
-
-        def insert_and_claim(conn: Connection) -> list[tuple[Any, ...]]:
-            try:
-                # BEGIN, the insert, the locks, the claim and COMMIT go in one round trip;
-                # the claim, a statement of its own, sees the rows just inserted.
-                with conn.pipeline():
-                    conn.execute(_BEGIN)
-                    conn.execute(QUERIES["insert_jobs"], insert)
-                    for queue in limited:
-                        conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
-                    claiming = conn.execute(QUERIES["complete_and_claim_jobs"], exchange)
-                    conn.execute("COMMIT")
-            except psycopg.errors.UniqueViolation as error:
-                if error.diag.constraint_name == "live_jobs_pkey":
-                    raise _taken_id(jobs, error) from None
-                raise
-            return claiming.fetchall()
-
-        rows = await self._run(insert_and_claim, transaction=False)
-        return InsertedAndClaimed(
-            [Inserted(new.inserted(), created=True) for new in jobs], _claimed_jobs(rows)
-        )
+        # The claim, a statement of its own after the insert, sees the rows just inserted.
+        exchanged = await self._exchange([], claim, now, inserting=jobs)
+        return InsertedAndClaimed([Inserted(new.inserted(), created=True) for new in jobs], exchanged.claimed)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
@@ -333,8 +310,15 @@ class PostgresStore:
         return await self._exchange(completions, claim, now)
 
     async def _exchange(
-        self, completions: Sequence[Completion], claim: ClaimRequest | None, now: datetime
+        self,
+        completions: Sequence[Completion],
+        claim: ClaimRequest | None,
+        now: datetime,
+        *,
+        inserting: Sequence[NewJob] = (),
     ) -> CompletedAndClaimed:
+        """Record `completions` and make `claim` (after inserting `inserting`, jobs whose
+        keys the caller has ruled out) in one transaction and one round trip."""
         wanted = [slot for slot in claim.slots if slot.free > 0] if claim and claim.limit > 0 else []
         # The first completion of each job goes in the statement that claims; a job named
         # again (two runs of it ended together) has each later completion applied after
@@ -356,16 +340,27 @@ class PostgresStore:
         # order so two daemons never deadlock.
         limited = sorted({slot.queue for slot in wanted if slot.global_limit is not None})
 
+        insert = _insert_params(inserting) if inserting else None
+
         def exchange(conn: Connection) -> list[list[tuple[Any, ...]]]:
-            if not limited and len(statements) == 1:
+            if insert is None and not limited and len(statements) == 1:
                 return [conn.execute(QUERIES["complete_and_claim_jobs"], statements[0]).fetchall()]
-            # BEGIN, the locks, the statements and COMMIT all go in one round trip.
-            with conn.pipeline():
-                conn.execute(_BEGIN)
-                for queue in limited:
-                    conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
-                cursors = [conn.execute(QUERIES["complete_and_claim_jobs"], params) for params in statements]
-                conn.execute("COMMIT")
+            # BEGIN, the insert, the locks, the statements and COMMIT all go in one round trip.
+            try:
+                with conn.pipeline():
+                    conn.execute(_BEGIN)
+                    if insert is not None:
+                        conn.execute(QUERIES["insert_jobs"], insert)
+                    for queue in limited:
+                        conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
+                    cursors = [
+                        conn.execute(QUERIES["complete_and_claim_jobs"], params) for params in statements
+                    ]
+                    conn.execute("COMMIT")
+            except psycopg.errors.UniqueViolation as error:
+                if error.diag.constraint_name == "live_jobs_pkey":
+                    raise _taken_id(inserting, error) from None
+                raise
             return [cursor.fetchall() for cursor in cursors]
 
         results = await self._run(exchange, transaction=False)
