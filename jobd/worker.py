@@ -125,8 +125,7 @@ class WorkerPool:
     def wake(self) -> None:
         """Something may be claimable: look now rather than at the next poll."""
         self._claimable = True
-        for wakeup in self._wakeups:
-            wakeup.set()
+        self._wake_lanes()
 
     def check_cancels(self) -> None:
         """A cancel may have been requested for a job this daemon runs (another daemon's API)."""
@@ -164,6 +163,9 @@ class WorkerPool:
         or, `immediately`, cancels and requeues them now."""
         self._stopping = True
         self._immediately = self._immediately or immediately
+        self._wake_lanes()
+
+    def _wake_lanes(self) -> None:
         for wakeup in self._wakeups:
             wakeup.set()
 
