@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +26,16 @@ from prometheus_client import (
 )
 
 from jobd.job import JobState
+
+_Labelled = TypeVar("_Labelled", Counter, Histogram)
+
+
+def _child(cache: dict[tuple[str, ...], _Labelled], metric: _Labelled, *values: str) -> _Labelled:
+    """`metric`'s child for the label `values` (in the metric's label order), made once."""
+    child = cache.get(values)
+    if child is None:
+        child = cache[values] = metric.labels(*values)
+    return child
 
 # The `*_created` series double the exposition and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -115,41 +126,25 @@ class Metrics:
         )
         self._queues_seen: set[str] = set()
         # Each labelled child, looked up once: `labels()` costs more than the update itself.
-        self._submitted_by: dict[tuple[str, str], Counter] = {}
-        self._finished_by: dict[tuple[str, str, str], Counter] = {}
-        self._duration_by: dict[tuple[str, str], Histogram] = {}
-        self._wait_by: dict[str, Histogram] = {}
+        self._submitted_by: dict[tuple[str, ...], Counter] = {}
+        self._finished_by: dict[tuple[str, ...], Counter] = {}
+        self._duration_by: dict[tuple[str, ...], Histogram] = {}
+        self._wait_by: dict[tuple[str, ...], Histogram] = {}
 
     def job_submitted(self, queue: str, job_type: str) -> None:
-        child = self._submitted_by.get((queue, job_type))
-        if child is None:
-            child = self._submitted_by[(queue, job_type)] = self._submitted.labels(queue=queue, type=job_type)
-        child.inc()
+        _child(self._submitted_by, self._submitted, queue, job_type).inc()
 
     def job_started(self, queue: str, wait_seconds: float) -> None:
         """A ready job was claimed; `wait_seconds` is ready -> started."""
-        child = self._wait_by.get(queue)
-        if child is None:
-            child = self._wait_by[queue] = self._wait.labels(queue=queue)
-        child.observe(max(wait_seconds, 0.0))
+        _child(self._wait_by, self._wait, queue).observe(max(wait_seconds, 0.0))
 
     def job_finished(self, queue: str, job_type: str, outcome: str, duration: float | None) -> None:
         """An attempt ended (or a waiting job was cancelled: `duration` None)."""
-        child = self._finished_by.get((queue, job_type, outcome))
-        if child is None:
-            if outcome not in OUTCOMES:
-                raise ValueError(f"unknown outcome {outcome!r} (known: {', '.join(sorted(OUTCOMES))})")
-            child = self._finished_by[(queue, job_type, outcome)] = self._finished.labels(
-                queue=queue, type=job_type, outcome=outcome
-            )
-        child.inc()
+        if (queue, job_type, outcome) not in self._finished_by and outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r} (known: {', '.join(sorted(OUTCOMES))})")
+        _child(self._finished_by, self._finished, queue, job_type, outcome).inc()
         if duration is not None:
-            timer = self._duration_by.get((queue, job_type))
-            if timer is None:
-                timer = self._duration_by[(queue, job_type)] = self._duration.labels(
-                    queue=queue, type=job_type
-                )
-            timer.observe(max(duration, 0.0))
+            _child(self._duration_by, self._duration, queue, job_type).observe(max(duration, 0.0))
 
     def set_queue_counts(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         """Replace the `jobd_jobs` gauge from queue -> state -> count.
