@@ -150,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
             "job); trigger: make the schedule's job now, leaving its ticks as they are."
         ),
     )
-    schedule.add_argument("action", choices=["show", "pause", "resume", "trigger"], metavar="ACTION",
-                          help="show, pause, resume or trigger")
+    schedule.add_argument(
+        "action",
+        choices=["show", "pause", "resume", "trigger"],
+        metavar="ACTION",
+        help="show, pause, resume or trigger",
+    )
     schedule.add_argument("name", metavar="NAME")
     return parser
 

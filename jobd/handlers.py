@@ -9,9 +9,10 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from jobd.durations import parse_duration
@@ -176,6 +177,7 @@ class JobContext:
         "created_at",
         "id",
         "max_attempts",
+        "parents",
         "payload",
         "queue",
         "schedule",
@@ -199,6 +201,7 @@ class JobContext:
         logger: logging.Logger | None = None,
         schedule: str | None = None,
         scheduled_for: datetime | None = None,
+        parents: Mapping[uuid.UUID, JSON] | None = None,
     ) -> None:
         self.id = job_id
         self.type = job_type
@@ -210,6 +213,8 @@ class JobContext:
         self.settings = settings  # the plugin's settings in force when the attempt started
         self.schedule = schedule  # the schedule that made the job, or None
         self.scheduled_for = scheduled_for  # the tick it was made for (UTC), or None
+        # The jobs named in `after`, each id to its result (None for one pruned since).
+        self.parents: Mapping[uuid.UUID, JSON] = MappingProxyType(dict(parents or {}))
         self._progress = progress
         self._logger = logger
         self._log: JobLogger | None = None

@@ -23,6 +23,7 @@ JSON = Any
 
 
 class JobState(enum.StrEnum):
+    WAITING = "waiting"  # for its parents (`after`) to complete
     SCHEDULED = "scheduled"
     PENDING = "pending"
     RUNNING = "running"
@@ -49,11 +50,16 @@ class Action(enum.StrEnum):
     CANCEL = "cancel"  # a user cancelled it
     RETRY = "retry"  # a user asked to run a dead job again
     REQUEUE = "requeue"  # graceful shutdown, or a rescue with attempts left and no delay
+    RELEASE = "release"  # its last parent completed
+    RELEASE_LATER = "release_later"  # its last parent completed and its run_at is still ahead
 
 
 _S = JobState
 _A = Action
 TRANSITIONS: Mapping[tuple[JobState, Action], JobState] = {
+    (_S.WAITING, _A.RELEASE): _S.PENDING,
+    (_S.WAITING, _A.RELEASE_LATER): _S.SCHEDULED,
+    (_S.WAITING, _A.CANCEL): _S.CANCELLED,
     (_S.SCHEDULED, _A.PROMOTE): _S.PENDING,
     (_S.PENDING, _A.CLAIM): _S.RUNNING,
     (_S.RUNNING, _A.COMPLETE): _S.COMPLETED,
@@ -75,6 +81,13 @@ def next_state(job_id: uuid.UUID | str, state: JobState, action: Action) -> JobS
         return TRANSITIONS[(state, action)]
     except KeyError:
         raise IllegalTransition(str(job_id), state.value, action.value) from None
+
+
+class ParentFailure(enum.StrEnum):
+    """What becomes of a waiting job when one of its parents ends failed or cancelled."""
+
+    CANCEL = "cancel"  # it ends cancelled too, and so do the jobs waiting on it
+    RUN = "run"  # it is released as if that parent had completed
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,8 @@ class Job:
     key: str | None = None
     schedule: str | None = None  # the schedule whose tick (or trigger) made the job
     scheduled_for: datetime | None = None  # that tick
+    after: tuple[uuid.UUID, ...] = ()  # the parents that must complete first
+    on_parent_failure: ParentFailure = ParentFailure.CANCEL
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -133,6 +148,8 @@ class Job:
             "key": self.key,
             "schedule": self.schedule,
             "scheduled_for": format_time(self.scheduled_for),
+            "after": [str(parent) for parent in self.after],
+            "on_parent_failure": self.on_parent_failure.value,
         }
 
     @classmethod
@@ -159,6 +176,8 @@ class Job:
             key=data.get("key"),
             schedule=data.get("schedule"),
             scheduled_for=parse_optional_time(data.get("scheduled_for")),
+            after=tuple(uuid.UUID(parent) for parent in data.get("after") or ()),
+            on_parent_failure=ParentFailure(data.get("on_parent_failure") or ParentFailure.CANCEL),
         )
 
 

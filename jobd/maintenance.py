@@ -136,7 +136,7 @@ class Maintenance:
             JobState.CANCELLED: now - timedelta(seconds=retention.cancelled),
         }
         while True:
-            deleted = await self._store.prune_jobs(before, PRUNE_BATCH)
+            deleted = await self._store.prune_jobs(before, PRUNE_BATCH, now)
             if deleted:
                 log.info("pruned %d finished jobs", deleted)
             if deleted < PRUNE_BATCH:
@@ -147,7 +147,9 @@ class Maintenance:
         """Jobs wait in a queue this daemon does not serve (dropped from the config): say so once."""
         served = self._live.current.queues
         for queue, states in self.counts.items():
-            waiting = states.get(JobState.PENDING, 0) + states.get(JobState.SCHEDULED, 0)
+            waiting = sum(
+                states.get(state, 0) for state in (JobState.WAITING, JobState.SCHEDULED, JobState.PENDING)
+            )
             if queue not in served and waiting and queue not in self._warned_queues:
                 self._warned_queues.add(queue)
                 log.warning(

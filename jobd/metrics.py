@@ -37,6 +37,7 @@ def _child(cache: dict[tuple[str, ...], _Labelled], metric: _Labelled, *values: 
         child = cache[values] = metric.labels(*values)
     return child
 
+
 # The `*_created` series double the exposition and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 

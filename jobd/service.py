@@ -41,7 +41,20 @@ from jobd.watch import JobWatch
 from jobd.worker import WorkerPool
 
 JOB_FIELDS = frozenset(
-    {"type", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "timeout", "key"}
+    {
+        "type",
+        "payload",
+        "queue",
+        "priority",
+        "run_at",
+        "delay",
+        "max_attempts",
+        "timeout",
+        "key",
+        "after",
+        "on_parent_failure",
+        "unique_for",
+    }
 )
 MAX_BATCH = 10_000
 MAX_WAIT = 3600.0
@@ -118,10 +131,12 @@ class JobService:
         if len(items) > MAX_BATCH:
             raise InvalidJob(f"a batch holds at most {MAX_BATCH} jobs, got {len(items)}", field="jobs")
         now, settings = self._clock(), self._live.current
-        new_jobs = []
+        new_jobs: list[NewJob] = []
+        ids: list[uuid.UUID] = []
         for index, item in enumerate(items):
             try:
-                new_jobs.append(self._new_job(item, now, settings))
+                new_jobs.append(self._new_job(item, now, settings, index=index, earlier=ids))
+                ids.append(new_jobs[-1].id)
             except InvalidJob as error:
                 raise error.at_index(index) from None
         await self._ready_store()
@@ -142,7 +157,15 @@ class JobService:
         if any(job.state == JobState.SCHEDULED for job in created):
             self._maintenance.schedule_changed()
 
-    def _new_job(self, body: object, now: datetime, settings: Settings) -> NewJob:
+    def _new_job(
+        self,
+        body: object,
+        now: datetime,
+        settings: Settings,
+        *,
+        index: int | None = None,
+        earlier: Sequence[uuid.UUID] = (),
+    ) -> NewJob:
         if not isinstance(body, dict):
             raise InvalidJob("a job must be a JSON object")
         unknown = sorted(set(body) - JOB_FIELDS)
@@ -161,8 +184,12 @@ class JobService:
             max_attempts=body.get("max_attempts"),
             timeout=_optional_seconds(body, "timeout"),
             key=body.get("key"),
+            after=body.get("after"),
+            on_parent_failure=body.get("on_parent_failure"),
+            unique_for=_optional_seconds(body, "unique_for"),
+            index=index,
         )
-        return settings.new_job(asked, now)
+        return settings.new_job(asked, now, earlier=earlier)
 
     # -- reading ------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ handlers, which pass them to the payload validator and to `JobContext.settings`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -73,11 +74,13 @@ class Settings:
         *,
         schedule: str | None = None,
         scheduled_for: datetime | None = None,
+        earlier: Sequence[uuid.UUID] = (),
     ) -> NewJob:
         """The job `asked` for, as this daemon accepts one: a handler for its type (unless
         `api.accept_unknown_types`), its payload within `api.max_payload_bytes` and
         accepted by the handler's validation, its queue one that exists; the options it
-        leaves out from `type_defaults`. Raises `InvalidJob` naming the field at fault."""
+        leaves out from `type_defaults`; `earlier` the ids of the batch's items before it,
+        which its `after` may name. Raises `InvalidJob` naming the field at fault."""
         handler = self.handler(asked.job_type)
         api = self.config.api
         if handler is None and not api.accept_unknown_types:
@@ -107,6 +110,9 @@ class Settings:
             created_at=now,
             schedule=schedule,
             scheduled_for=scheduled_for,
+            after=asked.parents(earlier),
+            on_parent_failure=asked.on_parent_failure,
+            unique_for=asked.unique_for,
         )
 
     def _resolve_defaults(self, job_type: str) -> TypeDefaults:

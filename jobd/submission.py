@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import functools
 import math
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from jobd.errors import InvalidJob
 from jobd.handlers import clean_text, storable_json_size
-from jobd.job import JSON
+from jobd.job import JSON, ParentFailure
 
 MAX_PRIORITY = 2**31 - 1  # either way: what a PostgreSQL integer holds
 MAX_ATTEMPTS = 1000
 MAX_KEY_LENGTH = 255
 MAX_DELAY = 10 * 366 * 86400.0  # ten years: a longer one is a mistake
+MAX_PARENTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,15 @@ class Submission:
     max_attempts: int | None
     timeout: float | None  # seconds
     key: str | None
+    after: tuple[uuid.UUID | int, ...] = ()  # job ids, or indexes of earlier items of the batch
+    on_parent_failure: ParentFailure = ParentFailure.CANCEL
+    unique_for: float | None = None  # seconds
+
+    def parents(self, earlier: Sequence[uuid.UUID]) -> tuple[uuid.UUID, ...]:
+        """`after` as job ids, `earlier` being the ids of the batch's items before this one."""
+        return tuple(
+            dict.fromkeys(earlier[parent] if isinstance(parent, int) else parent for parent in self.after)
+        )
 
 
 def check_submission(
@@ -51,11 +63,18 @@ def check_submission(
     max_attempts: object = None,
     timeout: object = None,
     key: object = None,
+    after: object = None,
+    on_parent_failure: object = None,
+    unique_for: object = None,
+    index: int | None = None,
 ) -> Submission:
     """Check each field of a submit; raise `InvalidJob` naming the first one at fault.
 
     `delay` is seconds from `now`, `run_at` an aware datetime; they exclude each other.
+    `after` lists job ids (strings or UUIDs) and, for the item at `index` of a batch,
+    `"#N"` for an earlier item N. `unique_for` is seconds, and needs a `key`.
     """
+    checked_key = _key(key)
     return Submission(
         job_type=_name("type", job_type, required=True) or "",
         payload=payload,
@@ -65,7 +84,10 @@ def check_submission(
         run_at=_run_at(delay, run_at, now),
         max_attempts=_whole("max_attempts", max_attempts, 1, MAX_ATTEMPTS),
         timeout=_timeout(timeout),
-        key=_key(key),
+        key=checked_key,
+        after=_after(after, index),
+        on_parent_failure=_parent_failure(on_parent_failure),
+        unique_for=_unique_for(unique_for, checked_key),
     )
 
 
@@ -149,3 +171,54 @@ def _run_at(delay: object, run_at: object, now: datetime) -> datetime:
         return max(run_at.astimezone(UTC), now)
     except OverflowError:  # within a day of year 1 or year 9999
         raise InvalidJob(f"run_at is out of range: {run_at!r}", field="run_at") from None
+
+
+def _after(value: object, index: int | None) -> tuple[uuid.UUID | int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise InvalidJob("after must be a list of job ids", field="after")
+    if len(value) > MAX_PARENTS:
+        raise InvalidJob(f"after names at most {MAX_PARENTS} jobs, got {len(value)}", field="after")
+    return tuple(_parent(item, index) for item in value)
+
+
+def _parent(item: object, index: int | None) -> uuid.UUID | int:
+    if isinstance(item, uuid.UUID):
+        return item
+    if isinstance(item, str) and item.startswith("#"):
+        if index is None:
+            raise InvalidJob(f"after: {item!r} names an item of a batch, and this is no batch", field="after")
+        number = item[1:]
+        if not (number.isascii() and number.isdigit()) or int(number) >= index:
+            raise InvalidJob(
+                f"after: {item!r} is not an earlier item of the batch (this is item #{index})", field="after"
+            )
+        return int(number)
+    try:
+        if isinstance(item, str):
+            return uuid.UUID(item)
+    except ValueError:
+        pass
+    raise InvalidJob(f"after: {item!r} is not a job id or #INDEX", field="after")
+
+
+def _parent_failure(value: object) -> ParentFailure:
+    if value is None:
+        return ParentFailure.CANCEL
+    if isinstance(value, str) and value in set(ParentFailure):
+        return ParentFailure(value)
+    message = f'on_parent_failure must be "cancel" or "run", got {value!r}'
+    raise InvalidJob(message, field="on_parent_failure")
+
+
+def _unique_for(value: object, key: str | None) -> float | None:
+    if value is None:
+        return None
+    seconds = _seconds(value)
+    if seconds is None or not 0 < seconds <= MAX_DELAY:
+        message = f"unique_for must be a duration above 0 and up to 10 years, got {value!r}"
+        raise InvalidJob(message, field="unique_for")
+    if key is None:
+        raise InvalidJob("unique_for needs a key: the window is that key's", field="unique_for")
+    return seconds

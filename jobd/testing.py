@@ -105,6 +105,7 @@ async def run_handler(
     logger: logging.Logger | None = None,
     schedule: str | None = None,
     scheduled_for: datetime | None = None,
+    parents: Mapping[uuid.UUID, JSON] | None = None,
 ) -> Outcome:
     """Run one attempt of a job with `payload` through `handler` and say how it ended.
 
@@ -114,8 +115,9 @@ async def run_handler(
     `validate` (the default) the payload is first checked by `validate_payload`, so an
     invalid one raises `jobd.InvalidJob` like a refused submit. `schedule` and
     `scheduled_for` stand for a job a schedule's tick made (`job.schedule`,
-    `job.scheduled_for`). Cancelling the caller cancels the handler, as cancelling the
-    job would.
+    `job.scheduled_for`). `parents` stands for a job submitted with `after`: the
+    handler reads it as `job.parents` (each parent's id and result). Cancelling the
+    caller cancels the handler, as cancelling the job would.
     """
     if not 1 <= attempt <= max_attempts:
         raise ValueError(f"attempt must be from 1 to max_attempts ({max_attempts}), got {attempt}")
@@ -140,6 +142,7 @@ async def run_handler(
         logger=logger,
         schedule=schedule,
         scheduled_for=scheduled_for,
+        parents=parents,
     )
     limit = handler.timeout if timeout is None else timeout
 

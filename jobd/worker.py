@@ -351,6 +351,7 @@ class WorkerPool:
             with scope:
                 if handler is None:
                     raise LookupError(f"no handler for job type {job.type!r} on this daemon")
+                parents = await self._parent_results(job) if job.after else None
                 context = JobContext(
                     job_id=job.id,
                     job_type=job.type,
@@ -363,6 +364,7 @@ class WorkerPool:
                     settings=handler.settings,
                     schedule=job.schedule,
                     scheduled_for=job.scheduled_for,
+                    parents=parents,
                 )
                 result = await handler(context)
                 # A handler that returns is done, unless its deadline passed meanwhile.
@@ -392,6 +394,11 @@ class WorkerPool:
         if running.stop_reason is None:  # only the deadline cancels without a reason
             return self._after_failure(job, f"timed out after {job.timeout:g}s", None)
         return self._after_stop(running)
+
+    async def _parent_results(self, job: Job) -> dict[uuid.UUID, JSON]:
+        """Each parent's result; a parent pruned since it completed has None."""
+        results = await self._store.job_results(job.after)
+        return {parent: results.get(parent) for parent in job.after}
 
     def _after_stop(self, running: _Running) -> AttemptEnd:
         """The outcome of a handler this daemon stopped, however the handler ended."""

@@ -183,8 +183,9 @@ class DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         log.write(f"--- start {self.starts} ---\n".encode())
         log.flush()
-        self.process = subprocess.Popen([*JOBD, "run", "--config", str(self.config_path)], stdout=log,
-                                        stderr=log, env=self.env)
+        self.process = subprocess.Popen(
+            [*JOBD, "run", "--config", str(self.config_path)], stdout=log, stderr=log, env=self.env
+        )
         log.close()
         if wait:
             self.wait_healthy()
@@ -205,14 +206,21 @@ class DaemonProcess:
         raise AssertionError(f"jobd did not become healthy in {START_DEADLINE}s:\n{self.log()}")
 
     def http(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=self.socket), base_url="http://jobd",
-                            timeout=timeout)
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.socket), base_url="http://jobd", timeout=timeout
+        )
 
     def ctl(
         self, *args: str, input: str | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*JOBD_CTL, "--socket", self.socket, *args], capture_output=True, text=True,
-                              input=input, timeout=timeout, env=self.env)
+        return subprocess.run(
+            [*JOBD_CTL, "--socket", self.socket, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            env=self.env,
+        )
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -251,8 +259,13 @@ def start_daemon(short_dir: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """Start `jobd` processes: `start_daemon(config={...}, env={...})`; all stopped after the test."""
     daemons: list[DaemonProcess] = []
 
-    def start(config: dict[str, Any] | None = None, env: dict[str, str] | None = None, *,
-              name: str = "d", wait: bool = True) -> DaemonProcess:
+    def start(
+        config: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        name: str = "d",
+        wait: bool = True,
+    ) -> DaemonProcess:
         directory = short_dir / name
         directory.mkdir(exist_ok=True)
         daemon = DaemonProcess(directory, config or {}, env or {})

@@ -59,10 +59,22 @@ class FakeService:
         self.waited: list[tuple[str, str | None]] = []
         self.listed: list[dict[str, str]] = []
         self.schedule_states = {
-            "nightly": ScheduleStatus("nightly", "30 2 * * *", None, "Europe/Berlin", "jobd.noop", "default",
-                                      True, False, NOW, None, None),
-            "often": ScheduleStatus("often", None, 900.0, "UTC", "jobd.noop", "default", True, False, NOW,
-                                    NOW, uuid.uuid4()),
+            "nightly": ScheduleStatus(
+                "nightly",
+                "30 2 * * *",
+                None,
+                "Europe/Berlin",
+                "jobd.noop",
+                "default",
+                True,
+                False,
+                NOW,
+                None,
+                None,
+            ),
+            "often": ScheduleStatus(
+                "often", None, 900.0, "UTC", "jobd.noop", "default", True, False, NOW, NOW, uuid.uuid4()
+            ),
         }
 
     def _check(self) -> None:
@@ -491,9 +503,16 @@ async def test_schedules_list_show_pause_resume_and_trigger(api: ControlApi, ser
     assert listed.status == 200
     [nightly, often] = listed.json()["schedules"]
     assert nightly == {
-        "name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin", "type": "jobd.noop",
-        "queue": "default", "enabled": True, "paused": False, "next_run": "2024-05-01T12:00:00Z",
-        "last_tick": None, "last_job_id": None,
+        "name": "nightly",
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+        "type": "jobd.noop",
+        "queue": "default",
+        "enabled": True,
+        "paused": False,
+        "next_run": "2024-05-01T12:00:00Z",
+        "last_tick": None,
+        "last_job_id": None,
     }
     assert "cron" not in often and often["every"] == 900.0 and often["last_tick"] == "2024-05-01T12:00:00Z"
     shown = await call(api, "GET", "/v1/schedules/often")
@@ -510,8 +529,9 @@ async def test_schedules_list_show_pause_resume_and_trigger(api: ControlApi, ser
     assert (plain["schedule"], plain["scheduled_for"]) == (None, None)
 
 
-@pytest.mark.parametrize(("method", "action"), [("GET", ""), ("POST", "/pause"), ("POST", "/resume"),
-                                                ("POST", "/trigger")])
+@pytest.mark.parametrize(
+    ("method", "action"), [("GET", ""), ("POST", "/pause"), ("POST", "/resume"), ("POST", "/trigger")]
+)
 async def test_an_unknown_schedule_is_404(api: ControlApi, method: str, action: str) -> None:
     answer = await call(api, method, f"/v1/schedules/nope{action}")
     assert answer.status == 404

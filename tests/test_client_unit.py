@@ -371,32 +371,101 @@ def test_an_unknown_job_raises_not_found(fake: FakeDaemon, client: Client) -> No
     ("call", "method", "path", "status", "code", "details", "expected", "data"),
     [
         ("get", "GET", f"/v1/jobs/{JOB_ID}", 404, "not_found", {}, jobd.JobNotFound, {"job_id": JOB_ID}),
-        ("wait", "GET", f"/v1/jobs/{JOB_ID}/wait", 404, "not_found", {}, jobd.JobNotFound,
-         {"job_id": JOB_ID}),
-        ("pause", "POST", "/v1/queues/mail/pause", 404, "not_found", {}, jobd.QueueNotFound,
-         {"queue": "mail"}),
-        ("cancel", "POST", f"/v1/jobs/{JOB_ID}/cancel", 409, "conflict",
-         {"job_id": JOB_ID, "state": "completed"}, jobd.IllegalTransition,
-         {"job_id": JOB_ID, "state": "completed", "action": "cancel"}),
-        ("retry", "POST", f"/v1/jobs/{JOB_ID}/retry", 409, "conflict",
-         {"job_id": JOB_ID, "key": "k1"}, jobd.KeyInUse, {"job_id": JOB_ID, "key": "k1"}),
-        ("submit", "POST", "/v1/jobs", 422, "invalid_job", {"field": "type"}, jobd.InvalidJob,
-         {"field": "type", "index": None}),
-        ("submit", "POST", "/v1/jobs", 413, "payload_too_large", {"field": "payload"}, jobd.PayloadTooLarge,
-         {"field": "payload"}),
-        ("list", "GET", "/v1/jobs", 400, "bad_request", {"field": "limit"}, jobd.BadRequest,
-         {"field": "limit"}),
+        (
+            "wait",
+            "GET",
+            f"/v1/jobs/{JOB_ID}/wait",
+            404,
+            "not_found",
+            {},
+            jobd.JobNotFound,
+            {"job_id": JOB_ID},
+        ),
+        (
+            "pause",
+            "POST",
+            "/v1/queues/mail/pause",
+            404,
+            "not_found",
+            {},
+            jobd.QueueNotFound,
+            {"queue": "mail"},
+        ),
+        (
+            "cancel",
+            "POST",
+            f"/v1/jobs/{JOB_ID}/cancel",
+            409,
+            "conflict",
+            {"job_id": JOB_ID, "state": "completed"},
+            jobd.IllegalTransition,
+            {"job_id": JOB_ID, "state": "completed", "action": "cancel"},
+        ),
+        (
+            "retry",
+            "POST",
+            f"/v1/jobs/{JOB_ID}/retry",
+            409,
+            "conflict",
+            {"job_id": JOB_ID, "key": "k1"},
+            jobd.KeyInUse,
+            {"job_id": JOB_ID, "key": "k1"},
+        ),
+        (
+            "submit",
+            "POST",
+            "/v1/jobs",
+            422,
+            "invalid_job",
+            {"field": "type"},
+            jobd.InvalidJob,
+            {"field": "type", "index": None},
+        ),
+        (
+            "submit",
+            "POST",
+            "/v1/jobs",
+            413,
+            "payload_too_large",
+            {"field": "payload"},
+            jobd.PayloadTooLarge,
+            {"field": "payload"},
+        ),
+        (
+            "list",
+            "GET",
+            "/v1/jobs",
+            400,
+            "bad_request",
+            {"field": "limit"},
+            jobd.BadRequest,
+            {"field": "limit"},
+        ),
         ("stats", "GET", "/v1/stats", 503, "store_unavailable", {}, jobd.StoreUnavailable, {}),
         ("submit", "POST", "/v1/jobs", 503, "shutting_down", {}, jobd.ShuttingDown, {}),
     ],
 )
 def test_an_error_answer_raises_the_specific_exported_error(
-    fake: FakeDaemon, client: Client, call: str, method: str, path: str, status: int, code: str,
-    details: dict[str, Any], expected: type[Exception], data: dict[str, Any],
+    fake: FakeDaemon,
+    client: Client,
+    call: str,
+    method: str,
+    path: str,
+    status: int,
+    code: str,
+    details: dict[str, Any],
+    expected: type[Exception],
+    data: dict[str, Any],
 ) -> None:
     fake.answer(method, path, status, error_json(code, "the daemon says no", **details))
-    arguments = {"get": (JOB_ID,), "wait": (JOB_ID,), "cancel": (JOB_ID,), "retry": (JOB_ID,),
-                 "pause": ("mail",), "submit": ("jobd.noop",)}.get(call, ())
+    arguments = {
+        "get": (JOB_ID,),
+        "wait": (JOB_ID,),
+        "cancel": (JOB_ID,),
+        "retry": (JOB_ID,),
+        "pause": ("mail",),
+        "submit": ("jobd.noop",),
+    }.get(call, ())
     with pytest.raises(expected) as caught:
         getattr(client, call)(*arguments)
     error = caught.value
@@ -516,8 +585,15 @@ def test_a_missing_user_socket_falls_back_to_the_system_daemon(
 # -- schedules ----------------------------------------------------------------------------------
 
 SCHEDULE = {
-    "name": "a b/c", "every": 60, "timezone": "UTC", "type": "jobd.noop", "queue": "default",
-    "enabled": True, "paused": False, "next_run": "2030-01-31T09:01:00Z", "last_tick": None,
+    "name": "a b/c",
+    "every": 60,
+    "timezone": "UTC",
+    "type": "jobd.noop",
+    "queue": "default",
+    "enabled": True,
+    "paused": False,
+    "next_run": "2030-01-31T09:01:00Z",
+    "last_tick": None,
     "last_job_id": None,
 }
 
@@ -529,17 +605,30 @@ def test_schedules_are_typed_values(fake: FakeDaemon) -> None:
     fake.answer("POST", "/v1/schedules/a%20b%2Fc/pause", 200, {**SCHEDULE, "paused": True, "next_run": None})
     with Client(fake.socket) as client:
         [status] = client.schedules()
-        assert status == ScheduleStatus("a b/c", None, 60.0, "UTC", "jobd.noop", "default", True, False,
-                                        datetime(2030, 1, 31, 9, 1, tzinfo=UTC), None, None)
+        assert status == ScheduleStatus(
+            "a b/c",
+            None,
+            60.0,
+            "UTC",
+            "jobd.noop",
+            "default",
+            True,
+            False,
+            datetime(2030, 1, 31, 9, 1, tzinfo=UTC),
+            None,
+            None,
+        )
         assert status.to_json() == {**SCHEDULE, "every": 60.0}
         assert client.pause_schedule("a b/c").paused
     assert fake.last.path == "/v1/schedules/a%20b%2Fc/pause"
 
 
 def test_a_trigger_returns_the_job_and_an_unknown_schedule_raises_schedule_not_found(
-        fake: FakeDaemon) -> None:
-    fake.answer("POST", "/v1/schedules/s/trigger", 201,
-                job_json(schedule="s", scheduled_for="2030-01-31T09:00:00Z"))
+    fake: FakeDaemon,
+) -> None:
+    fake.answer(
+        "POST", "/v1/schedules/s/trigger", 201, job_json(schedule="s", scheduled_for="2030-01-31T09:00:00Z")
+    )
     fake.answer("GET", "/v1/schedules/gone", 404, error_json("not_found", "no schedule named 'gone'"))
     with Client(fake.socket) as client:
         job = client.trigger_schedule("s")

@@ -224,8 +224,11 @@ def test_a_bad_store_url_is_refused_without_echoing_a_password() -> None:
 
 @pytest.mark.parametrize(
     ("text", "address"),
-    [("127.0.0.1:9464", Address("127.0.0.1", 9464)), ("[::1]:1", Address("::1", 1)),
-     ("localhost:65535", Address("localhost", 65535))],
+    [
+        ("127.0.0.1:9464", Address("127.0.0.1", 9464)),
+        ("[::1]:1", Address("::1", 1)),
+        ("localhost:65535", Address("localhost", 65535)),
+    ],
 )
 def test_good_listen_addresses(text: str, address: Address) -> None:
     assert parse_address(text) == address
@@ -264,8 +267,17 @@ class Knobs:
 
 
 def test_parse_settings_reads_every_kind_of_field() -> None:
-    table = {"name": "y", "enabled": True, "size": 0, "ratio": 1, "grace": "1m30s", "mode": "fast",
-             "tags": ["a", "b"], "port": 25, "from": "you@example.com"}
+    table = {
+        "name": "y",
+        "enabled": True,
+        "size": 0,
+        "ratio": 1,
+        "grace": "1m30s",
+        "mode": "fast",
+        "tags": ["a", "b"],
+        "port": 25,
+        "from": "you@example.com",
+    }
     knobs = parse_settings(Knobs, table)
     assert knobs == Knobs("y", True, 0, 1.0, 90.0, "fast", ("a", "b"), 25, "you@example.com")
     assert parse_settings(Knobs, {}) == Knobs()

@@ -426,13 +426,28 @@ def test_importing_the_control_client_loads_neither_trio_nor_a_database_driver_n
 # -- schedules ----------------------------------------------------------------------------------
 
 NIGHTLY = {
-    "name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin", "type": "shell.run",
-    "queue": "reports", "enabled": True, "paused": False, "next_run": "2030-02-01T01:30:00Z",
-    "last_tick": "2030-01-31T01:30:00Z", "last_job_id": JOB_ID,
+    "name": "nightly",
+    "cron": "30 2 * * *",
+    "timezone": "Europe/Berlin",
+    "type": "shell.run",
+    "queue": "reports",
+    "enabled": True,
+    "paused": False,
+    "next_run": "2030-02-01T01:30:00Z",
+    "last_tick": "2030-01-31T01:30:00Z",
+    "last_job_id": JOB_ID,
 }
 OFTEN = {
-    "name": "often", "every": 900.0, "timezone": "UTC", "type": "jobd.noop", "queue": "default",
-    "enabled": True, "paused": True, "next_run": None, "last_tick": None, "last_job_id": None,
+    "name": "often",
+    "every": 900.0,
+    "timezone": "UTC",
+    "type": "jobd.noop",
+    "queue": "default",
+    "enabled": True,
+    "paused": True,
+    "next_run": None,
+    "last_tick": None,
+    "last_job_id": None,
 }
 
 
@@ -446,8 +461,19 @@ def test_schedules_prints_a_table(fake: FakeDaemon, capsys: pytest.CaptureFixtur
     assert run(fake, "schedules") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "SCHEDULE", "TIMEZONE", "TYPE", "NEXT", "RUN", "LAST", "RUN", "STATE"]
-    assert lines[1].split() == ["nightly", "30", "2", "*", "*", "*", "Europe/Berlin", "shell.run",
-                                "2030-02-01T01:30:00Z", "2030-01-31T01:30:00Z", "active"]
+    assert lines[1].split() == [
+        "nightly",
+        "30",
+        "2",
+        "*",
+        "*",
+        "*",
+        "Europe/Berlin",
+        "shell.run",
+        "2030-02-01T01:30:00Z",
+        "2030-01-31T01:30:00Z",
+        "active",
+    ]
     assert lines[2].split() == ["often", "every", "15m", "UTC", "jobd.noop", "-", "-", "paused"]
 
 
@@ -457,10 +483,13 @@ def test_schedules_json_prints_the_api_body(fake: FakeDaemon, capsys: pytest.Cap
     assert json.loads(capsys.readouterr().out) == {"schedules": [NIGHTLY, OFTEN]}
 
 
-@pytest.mark.parametrize(("action", "method", "suffix"), [("show", "GET", ""), ("pause", "POST", "/pause"),
-                                                          ("resume", "POST", "/resume")])
-def test_schedule_show_pause_resume(fake: FakeDaemon, capsys: pytest.CaptureFixture[str], action: str,
-                                    method: str, suffix: str) -> None:
+@pytest.mark.parametrize(
+    ("action", "method", "suffix"),
+    [("show", "GET", ""), ("pause", "POST", "/pause"), ("resume", "POST", "/resume")],
+)
+def test_schedule_show_pause_resume(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str], action: str, method: str, suffix: str
+) -> None:
     fake.answer(method, f"/v1/schedules/nightly{suffix}", 200, NIGHTLY)
     assert run(fake, "schedule", action, "nightly") == 0
     assert (fake.last.method, fake.last.path) == (method, f"/v1/schedules/nightly{suffix}")

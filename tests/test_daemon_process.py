@@ -92,16 +92,20 @@ def test_kill_9_mid_job_loses_nothing(start_daemon: StartDaemon) -> None:
         last_chance = client.post(
             "/v1/jobs", json={"type": "jobd.sleep", "payload": {"seconds": 1000}, "max_attempts": 1}
         ).json()
-        waiting = client.post("/v1/jobs/batch", json={"jobs": [{"type": "jobd.noop", "payload": i}
-                                                               for i in range(200)]}).json()["jobs"]
+        waiting = client.post(
+            "/v1/jobs/batch", json={"jobs": [{"type": "jobd.noop", "payload": i} for i in range(200)]}
+        ).json()["jobs"]
         delayed = client.post("/v1/jobs", json={"type": "jobd.noop", "delay": 2}).json()
     running_ids = {j["id"] for j in sleepers} | {last_chance["id"]}
     wait_until(lambda: all(job_state(daemon, i)["state"] == "running" for i in running_ids), what="4 running")
     daemon.kill()
     daemon.start()
     everything = [*sleepers, last_chance, *waiting, delayed]
-    wait_until(lambda: all(job_state(daemon, j["id"])["state"] in ("completed", "failed")
-                           for j in everything), timeout=60, what="every job to finish")
+    wait_until(
+        lambda: all(job_state(daemon, j["id"])["state"] in ("completed", "failed") for j in everything),
+        timeout=60,
+        what="every job to finish",
+    )
     for job in sleepers:
         final = job_state(daemon, job["id"])
         assert final["state"] == "completed"
@@ -151,8 +155,9 @@ def test_cancel_a_running_job_through_ctl(start_daemon: StartDaemon) -> None:
 
 def test_a_second_daemon_does_not_steal_a_live_socket(start_daemon: StartDaemon, short_dir: Path) -> None:
     first = start_daemon()
-    second = subprocess.run([*JOBD, "run", "--config", str(first.config_path)], capture_output=True,
-                            text=True, timeout=30)
+    second = subprocess.run(
+        [*JOBD, "run", "--config", str(first.config_path)], capture_output=True, text=True, timeout=30
+    )
     assert second.returncode == 1
     assert "already" in second.stderr and first.socket in second.stderr
     assert "Traceback" not in second.stderr
@@ -173,8 +178,9 @@ def test_bad_config_exits_1_naming_key_and_file(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[workers]\nconcurrency = "lots"\n')
     for command in ("run", "check"):
-        result = subprocess.run([*JOBD, command, "--config", str(config)], capture_output=True, text=True,
-                                timeout=30)
+        result = subprocess.run(
+            [*JOBD, command, "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
         assert result.returncode == 1
         assert "workers.concurrency" in result.stderr and str(config) in result.stderr
         assert "Traceback" not in result.stderr
@@ -193,8 +199,9 @@ def test_a_broken_or_clashing_plugin_stops_the_start(tmp_path: Path) -> None:
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     config = tmp_path / "c.toml"
     config.write_text('[store]\nurl = "memory:"\n')
-    result = subprocess.run([*JOBD, "check", "--config", str(config)], capture_output=True, text=True,
-                            env=env, timeout=30)
+    result = subprocess.run(
+        [*JOBD, "check", "--config", str(config)], capture_output=True, text=True, env=env, timeout=30
+    )
     assert result.returncode == 1
     assert "broken" in result.stderr and "missing dependency foo" in result.stderr
     assert "Traceback" not in result.stderr
@@ -211,8 +218,13 @@ def test_a_broken_or_clashing_plugin_stops_the_start(tmp_path: Path) -> None:
         "@jobd.hookimpl\n"
         "def jobd_handlers(): return [mine]\n"
     )
-    result = subprocess.run([*JOBD, "run", "--config", str(config)], capture_output=True, text=True,
-                            env={"PYTHONPATH": str(clash), "PATH": "/usr/bin:/bin"}, timeout=30)
+    result = subprocess.run(
+        [*JOBD, "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(clash), "PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
     assert result.returncode == 1
     assert "jobd.noop" in result.stderr and "jobd-clash" in result.stderr
 
@@ -222,16 +234,22 @@ def test_jobd_version_config_and_check(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("jobd ")
     config = tmp_path / "c.toml"
     config.write_text('[store]\nurl = "memory:"\n[workers]\nlease = "45s"\n')
-    printed = subprocess.run([*JOBD, "config", "--config", str(config)], capture_output=True, text=True,
-                             env={"JOBD_WORKERS_CONCURRENCY": "3", "PATH": "/usr/bin"}, timeout=30)
+    printed = subprocess.run(
+        [*JOBD, "config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={"JOBD_WORKERS_CONCURRENCY": "3", "PATH": "/usr/bin"},
+        timeout=30,
+    )
     assert printed.returncode == 0
     import tomllib
 
     effective = tomllib.loads(printed.stdout)
     assert effective["workers"] == {"concurrency": 3, "lease": "45s", "poll_interval": "1s"}
     assert effective["store"]["url"] == "memory:"
-    checked = subprocess.run([*JOBD, "check", "--config", str(config)], capture_output=True, text=True,
-                             timeout=30)
+    checked = subprocess.run(
+        [*JOBD, "check", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
     assert checked.returncode == 0
     assert "jobd.noop" in checked.stdout and "testplugin.echo" in checked.stdout
 
@@ -239,6 +257,7 @@ def test_jobd_version_config_and_check(tmp_path: Path) -> None:
 def test_bad_requests_get_the_contract_errors_and_lose_nothing(start_daemon: StartDaemon) -> None:
     daemon = start_daemon(config={"api": {"max_payload_bytes": 1000}})
     with daemon.http() as client:
+
         def error(answer: httpx.Response, status: int) -> dict[str, Any]:
             assert answer.status_code == status, answer.text
             body = answer.json()
@@ -248,16 +267,36 @@ def test_bad_requests_get_the_contract_errors_and_lose_nothing(start_daemon: Sta
         error(client.post("/v1/jobs", content=b'{"type": "jobd.noop",'), 400)
         assert error(client.post("/v1/jobs", json={"type": 5}), 422)["details"]["field"] == "type"
         assert error(client.post("/v1/jobs", json={"type": "no.such"}), 422)["details"]["field"] == "type"
-        assert error(client.post("/v1/jobs", json={"type": "jobd.noop", "priority": "high"}), 422)[
-            "details"]["field"] == "priority"
-        assert error(client.post("/v1/jobs", json={"type": "jobd.noop", "queue": "nope"}), 422)[
-            "details"]["field"] == "queue"
-        assert error(client.post("/v1/jobs", json={"type": "jobd.noop", "delay": "soon"}), 422)[
-            "details"]["field"] == "delay"
-        assert error(client.post("/v1/jobs", json={"type": "jobd.sleep", "payload": {"seconds": -1}}), 422)[
-            "details"]["field"] == "payload.seconds"
-        assert error(client.post("/v1/jobs", json={"type": "jobd.noop", "payload": "x" * 2000}), 413)[
-            "details"]["field"] == "payload"
+        assert (
+            error(client.post("/v1/jobs", json={"type": "jobd.noop", "priority": "high"}), 422)["details"][
+                "field"
+            ]
+            == "priority"
+        )
+        assert (
+            error(client.post("/v1/jobs", json={"type": "jobd.noop", "queue": "nope"}), 422)["details"][
+                "field"
+            ]
+            == "queue"
+        )
+        assert (
+            error(client.post("/v1/jobs", json={"type": "jobd.noop", "delay": "soon"}), 422)["details"][
+                "field"
+            ]
+            == "delay"
+        )
+        assert (
+            error(client.post("/v1/jobs", json={"type": "jobd.sleep", "payload": {"seconds": -1}}), 422)[
+                "details"
+            ]["field"]
+            == "payload.seconds"
+        )
+        assert (
+            error(client.post("/v1/jobs", json={"type": "jobd.noop", "payload": "x" * 2000}), 413)["details"][
+                "field"
+            ]
+            == "payload"
+        )
         batch = client.post("/v1/jobs/batch", json={"jobs": [{"type": "jobd.noop"}, {"type": "bad"}]})
         assert error(batch, 422)["details"]["index"] == 1
         error(client.get("/v1/nothing"), 404)
@@ -273,7 +312,7 @@ def test_bad_requests_get_the_contract_errors_and_lose_nothing(start_daemon: Sta
     # A body cut short: the client promises more than it sends, then hangs up.
     raw = socket.socket(socket.AF_UNIX)
     raw.connect(daemon.socket)
-    raw.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: jobd\r\nContent-Length: 100\r\n\r\n{\"type\"")
+    raw.sendall(b'POST /v1/jobs HTTP/1.1\r\nHost: jobd\r\nContent-Length: 100\r\n\r\n{"type"')
     raw.shutdown(socket.SHUT_WR)
     reply = raw.recv(4096)
     raw.close()
@@ -295,6 +334,7 @@ def test_a_flood_of_concurrent_submissions_is_all_kept(start_daemon: StartDaemon
     with ThreadPoolExecutor(max_workers=50) as pool:
         ids = set(pool.map(submit, range(1000)))
     assert len(ids) == 1000
+
     def completed() -> int:
         return int(json.loads(daemon.ctl("--json", "stats").stdout)["queues"]["default"]["completed"])
 
@@ -326,8 +366,12 @@ def test_idempotency_key_pause_resume_and_metrics(start_daemon: StartDaemon) -> 
 
 
 def test_ctl_reports_an_unreachable_daemon_with_exit_3(short_dir: Path) -> None:
-    result = subprocess.run([*JOBD_CTL, "--socket", str(short_dir / "none.sock"), "stats"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [*JOBD_CTL, "--socket", str(short_dir / "none.sock"), "stats"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 3
     assert "none.sock" in result.stderr and "Traceback" not in result.stderr
 
@@ -375,8 +419,9 @@ def test_jobd_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
     database = tmp_path / "state" / "jobd.db"
     config.write_text(f'[store]\nurl = "sqlite://{database}"\n')
     for _ in range(2):  # a second run finds nothing to do
-        result = subprocess.run([*JOBD, "migrate", "--config", str(config)], capture_output=True, text=True,
-                                timeout=30)
+        result = subprocess.run(
+            [*JOBD, "migrate", "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
         assert result.returncode == 0, result.stderr
         assert "up to date" in result.stdout
     connection = sqlite3.connect(database)
@@ -385,8 +430,9 @@ def test_jobd_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
     assert {"jobs", "paused_queues", "schema_migrations"} <= tables
     bad = tmp_path / "bad.toml"
     bad.write_text('[store]\nurl = "sqlite:///proc/no/such/dir/jobd.db"\n')
-    failed = subprocess.run([*JOBD, "migrate", "--config", str(bad)], capture_output=True, text=True,
-                            timeout=30)
+    failed = subprocess.run(
+        [*JOBD, "migrate", "--config", str(bad)], capture_output=True, text=True, timeout=30
+    )
     assert failed.returncode == 1 and "Traceback" not in failed.stderr and "/proc/no/such" in failed.stderr
 
 

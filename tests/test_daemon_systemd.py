@@ -57,8 +57,9 @@ def notify_socket(request: pytest.FixtureRequest, short_dir: Path) -> Iterator[t
     listener.sock.close()
 
 
-def test_ready_status_watchdog_reload_and_stopping(start_daemon: StartDaemon,
-                                                     notify_socket: tuple[str, NotifyListener]) -> None:
+def test_ready_status_watchdog_reload_and_stopping(
+    start_daemon: StartDaemon, notify_socket: tuple[str, NotifyListener]
+) -> None:
     address, listener = notify_socket
     daemon = start_daemon(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}, wait=False)
     ready = listener.wait_for("READY=1")
@@ -75,8 +76,9 @@ def test_ready_status_watchdog_reload_and_stopping(start_daemon: StartDaemon,
     assert daemon.wait_exit() == 0
 
 
-def test_no_watchdog_pings_for_another_pid(start_daemon: StartDaemon,
-                                           notify_socket: tuple[str, NotifyListener]) -> None:
+def test_no_watchdog_pings_for_another_pid(
+    start_daemon: StartDaemon, notify_socket: tuple[str, NotifyListener]
+) -> None:
     address, listener = notify_socket
     daemon = start_daemon(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"})
     listener.wait_for("READY=1")
@@ -85,26 +87,38 @@ def test_no_watchdog_pings_for_another_pid(start_daemon: StartDaemon,
     assert daemon.stop() == 0
 
 
-@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None and not os.environ.get("CI"),
-                    reason="systemd-socket-activate is not installed (package systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None and not os.environ.get("CI"),
+    reason="systemd-socket-activate is not installed (package systemd)",
+)
 def test_socket_activation_serves_the_passed_socket(short_dir: Path) -> None:
     socket_path = short_dir / "activated.sock"
     config = short_dir / "jobd.toml"
-    config.write_text(tomli_w.dumps({
-        "store": {"url": f"sqlite://{short_dir}/jobd.db"},
-        "api": {"socket": str(short_dir / "never-bound.sock")},
-        "metrics": {"listen": ""},
-    }))
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "store": {"url": f"sqlite://{short_dir}/jobd.db"},
+                "api": {"socket": str(short_dir / "never-bound.sock")},
+                "metrics": {"listen": ""},
+            }
+        )
+    )
     log = open(short_dir / "log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(["systemd-socket-activate", "-l", str(socket_path), *JOBD, "run", "--config",
-                                str(config)], stdout=log, stderr=log)
+    process = subprocess.Popen(
+        ["systemd-socket-activate", "-l", str(socket_path), *JOBD, "run", "--config", str(config)],
+        stdout=log,
+        stderr=log,
+    )
     try:
         wait_until(socket_path.exists, what="the activation socket")
         # The first connection makes systemd-socket-activate start jobd with the socket as fd 3.
         jobd_ctl = [*JOBD[:-1], str(Path(JOBD[0]).parent / "jobd-ctl")]
-        result = subprocess.run([*jobd_ctl, "--socket", str(socket_path),
-                                 "--json", "submit", "jobd.noop", "7", "--wait"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [*jobd_ctl, "--socket", str(socket_path), "--json", "submit", "jobd.noop", "7", "--wait"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr + (short_dir / "log").read_text()
         assert json.loads(result.stdout)["result"] == 7
         assert not (short_dir / "never-bound.sock").exists()
@@ -117,8 +131,10 @@ def test_socket_activation_serves_the_passed_socket(short_dir: Path) -> None:
 def test_sighup_applies_new_concurrency_under_load(start_daemon: StartDaemon) -> None:
     daemon = start_daemon(config={"workers": {"concurrency": 2}})
     with daemon.http() as client:
-        jobs = client.post("/v1/jobs/batch", json={"jobs": [
-            {"type": "jobd.sleep", "payload": {"seconds": 0.3}} for _ in range(40)]}).json()["jobs"]
+        jobs = client.post(
+            "/v1/jobs/batch",
+            json={"jobs": [{"type": "jobd.sleep", "payload": {"seconds": 0.3}} for _ in range(40)]},
+        ).json()["jobs"]
 
     def busy() -> int:
         with daemon.http() as client:

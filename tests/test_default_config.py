@@ -106,6 +106,10 @@ def test_the_commented_examples_are_valid_too(tmp_path: Path) -> None:
     assert set(config.plugins) == {"shell", "http", "email"}
     nightly, cleanup = config.schedules["nightly-report"], config.schedules["cleanup"]
     assert (nightly.cron, nightly.timezone, nightly.job_type, nightly.overlap) == (
-        "30 2 * * *", "Europe/Berlin", "shell.run", "skip")
+        "30 2 * * *",
+        "Europe/Berlin",
+        "shell.run",
+        "skip",
+    )
     assert nightly.payload == {"argv": ["/usr/local/bin/report"]}
     assert (cleanup.every, cleanup.cron) == (900.0, None)

@@ -6,10 +6,23 @@ from datetime import UTC, datetime
 import pytest
 
 from jobd.errors import IllegalTransition
-from jobd.job import TRANSITIONS, Action, Job, JobState, Progress, format_time, next_state, parse_time
+from jobd.job import (
+    TRANSITIONS,
+    Action,
+    Job,
+    JobState,
+    ParentFailure,
+    Progress,
+    format_time,
+    next_state,
+    parse_time,
+)
 
 S, A = JobState, Action
 LEGAL = {
+    (S.WAITING, A.RELEASE): S.PENDING,
+    (S.WAITING, A.RELEASE_LATER): S.SCHEDULED,
+    (S.WAITING, A.CANCEL): S.CANCELLED,
     (S.SCHEDULED, A.PROMOTE): S.PENDING,
     (S.SCHEDULED, A.CANCEL): S.CANCELLED,
     (S.PENDING, A.CLAIM): S.RUNNING,
@@ -71,8 +84,12 @@ def test_job_round_trips_through_json() -> None:
         key="k",
         result={"ok": True},
         last_error="boom",
+        after=(uuid.uuid4(), uuid.uuid4()),
+        on_parent_failure=ParentFailure.RUN,
     )
     data = job.to_json()
+    assert data["after"] == [str(parent) for parent in job.after]
+    assert data["on_parent_failure"] == "run"
     assert data["run_at"] == "2026-01-02T03:04:05.678901Z"
     assert data["finished_at"] is None
     assert data["progress"] == {"fraction": 0.5, "message": "half"}

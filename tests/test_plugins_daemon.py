@@ -32,8 +32,10 @@ StartDaemon = Callable[..., DaemonProcess]
 
 # Retries come back within a few tenths of a second unless something (Retry-After) says otherwise:
 # a short back-off, and a short poll so that a due retry is claimed at once.
-FAST_RETRY = {"retry": {"base_delay": "100ms", "max_delay": "200ms", "jitter": False},
-              "workers": {"poll_interval": "100ms"}}
+FAST_RETRY = {
+    "retry": {"base_delay": "100ms", "max_delay": "200ms", "jitter": False},
+    "workers": {"poll_interval": "100ms"},
+}
 
 
 def submit(daemon: DaemonProcess, job_type: str, payload: Any, **options: Any) -> dict[str, Any]:
@@ -106,8 +108,9 @@ def test_cancelling_a_shell_job_kills_its_whole_process_group(
     # The shell ignores SIGTERM, and so does its background child (an ignored signal stays
     # ignored across exec): only the SIGKILL after kill_grace ends them.
     script = 'trap "" TERM; sleep 600 & echo $$ $! > "$1.tmp"; mv "$1.tmp" "$1"; wait'
-    submitted = daemon.ctl("--json", "submit", "shell.run",
-                           json.dumps({"argv": [script, str(pids)], "shell": True}))
+    submitted = daemon.ctl(
+        "--json", "submit", "shell.run", json.dumps({"argv": [script, str(pids)], "shell": True})
+    )
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     wait_until(pids.exists, what="the command to write its pids")
@@ -118,8 +121,11 @@ def test_cancelling_a_shell_job_kills_its_whole_process_group(
     cancelled = daemon.ctl("cancel", job["id"])
     assert cancelled.returncode == 0, cancelled.stderr
     wait_until(lambda: job_state(daemon, job["id"]) == "cancelled", timeout=5, what="the job to be cancelled")
-    wait_until(lambda: not running(shell_pid) and not running(sleep_pid), timeout=10,
-               what="the command and its child to be killed")
+    wait_until(
+        lambda: not running(shell_pid) and not running(sleep_pid),
+        timeout=10,
+        what="the command and its child to be killed",
+    )
     # Cancelling waits at most 0.5 s between SIGTERM and SIGKILL, whatever kill_grace says.
     assert time.monotonic() - started < 4.5
     assert daemon.stop() == 0
@@ -211,6 +217,7 @@ def test_http_requests_complete_retry_after_and_fail_on_4xx(
     start_daemon: StartDaemon, http_peer: HttpPeer
 ) -> None:
     daemon = start_daemon(config=FAST_RETRY)
+
     def get(path: str, **options: Any) -> dict[str, Any]:
         return submit(daemon, "http.request", {"method": "GET", "url": f"{http_peer.url}{path}"}, **options)
 
@@ -316,8 +323,13 @@ def test_email_arrives_as_multipart_alternative_and_a_5xx_fails_at_once(
 ) -> None:
     table = {"host": "127.0.0.1", "port": smtp_sink.port, "from": "Jobs <jobs@example.com>", "timeout": "10s"}
     daemon = start_daemon(config={**FAST_RETRY, "plugins": {"email": table}})
-    payload = {"to": ["Ops <ops@example.org>"], "bcc": "audit@example.org", "subject": "Nightly report",
-               "text": "All green.\n", "html": "<p>All <b>green</b>.</p>\n"}
+    payload = {
+        "to": ["Ops <ops@example.org>"],
+        "bcc": "audit@example.org",
+        "subject": "Nightly report",
+        "text": "All green.\n",
+        "html": "<p>All <b>green</b>.</p>\n",
+    }
     sent = finished(daemon, submit(daemon, "email.send", payload)["id"])
     assert sent["state"] == "completed", sent
     assert sent["result"]["accepted"] == ["ops@example.org", "audit@example.org"]

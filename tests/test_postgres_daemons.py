@@ -250,8 +250,11 @@ def start_jobd(start_daemon: StartDaemon) -> Iterator[StartDaemon]:
 
     yield start
     for daemon in started:
-        bad = [line for line in daemon.log().splitlines()
-               if not line.startswith("--- start ") and not _clean_log_line(line)]
+        bad = [
+            line
+            for line in daemon.log().splitlines()
+            if not line.startswith("--- start ") and not _clean_log_line(line)
+        ]
         assert not bad, f"{daemon.directory.name} logged:\n" + "\n".join(bad[:20])
 
 
@@ -273,8 +276,9 @@ def store(url: str, **workers: Any) -> dict[str, Any]:
 TOTAL = 10_000
 
 
-def test_three_daemons_drain_10000_jobs_through_a_sigkill(start_jobd: StartDaemon,
-                                                          fresh_postgres_url: str) -> None:
+def test_three_daemons_drain_10000_jobs_through_a_sigkill(
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     config = {**store(fresh_postgres_url, concurrency=25), "daemon": {"log_level": "warning"}}
     # Started together: they race to migrate the empty database (an advisory lock serialises them).
     daemons = [start_jobd(config=config, name=f"d{i}", wait=False) for i in range(3)]
@@ -284,24 +288,34 @@ def test_three_daemons_drain_10000_jobs_through_a_sigkill(start_jobd: StartDaemo
     set_paused(survivor, "default", True)  # submit everything first, so the kill falls mid-drain
     for batch in range(10):
         first = batch * 1000
-        submit_batch(daemons[batch % 3], [{"type": "jobd.noop", "payload": n}
-                                          for n in range(first, first + 1000)])
+        submit_batch(
+            daemons[batch % 3], [{"type": "jobd.noop", "payload": n} for n in range(first, first + 1000)]
+        )
     with connect(fresh_postgres_url) as conn:
         assert counts_by_state(conn) == {"pending": TOTAL}
         set_paused(survivor, "default", False)  # every daemon hears of it through NOTIFY
-        completed = wait_until(lambda: (n := completed_count(conn)) >= TOTAL // 2 and n, timeout=60,
-                               what="half the jobs to complete")
+        completed = wait_until(
+            lambda: (n := completed_count(conn)) >= TOTAL // 2 and n,
+            timeout=60,
+            what="half the jobs to complete",
+        )
         victim_owner = owner_prefix(victim)
         victim.kill()
         assert completed < TOTAL, "the drain ended before the kill: nothing was cut off"
-        wait_until(lambda: counts_by_state(conn) == {"completed": TOTAL}, timeout=90,
-                   what="every job to complete after the kill")
-        rows = conn.execute("SELECT payload, state, attempts, last_error, owner, lease_until, result"
-                            " FROM jobd.jobs").fetchall()
+        wait_until(
+            lambda: counts_by_state(conn) == {"completed": TOTAL},
+            timeout=90,
+            what="every job to complete after the kill",
+        )
+        rows = conn.execute(
+            "SELECT payload, state, attempts, last_error, owner, lease_until, result FROM jobd.jobs"
+        ).fetchall()
     assert all(alive(daemon) for daemon in daemons if daemon is not victim)
     assert sorted(row["payload"] for row in rows) == list(range(TOTAL))  # each submitted once
-    assert all(row["result"] == row["payload"] and row["owner"] is None and row["lease_until"] is None
-               for row in rows)
+    assert all(
+        row["result"] == row["payload"] and row["owner"] is None and row["lease_until"] is None
+        for row in rows
+    )
     # At least once, and exactly this: a job whose completion was committed is never run
     # again (the state and the fence forbid it). The attempts the kill cut off are the
     # rows the victim held `running`: handlers still running, and handlers that had
@@ -323,11 +337,14 @@ def test_three_daemons_drain_10000_jobs_through_a_sigkill(start_jobd: StartDaemo
 # -- 2. a queue's global concurrency holds across daemons -----------------------------------
 
 
-def test_global_concurrency_holds_across_three_daemons(start_jobd: StartDaemon,
-                                                       fresh_postgres_url: str) -> None:
+def test_global_concurrency_holds_across_three_daemons(
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     # A 30 s poll: a slot freed under the global limit must be refilled on a signal, not at a poll.
-    config = {**store(fresh_postgres_url, concurrency=10, poll_interval="30s"),
-              "queues": {"limited": {"concurrency": 10, "global_concurrency": 3}}}
+    config = {
+        **store(fresh_postgres_url, concurrency=10, poll_interval="30s"),
+        "queues": {"limited": {"concurrency": 10, "global_concurrency": 3}},
+    }
     daemons = [start_jobd(config=config, name=f"d{i}") for i in range(3)]
     job = {"type": "jobd.sleep", "queue": "limited", "payload": {"seconds": 0.2}}
     wave, total = 10, 60
@@ -338,8 +355,9 @@ def test_global_concurrency_holds_across_three_daemons(start_jobd: StartDaemon,
         deadline = time.monotonic() + 60
         while True:
             # One statement, one snapshot: the running rows as committed at one instant.
-            rows = conn.execute("SELECT state, owner FROM jobd.jobs WHERE state IN ('running', 'completed')"
-                                ).fetchall()
+            rows = conn.execute(
+                "SELECT state, owner FROM jobd.jobs WHERE state IN ('running', 'completed')"
+            ).fetchall()
             running = [row["owner"] for row in rows if row["state"] == "running"]
             running_counts.append(len(running))
             owners.update(running)
@@ -354,15 +372,18 @@ def test_global_concurrency_holds_across_three_daemons(start_jobd: StartDaemon,
             time.sleep(0.005)
     assert max(running_counts) == 3, f"running at once: max {max(running_counts)}"
     assert running_counts.count(3) > 1
-    print(f"\n{len(running_counts)} samples; max running {max(running_counts)};"
-          f" {len({owner.rsplit(':', 1)[0] for owner in owners})} daemons ran jobs")
+    print(
+        f"\n{len(running_counts)} samples; max running {max(running_counts)};"
+        f" {len({owner.rsplit(':', 1)[0] for owner in owners})} daemons ran jobs"
+    )
 
 
 # -- 3. a job submitted on one host starts at once on another -------------------------------
 
 
 def test_a_job_submitted_on_a_busy_daemon_starts_at_once_on_an_idle_one(
-        start_jobd: StartDaemon, fresh_postgres_url: str) -> None:
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     busy = start_jobd(config=store(fresh_postgres_url, concurrency=1, poll_interval="30s"), name="busy")
     blocker = submit(busy, {"type": "testplugin.stubborn"})
     with connect(fresh_postgres_url) as conn:
@@ -374,23 +395,27 @@ def test_a_job_submitted_on_a_busy_daemon_starts_at_once_on_an_idle_one(
         for n in range(5):
             sent = time.time()
             job_id = submit(busy, {"type": "jobd.noop", "payload": n})["id"]
-            final = wait_until(partial(row_in_state, conn, job_id, "completed"), timeout=20,
-                               what="the job to complete")
+            final = wait_until(
+                partial(row_in_state, conn, job_id, "completed"), timeout=20, what="the job to complete"
+            )
             waits.append(final["started_at"].timestamp() - sent)
             inside.append((final["started_at"] - final["created_at"]).total_seconds())
             done = f"job {job_id} completed"
             wait_until(partial(logged, idle, done), what="the idle daemon to log the job")
             assert not logged(busy, done)
     assert max(waits) < 1.0, f"submit -> start took {waits} with a 30 s poll interval"
-    print(f"\nsubmit on one daemon -> start on another: {[round(w * 1000, 1) for w in waits]} ms;"
-          f" created_at -> started_at {[round(w * 1000, 1) for w in inside]} ms")
+    print(
+        f"\nsubmit on one daemon -> start on another: {[round(w * 1000, 1) for w in waits]} ms;"
+        f" created_at -> started_at {[round(w * 1000, 1) for w in inside]} ms"
+    )
 
 
 # -- 4. cancel on one host, the job running on another ---------------------------------------
 
 
 def test_cancel_through_one_daemon_stops_a_job_running_on_another(
-        start_jobd: StartDaemon, fresh_postgres_url: str) -> None:
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     runner = start_jobd(config=store(fresh_postgres_url), name="runner")
     job = submit(runner, {"type": "testplugin.stubborn"})
     with connect(fresh_postgres_url) as conn:
@@ -399,8 +424,11 @@ def test_cancel_through_one_daemon_stops_a_job_running_on_another(
         asked = time.monotonic()
         cancelled = other.ctl("--json", "cancel", job["id"])
         assert cancelled.returncode == 0, cancelled.stderr
-        wait_until(lambda: job_row(conn, job["id"])["state"] == "cancelled", timeout=3,
-                   what="the job to be cancelled on the other daemon")
+        wait_until(
+            lambda: job_row(conn, job["id"])["state"] == "cancelled",
+            timeout=3,
+            what="the job to be cancelled on the other daemon",
+        )
         took = time.monotonic() - asked
         final = job_row(conn, job["id"])
     assert final["attempts"] == 1 and final["last_error"] == "cancelled while running"
@@ -412,7 +440,8 @@ def test_cancel_through_one_daemon_stops_a_job_running_on_another(
 
 
 def test_a_daemon_frozen_past_its_lease_cannot_overwrite_the_rescuers_result(
-        start_jobd: StartDaemon, fresh_postgres_url: str) -> None:
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     frozen = start_jobd(config=store(fresh_postgres_url), name="frozen")
     job = submit(frozen, {"type": "jobd.sleep", "payload": {"seconds": 3}})
     with connect(fresh_postgres_url) as conn:
@@ -424,8 +453,11 @@ def test_a_daemon_frozen_past_its_lease_cannot_overwrite_the_rescuers_result(
         try:
             rescuer = start_jobd(config=store(fresh_postgres_url), name="rescuer")
             # The lease runs out, the rescuer rescues and re-runs the job: attempt 2, to the end.
-            wait_until(lambda: job_row(conn, job["id"])["state"] == "completed", timeout=30,
-                       what="the rescuer to complete the job")
+            wait_until(
+                lambda: job_row(conn, job["id"])["state"] == "completed",
+                timeout=30,
+                what="the rescuer to complete the job",
+            )
             rescued = job_row(conn, job["id"])
             assert rescued["attempts"] == 2
             assert rescued["last_error"] == f"lease expired: daemon {frozen_owner} stopped renewing attempt 1"
@@ -433,10 +465,12 @@ def test_a_daemon_frozen_past_its_lease_cannot_overwrite_the_rescuers_result(
         finally:
             frozen.signal(signal.SIGCONT)
         # Thawed, the frozen daemon's handler is past its 3 s at once and reports attempt 1.
-        discarded = (f"job {job['id']}: outcome completed of attempt 1 discarded,"
-                     " the job is no longer this daemon's")
-        wait_until(lambda: logged(frozen, discarded), timeout=20,
-                   what="the frozen daemon to discard its outcome")
+        discarded = (
+            f"job {job['id']}: outcome completed of attempt 1 discarded, the job is no longer this daemon's"
+        )
+        wait_until(
+            lambda: logged(frozen, discarded), timeout=20, what="the frozen daemon to discard its outcome"
+        )
         assert job_row(conn, job["id"]) == rescued
     assert health(frozen).status_code == 200 and health(rescuer).status_code == 200
 
@@ -444,19 +478,24 @@ def test_a_daemon_frozen_past_its_lease_cannot_overwrite_the_rescuers_result(
 # -- 6. faults --------------------------------------------------------------------------------
 
 
-TERMINATE = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-             " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+TERMINATE = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
 
 
-def test_terminated_backends_lose_no_job_and_no_daemon(start_jobd: StartDaemon,
-                                                       fresh_postgres_url: str) -> None:
+def test_terminated_backends_lose_no_job_and_no_daemon(
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     config = store(fresh_postgres_url, concurrency=10, poll_interval="30s")
     daemons = [start_jobd(config=config, name=f"d{i}") for i in range(2)]
     total = 1500
     set_paused(daemons[0], "default", True)
     for index in range(3):
-        submit_batch(daemons[index % 2], [{"type": "jobd.sleep", "payload": {"seconds": 0.01}}
-                                          for _ in range(total // 3)])
+        submit_batch(
+            daemons[index % 2],
+            [{"type": "jobd.sleep", "payload": {"seconds": 0.01}} for _ in range(total // 3)],
+        )
     terminations: list[tuple[int, int]] = []
     with connect(fresh_postgres_url) as conn:
         set_paused(daemons[0], "default", False)
@@ -468,16 +507,23 @@ def test_terminated_backends_lose_no_job_and_no_daemon(start_jobd: StartDaemon,
             terminations.append((done, killed))
             # The daemons recover: jobs complete again after every termination.
             again = min(done + 50, total)
-            wait_until(partial(completed_at_least, conn, again), timeout=30,
-                       what="jobs to complete after the termination")
-        wait_until(lambda: counts_by_state(conn) == {"completed": total}, timeout=60,
-                   what="every job to complete")
+            wait_until(
+                partial(completed_at_least, conn, again),
+                timeout=30,
+                what="jobs to complete after the termination",
+            )
+        wait_until(
+            lambda: counts_by_state(conn) == {"completed": total}, timeout=60, what="every job to complete"
+        )
         # The listening connections go too: a job the application commits right after starts
         # at once all the same (the daemons listen again and look once), not at the 30 s poll.
         assert scalar(conn, TERMINATE) >= 2
         job_id = jobd.submit(conn, "jobd.noop", "after")  # autocommit: committed here
-        final = wait_until(partial(row_in_state, conn, job_id, "completed"), timeout=20,
-                           what="the job committed after the terminations to complete")
+        final = wait_until(
+            partial(row_in_state, conn, job_id, "completed"),
+            timeout=20,
+            what="the job committed after the terminations to complete",
+        )
     took = (final["started_at"] - final["created_at"]).total_seconds()
     assert took < 1.0, f"a job committed after the terminations waited {took:.3f}s to start"
     assert len(terminations) >= 2 and all(killed >= 2 for _done, killed in terminations), terminations
@@ -488,7 +534,8 @@ def test_terminated_backends_lose_no_job_and_no_daemon(start_jobd: StartDaemon,
 
 
 def test_an_unreachable_database_at_start_degrades_then_recovers(
-        start_jobd: StartDaemon, forwarder: tuple[TcpForwarder, str], short_dir: Path) -> None:
+    start_jobd: StartDaemon, forwarder: tuple[TcpForwarder, str], short_dir: Path
+) -> None:
     proxy, url = forwarder
     notify = NotifyListener(short_dir / "notify")
     try:
@@ -523,15 +570,17 @@ def test_an_unreachable_database_at_start_degrades_then_recovers(
 
 
 def test_the_store_going_away_and_back_loses_no_job(
-        start_jobd: StartDaemon, forwarder: tuple[TcpForwarder, str], fresh_postgres_url: str) -> None:
+    start_jobd: StartDaemon, forwarder: tuple[TcpForwarder, str], fresh_postgres_url: str
+) -> None:
     proxy, url = forwarder
     proxy.up()
     daemons = [start_jobd(config=store(url, concurrency=10, lease="4s"), name=f"d{i}") for i in range(2)]
     total = 600
     accepted = []
     for index in range(2):
-        accepted += submit_batch(daemons[index], [{"type": "jobd.sleep", "payload": {"seconds": 0.05}}
-                                                  for _ in range(total // 2)])
+        accepted += submit_batch(
+            daemons[index], [{"type": "jobd.sleep", "payload": {"seconds": 0.05}} for _ in range(total // 2)]
+        )
     with connect(fresh_postgres_url) as conn:
         wait_until(lambda: completed_count(conn) >= 100, what="some jobs to complete")
         proxy.cut()
@@ -548,10 +597,16 @@ def test_the_store_going_away_and_back_loses_no_job(
         assert done_while_down < total, "every job finished before the cut"
         wait_until(lambda: time.monotonic() - down_at > 3, what="3 s of outage")
         proxy.up()
-        wait_until(lambda: all(health(daemon).status_code == 200 for daemon in daemons), timeout=30,
-                   what="the daemons to report the store back")
-        wait_until(lambda: counts_by_state(conn) == {"completed": total}, timeout=90,
-                   what="every accepted job to complete")
+        wait_until(
+            lambda: all(health(daemon).status_code == 200 for daemon in daemons),
+            timeout=30,
+            what="the daemons to report the store back",
+        )
+        wait_until(
+            lambda: counts_by_state(conn) == {"completed": total},
+            timeout=90,
+            what="every accepted job to complete",
+        )
         ids = {row["id"] for row in conn.execute("SELECT id FROM jobd.jobs").fetchall()}
     assert ids == {uuid.UUID(job["id"]) for job in accepted}
     assert all(alive(daemon) for daemon in daemons)
@@ -561,7 +616,8 @@ def test_the_store_going_away_and_back_loses_no_job(
 
 
 def test_a_transactional_submit_runs_only_after_commit_and_then_promptly(
-        start_jobd: StartDaemon, fresh_postgres_url: str) -> None:
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     daemon = start_jobd(config=store(fresh_postgres_url, poll_interval="30s"), name="d")
     with psycopg.connect(fresh_postgres_url) as app, connect(fresh_postgres_url) as observer:
         rolled_back = jobd.submit(app, "jobd.noop", {"n": "rolled back"})
@@ -576,8 +632,9 @@ def test_a_transactional_submit_runs_only_after_commit_and_then_promptly(
         assert inside == ("pending", 0)
         committed = time.time()
         app.commit()
-        wait_until(lambda: job_row(observer, job_id)["state"] == "completed", timeout=20,
-                   what="the job to complete")
+        wait_until(
+            lambda: job_row(observer, job_id)["state"] == "completed", timeout=20, what="the job to complete"
+        )
         final = job_row(observer, job_id)
         assert observer.execute("SELECT 1 FROM jobd.jobs WHERE id = %s", (rolled_back,)).fetchone() is None
     assert final["result"] == {"n": "committed"} and final["attempts"] == 1

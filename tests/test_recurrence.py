@@ -17,8 +17,14 @@ def utc(*parts: int) -> datetime:
 
 @pytest.mark.parametrize(
     ("text", "fields"),
-    [("@daily", "0 0 * * *"), ("@HOURLY", "0 * * * *"), ("@weekly", "0 0 * * 0"), ("@monthly", "0 0 1 * *"),
-     ("@yearly", "0 0 1 1 *"), ("  */5 9-17 * * mon-fri ", "*/5 9-17 * * mon-fri")],
+    [
+        ("@daily", "0 0 * * *"),
+        ("@HOURLY", "0 * * * *"),
+        ("@weekly", "0 0 * * 0"),
+        ("@monthly", "0 0 1 * *"),
+        ("@yearly", "0 0 1 1 *"),
+        ("  */5 9-17 * * mon-fri ", "*/5 9-17 * * mon-fri"),
+    ],
 )
 def test_cron_fields_and_nicknames(text: str, fields: str) -> None:
     assert parse_cron(text) == fields
@@ -26,8 +32,14 @@ def test_cron_fields_and_nicknames(text: str, fields: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "reason"),
-    [("* * * *", "five fields"), ("0 0 * * * *", "five fields"), ("@reboot", "unknown nickname"),
-     ("60 * * * *", "Bad minute"), ("0 0 31 2 *", "Bad day-of-month"), ("", "five fields")],
+    [
+        ("* * * *", "five fields"),
+        ("0 0 * * * *", "five fields"),
+        ("@reboot", "unknown nickname"),
+        ("60 * * * *", "Bad minute"),
+        ("0 0 31 2 *", "Bad day-of-month"),
+        ("", "five fields"),
+    ],
 )
 def test_bad_cron_expressions_say_why(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
@@ -50,9 +62,15 @@ def test_every_ticks_at_multiples_of_the_interval_since_the_epoch() -> None:
     assert quarter.next_after(utc(2026, 1, 1, 0, 14, 59, 999999)) == utc(2026, 1, 1, 0, 15)
     assert quarter.next_after(utc(2026, 1, 1, 0, 15)) == utc(2026, 1, 1, 0, 30)
     assert quarter.ticks_between(utc(2026, 1, 1), utc(2026, 1, 1, 1), 10) == [
-        utc(2026, 1, 1, 0, 15), utc(2026, 1, 1, 0, 30), utc(2026, 1, 1, 0, 45), utc(2026, 1, 1, 1)]
+        utc(2026, 1, 1, 0, 15),
+        utc(2026, 1, 1, 0, 30),
+        utc(2026, 1, 1, 0, 45),
+        utc(2026, 1, 1, 1),
+    ]
     assert quarter.ticks_between(utc(2026, 1, 1), utc(2026, 1, 1, 1), 2) == [
-        utc(2026, 1, 1, 0, 45), utc(2026, 1, 1, 1)]
+        utc(2026, 1, 1, 0, 45),
+        utc(2026, 1, 1, 1),
+    ]
     assert quarter.ticks_between(utc(2026, 1, 1, 1), utc(2026, 1, 1, 1), 5) == []
 
 
@@ -86,8 +104,11 @@ def test_a_long_gap_costs_its_last_ticks_only(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize("limit", [1, 3, 100])
 def test_the_last_ticks_across_a_clock_change_are_the_ticks_walked_forward(limit: int) -> None:
-    for expression, zone in (("30 2 * * *", "Europe/Berlin"), ("0 * * * *", "America/New_York"),
-                             ("*/20 1-3 * * *", "Europe/Berlin")):
+    for expression, zone in (
+        ("30 2 * * *", "Europe/Berlin"),
+        ("0 * * * *", "America/New_York"),
+        ("*/20 1-3 * * *", "Europe/Berlin"),
+    ):
         recurrence = Recurrence(expression, None, zone)
         for after, until in ((utc(2026, 3, 20), utc(2026, 4, 2)), (utc(2026, 10, 20), utc(2026, 11, 3))):
             forward = []

@@ -162,8 +162,12 @@ def cron(expression: str, timezone: str = "UTC", **options: Any) -> dict[str, An
 async def test_every_ticks_at_whole_multiples_since_the_epoch_and_runs_at_the_tick(virtual: object) -> None:
     async with daemon({"s": every("15s")}, utc(2026, 1, 1, 0, 0, 7)) as d:
         await d.until(utc(2026, 1, 1, 0, 1, 1))
-    assert d.ticks("s") == [utc(2026, 1, 1, 0, 0, 15), utc(2026, 1, 1, 0, 0, 30),
-                            utc(2026, 1, 1, 0, 0, 45), utc(2026, 1, 1, 0, 1)]
+    assert d.ticks("s") == [
+        utc(2026, 1, 1, 0, 0, 15),
+        utc(2026, 1, 1, 0, 0, 30),
+        utc(2026, 1, 1, 0, 0, 45),
+        utc(2026, 1, 1, 0, 1),
+    ]
     # Each job starts at its tick: the scheduler woke for it, nothing polled.
     assert [run.started for run in d.runs] == d.ticks("s")
     assert all(run.schedule == "s" for run in d.runs)
@@ -175,7 +179,8 @@ async def test_a_cron_in_utc_and_a_nickname(virtual: object) -> None:
         await d.until(utc(2026, 1, 5, 9, 20))
         quarter, daily = await d.made("quarter"), await d.made("daily")
     assert quarter == [utc(2026, 1, 2, 9, m) for m in (0, 15, 30, 45)] + [
-        utc(2026, 1, 2, 10, m) for m in (0, 15, 30, 45)] + [utc(2026, 1, 5, 9, 0), utc(2026, 1, 5, 9, 15)]
+        utc(2026, 1, 2, 10, m) for m in (0, 15, 30, 45)
+    ] + [utc(2026, 1, 5, 9, 0), utc(2026, 1, 5, 9, 15)]
     assert daily == [utc(2026, 1, 3), utc(2026, 1, 4), utc(2026, 1, 5)]
 
 
@@ -183,21 +188,41 @@ async def test_a_cron_in_utc_and_a_nickname(virtual: object) -> None:
     ("timezone", "expression", "start", "end", "expected"),
     [
         # Spring: 02:30 does not exist on the day of the change; it runs once, at 03:00 local.
-        ("Europe/Berlin", "30 2 * * *", utc(2026, 3, 27, 12), utc(2026, 3, 31),
-         [utc(2026, 3, 28, 1, 30), utc(2026, 3, 29, 1), utc(2026, 3, 30, 0, 30)]),
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            utc(2026, 3, 27, 12),
+            utc(2026, 3, 31),
+            [utc(2026, 3, 28, 1, 30), utc(2026, 3, 29, 1), utc(2026, 3, 30, 0, 30)],
+        ),
         # Autumn: 02:30 happens twice; it runs once, at the first.
-        ("Europe/Berlin", "30 2 * * *", utc(2026, 10, 23, 12), utc(2026, 10, 27),
-         [utc(2026, 10, 24, 0, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]),
-        ("America/New_York", "30 2 * * *", utc(2026, 3, 7, 12), utc(2026, 3, 10),
-         [utc(2026, 3, 8, 7), utc(2026, 3, 9, 6, 30)]),
-        ("America/New_York", "30 1 * * *", utc(2026, 10, 31, 12), utc(2026, 11, 3),
-         [utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)]),
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            utc(2026, 10, 23, 12),
+            utc(2026, 10, 27),
+            [utc(2026, 10, 24, 0, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)],
+        ),
+        (
+            "America/New_York",
+            "30 2 * * *",
+            utc(2026, 3, 7, 12),
+            utc(2026, 3, 10),
+            [utc(2026, 3, 8, 7), utc(2026, 3, 9, 6, 30)],
+        ),
+        (
+            "America/New_York",
+            "30 1 * * *",
+            utc(2026, 10, 31, 12),
+            utc(2026, 11, 3),
+            [utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)],
+        ),
     ],
     ids=["berlin-spring", "berlin-autumn", "new-york-spring", "new-york-autumn"],
 )
 async def test_a_fixed_hour_runs_once_across_either_clock_change(
-        virtual: object, timezone: str, expression: str, start: datetime, end: datetime,
-        expected: list[datetime]) -> None:
+    virtual: object, timezone: str, expression: str, start: datetime, end: datetime, expected: list[datetime]
+) -> None:
     async with daemon({"s": cron(expression, timezone)}, start, run_jobs=False) as d:
         await d.until(end)
         assert await d.made("s") == expected
@@ -232,9 +257,23 @@ async def test_a_daemon_started_inside_the_repeated_hour_does_not_run_its_time_a
 
 
 async def fire(store: MemoryStore, name: str, *ticks: datetime) -> Fired:
-    jobs = [NewJob(id=new_job_id(), type="t.record", queue="default", payload=None, priority=0, run_at=tick,
-                   max_attempts=3, timeout=None, key=None, created_at=tick, schedule=name, scheduled_for=tick)
-            for tick in ticks]
+    jobs = [
+        NewJob(
+            id=new_job_id(),
+            type="t.record",
+            queue="default",
+            payload=None,
+            priority=0,
+            run_at=tick,
+            max_attempts=3,
+            timeout=None,
+            key=None,
+            created_at=tick,
+            schedule=name,
+            scheduled_for=tick,
+        )
+        for tick in ticks
+    ]
     [record] = (await store.schedule_records([name])).values()
     [fired] = await store.fire_schedules([ScheduleFire(name, record.timing, jobs, False)], ticks[-1])
     return fired
@@ -256,16 +295,21 @@ async def test_catch_up_latest_makes_one_job_for_the_last_missed_tick_at_start(v
     async with daemon({"s": every("1m")}, utc(2026, 1, 1, 0, 5, 30), store=store) as d:
         await d.until(utc(2026, 1, 1, 0, 7, 30))
     # The job left from before the gap (0:00) runs too, beside the one for 0:05.
-    assert sorted(d.ticks("s")) == [utc(2026, 1, 1, 0, 0), utc(2026, 1, 1, 0, 5), utc(2026, 1, 1, 0, 6),
-                                    utc(2026, 1, 1, 0, 7)]
+    assert sorted(d.ticks("s")) == [
+        utc(2026, 1, 1, 0, 0),
+        utc(2026, 1, 1, 0, 5),
+        utc(2026, 1, 1, 0, 6),
+        utc(2026, 1, 1, 0, 7),
+    ]
     [caught_up] = [run for run in d.runs if run.scheduled_for == utc(2026, 1, 1, 0, 5)]
     assert caught_up.started == utc(2026, 1, 1, 0, 5, 30)  # at once, not at the next tick
 
 
 async def test_catch_up_all_makes_one_job_per_missed_tick_oldest_first(virtual: object) -> None:
     store = await gap_store(utc(2026, 1, 1, 0, 0))
-    async with daemon({"s": every("1m", catch_up="all")}, utc(2026, 1, 1, 0, 5, 30), store=store,
-                      workers={"concurrency": 1}) as d:
+    async with daemon(
+        {"s": every("1m", catch_up="all")}, utc(2026, 1, 1, 0, 5, 30), store=store, workers={"concurrency": 1}
+    ) as d:
         await d.until(utc(2026, 1, 1, 0, 6, 30))
     assert d.ticks("s") == [utc(2026, 1, 1, 0, m) for m in range(7)]
 
@@ -377,8 +421,12 @@ async def test_a_reload_that_changes_the_cron_takes_effect_at_the_next_tick(virt
         d.engine.live.current = settings_of({"s": cron("0 * * * *", catch_up="all")})
         d.engine.scheduler.reload()
         await d.until(utc(2026, 1, 1, 2, 5))
-    assert d.ticks("s") == [utc(2026, 1, 1, 1), utc(2026, 1, 1, 1, 30), utc(2026, 1, 1, 1, 40),
-                            utc(2026, 1, 1, 2)]
+    assert d.ticks("s") == [
+        utc(2026, 1, 1, 1),
+        utc(2026, 1, 1, 1, 30),
+        utc(2026, 1, 1, 1, 40),
+        utc(2026, 1, 1, 2),
+    ]
 
 
 async def test_a_disabled_schedule_never_ticks_and_shows_so(virtual: object) -> None:
@@ -426,9 +474,12 @@ async def test_a_thousand_schedules_cost_no_store_call_between_their_ticks(virtu
 
 def test_schedule_jobs_take_their_options_as_a_submit_does() -> None:
     settings = settings_of(
-        {"plain": every("1m"),
-         "full": every("1m", queue="reports", priority=5, max_attempts=2, timeout="30s")},
-        queues={"reports": {}}, handlers={"t.record": {"max_attempts": 7, "timeout": "1m"}},
+        {
+            "plain": every("1m"),
+            "full": every("1m", queue="reports", priority=5, max_attempts=2, timeout="30s"),
+        },
+        queues={"reports": {}},
+        handlers={"t.record": {"max_attempts": 7, "timeout": "1m"}},
     )
     plain, full = settings.schedules["plain"], settings.schedules["full"]
     assert (plain.queue, plain.priority, plain.max_attempts, plain.timeout) == ("default", 0, 7, 60.0)

@@ -70,24 +70,28 @@ def bad_config(change: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("change", "key"), BAD_SCHEDULES, ids=[key for _, key in BAD_SCHEDULES])
 def test_jobd_check_refuses_a_bad_schedule_naming_the_key(
-        change: dict[str, Any], key: str, short_dir: Any) -> None:
+    change: dict[str, Any], key: str, short_dir: Any
+) -> None:
     daemon = DaemonProcess(short_dir, bad_config(change), {})
-    checked = subprocess.run([*JOBD, "check", "--config", str(daemon.config_path)], capture_output=True,
-                             text=True, timeout=60)
+    checked = subprocess.run(
+        [*JOBD, "check", "--config", str(daemon.config_path)], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 1, checked.stdout
     assert f"schedules.nightly.{key}" in checked.stderr and str(daemon.config_path) in checked.stderr
     assert "Traceback" not in checked.stderr
 
 
 def test_a_bad_schedule_stops_the_start_and_a_good_one_is_listed_by_check(
-        start_daemon: StartDaemon, short_dir: Any) -> None:
+    start_daemon: StartDaemon, short_dir: Any
+) -> None:
     daemon = start_daemon(config=bad_config({"timezone": "Nowhere/Else"}), wait=False)
     assert daemon.wait_exit(60) == 1
     assert "schedules.nightly.timezone" in daemon.log() and "Traceback" not in daemon.log()
     (short_dir / "good").mkdir()
     good = DaemonProcess(short_dir / "good", bad_config({}), {})
-    checked = subprocess.run([*JOBD, "check", "--config", str(good.config_path)], capture_output=True,
-                             text=True, timeout=60)
+    checked = subprocess.run(
+        [*JOBD, "check", "--config", str(good.config_path)], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stderr
     assert "nightly" in checked.stdout and "0 3 * * *" in checked.stdout
 
@@ -149,8 +153,9 @@ def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
 
 
 def ticks_made(conn: psycopg.Connection[dict[str, Any]], schedule: str) -> list[datetime]:
-    rows = conn.execute("SELECT scheduled_for FROM jobd.jobs WHERE schedule = %s ORDER BY scheduled_for",
-                        (schedule,)).fetchall()
+    rows = conn.execute(
+        "SELECT scheduled_for FROM jobd.jobs WHERE schedule = %s ORDER BY scheduled_for", (schedule,)
+    ).fetchall()
     return [row["scheduled_for"] for row in rows]
 
 
@@ -170,7 +175,8 @@ def wait_for_seconds(seconds: float) -> None:
 
 @pytest.mark.postgres
 def test_three_daemons_make_one_job_per_tick_through_a_sigkill_and_a_restart(
-        start_daemon: StartDaemon, fresh_postgres_url: str) -> None:
+    start_daemon: StartDaemon, fresh_postgres_url: str
+) -> None:
     config = pg_config(fresh_postgres_url, {"tick": {"every": "1s", "type": "jobd.noop"}})
     daemons = [start_daemon(config=config, name=f"d{n}", wait=False) for n in range(3)]
     for daemon in daemons:
@@ -194,32 +200,45 @@ def test_three_daemons_make_one_job_per_tick_through_a_sigkill_and_a_restart(
     assert len(ticks) >= 17 and ticks[-1] >= before_stop - 2 * SECOND
     assert record is not None and record["last_tick"] == ticks[-1]
     survivors = [daemons[0], daemons[2]]
-    made_by = [sum(1 for entry in log_entries(d) if entry.get("schedule") == "tick" and "job_id" in entry)
-               for d in survivors]
+    made_by = [
+        sum(1 for entry in log_entries(d) if entry.get("schedule") == "tick" and "job_id" in entry)
+        for d in survivors
+    ]
     assert sum(made_by) <= len(ticks), made_by  # each tick made by one daemon
     print(f"\n{len(ticks)} ticks, one job each; made by the survivors: {made_by}")
 
 
 @pytest.mark.postgres
 def test_a_full_stop_across_ticks_follows_each_catch_up_policy(
-        start_daemon: StartDaemon, fresh_postgres_url: str) -> None:
-    schedules = {policy: {"every": "1s", "type": "jobd.noop", "catch_up": policy}
-                 for policy in ("latest", "all", "none")}
+    start_daemon: StartDaemon, fresh_postgres_url: str
+) -> None:
+    schedules = {
+        policy: {"every": "1s", "type": "jobd.noop", "catch_up": policy}
+        for policy in ("latest", "all", "none")
+    }
     config = pg_config(fresh_postgres_url, schedules)
     daemons = [start_daemon(config=config, name=f"d{n}") for n in range(2)]
     with connect(fresh_postgres_url) as conn:
-        wait_until(lambda: all(len(ticks_made(conn, policy)) >= 2 for policy in schedules),
-                   what="two ticks of each schedule")
+        wait_until(
+            lambda: all(len(ticks_made(conn, policy)) >= 2 for policy in schedules),
+            what="two ticks of each schedule",
+        )
         for daemon in daemons:
             assert daemon.stop() == 0
         last = {policy: ticks_made(conn, policy)[-1] for policy in schedules}
         wait_for_seconds(4)  # at least three ticks pass with no daemon up
         daemons[0].start()
-        wait_until(lambda: all(ticks_made(conn, p)[-1] >= last[p] + 6 * SECOND for p in schedules),
-                   timeout=60, what="ticks after the restart")
+        wait_until(
+            lambda: all(ticks_made(conn, p)[-1] >= last[p] + 6 * SECOND for p in schedules),
+            timeout=60,
+            what="ticks after the restart",
+        )
         made = {policy: ticks_made(conn, policy) for policy in schedules}
-    missed = {entry["schedule"]: parse(entry["watching_since"]) for entry in log_entries(daemons[0])
-              if "watching_since" in entry}
+    missed = {
+        entry["schedule"]: parse(entry["watching_since"])
+        for entry in log_entries(daemons[0])
+        if "watching_since" in entry
+    }
     assert set(missed) == set(schedules), missed
     for policy in schedules:
         ticks, since = made[policy], missed[policy]

@@ -136,6 +136,11 @@ async def reach(store: Store, state: JobState, **options: Any) -> Job:
         return await insert(store, run_at=at(3600), **options)
     if state == JobState.PENDING:
         return await insert(store, **options)
+    if state == JobState.WAITING:  # on a pending parent; due an hour after T0
+        parent = await insert(store)
+        child = replace(new_job(run_at=at(3600), **options), after=(parent.id,))
+        [inserted] = await store.insert_jobs([child])
+        return inserted.job
     job = await running(store, **options)
     outcome = {
         JobState.RUNNING: None,
@@ -845,7 +850,7 @@ async def test_list_jobs_cursor_survives_new_and_deleted_rows(store: Store) -> N
     assert page.next is not None
     await insert(store)  # newer than the cursor: not on later pages
     await finish(store, jobs[1], Outcome.COMPLETED, now=at(1))
-    assert await store.prune_jobs({JobState.COMPLETED: at(2)}, 10) == 1
+    assert await store.prune_jobs({JobState.COMPLETED: at(2)}, 10, T0) == 1
     rest = await store.list_jobs(JobFilter(), 10, page.next)
     assert [job.id for job in rest.jobs] == [jobs[0].id]
 
@@ -870,7 +875,7 @@ async def test_count_jobs_per_queue_and_state(store: Store) -> None:
         "a": {JobState.SCHEDULED: 1, JobState.PENDING: 2},
         "b": {JobState.RUNNING: 1, JobState.COMPLETED: 1, JobState.CANCELLED: 1},
     }
-    await store.prune_jobs({JobState.COMPLETED: at(1), JobState.CANCELLED: at(1)}, 10)
+    await store.prune_jobs({JobState.COMPLETED: at(1), JobState.CANCELLED: at(1)}, 10, T0)
     assert nonzero(await store.count_jobs()) == {
         "a": {JobState.SCHEDULED: 1, JobState.PENDING: 2},
         "b": {JobState.RUNNING: 1},
@@ -886,14 +891,14 @@ async def test_prune_jobs_by_state_cutoff_and_limit(store: Store) -> None:
     old_failed = await finished(Outcome.FAILED, 1)
     old_cancelled = await finished(Outcome.CANCELLED, 1)
     alive = await insert(store)
-    assert await store.prune_jobs({JobState.COMPLETED: at(50)}, 2) == 2
-    assert await store.prune_jobs({JobState.COMPLETED: at(50), JobState.FAILED: at(1)}, 2) == 1
+    assert await store.prune_jobs({JobState.COMPLETED: at(50)}, 2, T0) == 2
+    assert await store.prune_jobs({JobState.COMPLETED: at(50), JobState.FAILED: at(1)}, 2, T0) == 1
     remaining = {job.id for job in (await store.list_jobs(JobFilter(), 100, None)).jobs}
     assert remaining == {new_done.id, old_failed.id, old_cancelled.id, alive.id}
     assert not remaining & {job.id for job in old_done}
-    assert await store.prune_jobs({JobState.FAILED: at(1.5), JobState.CANCELLED: at(0)}, 10) == 1
+    assert await store.prune_jobs({JobState.FAILED: at(1.5), JobState.CANCELLED: at(0)}, 10, T0) == 1
     assert await store.get_job(old_failed.id) is None
-    assert await store.prune_jobs({}, 10) == 0
+    assert await store.prune_jobs({}, 10, T0) == 0
 
 
 # -- every legal transition, and the illegal user actions -------------------------------
@@ -909,6 +914,10 @@ async def act(store: Store, job: Job, action: Action) -> Job:
         await store.retry_job(job.id, at(1))
     elif action == Action.CANCEL and job.state != JobState.RUNNING:
         await store.cancel_job(job.id, at(1))
+    elif action in (Action.RELEASE, Action.RELEASE_LATER):  # its parent completes, at or before run_at
+        [parent] = await claim(store, now=at(1))
+        assert parent.id in job.after
+        await finish(store, parent, Outcome.COMPLETED, now=job.run_at if action == Action.RELEASE else at(2))
     else:
         outcome = {
             Action.COMPLETE: Outcome.COMPLETED,
@@ -980,7 +989,7 @@ async def test_a_valid_completion_after_a_fenced_one_of_the_same_job_applies(sto
 async def test_prune_with_no_room_deletes_nothing(store: Store) -> None:
     job = await running(store)
     await finish(store, job, Outcome.COMPLETED)
-    assert await store.prune_jobs({JobState.COMPLETED: at(10)}, 0) == 0
+    assert await store.prune_jobs({JobState.COMPLETED: at(10)}, 0, T0) == 0
     assert await store.get_job(job.id) is not None
 
 
@@ -999,14 +1008,16 @@ def fire_of(schedule: str, *ticks: datetime, skip_overlap: bool = False) -> Sche
     return ScheduleFire(schedule, TIMING, jobs, skip_overlap)
 
 
-async def fire(store: Store, schedule: str, *ticks: datetime, skip_overlap: bool = False,
-               now: datetime = T0) -> Fired:
+async def fire(
+    store: Store, schedule: str, *ticks: datetime, skip_overlap: bool = False, now: datetime = T0
+) -> Fired:
     [fired] = await store.fire_schedules([fire_of(schedule, *ticks, skip_overlap=skip_overlap)], now)
     return fired
 
 
 async def test_sync_creates_a_record_counting_from_now_and_keeps_it_while_the_timing_stays(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     records = await store.sync_schedules({"hourly": TIMING, "daily": "cron 0 0 * * * UTC"}, at(0))
     assert records["hourly"] == ScheduleRecord("hourly", TIMING, at(0), None, None, False)
     assert records["daily"].since == at(0)
@@ -1016,7 +1027,9 @@ async def test_sync_creates_a_record_counting_from_now_and_keeps_it_while_the_ti
     changed = await store.sync_schedules({"hourly": "every 1000000us"}, at(200))
     assert changed["hourly"] == ScheduleRecord("hourly", "every 1000000us", at(200), at(60), job.id, False)
     assert await store.schedule_records(["hourly", "daily", "unknown"]) == {
-        "hourly": changed["hourly"], "daily": records["daily"]}
+        "hourly": changed["hourly"],
+        "daily": records["daily"],
+    }
 
 
 async def test_a_fired_tick_makes_one_job_carrying_the_schedule(store: Store) -> None:
@@ -1118,7 +1131,8 @@ async def test_a_tick_job_keeps_its_schedule_through_its_whole_life(store: Store
 
 
 async def test_many_daemons_firing_one_tick_at_once_make_one_job(
-        make_store: Callable[[], Store], store: Store) -> None:
+    make_store: Callable[[], Store], store: Store
+) -> None:
     await store.sync_schedules({"s": TIMING}, at(0))
     # PostgreSQL: one store (one connection pool) per "daemon"; the others admit one process.
     stores = [store]

@@ -116,8 +116,11 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
     assert not any("finished_at" in definition for name, definition in indexes.items() if "live_" in name)
     assert "USING brin (finished_at)" in indexes["finished_jobs_finished_at"]
     assert "WHERE (schedule IS NOT NULL)" in indexes["live_jobs_schedule"]
-    columns = query(fresh_postgres_url, "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_schema = 'jobd' AND table_name = 'jobs' ORDER BY ordinal_position")
+    columns = query(
+        fresh_postgres_url,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = 'jobd' AND table_name = 'jobs' ORDER BY ordinal_position",
+    )
     assert [row[0] for row in columns][-2:] == ["schedule", "scheduled_for"]  # the view shows them too
     migrations = query(fresh_postgres_url, "SELECT version, name FROM jobd.migrations ORDER BY version")
     assert migrations == [(migration.version, migration.name) for migration in MIGRATIONS]
@@ -390,21 +393,32 @@ async def test_an_id_already_taken_is_an_invalid_job(fresh_postgres_url: str) ->
 
 
 async def test_a_database_of_the_previous_schema_gains_schedules_and_keeps_its_jobs(
-        fresh_postgres_url: str) -> None:
+    fresh_postgres_url: str,
+) -> None:
     live, finished = uuid.uuid4(), uuid.uuid4()
     with psycopg.connect(fresh_postgres_url, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA jobd")
-        conn.execute("CREATE TABLE jobd.migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                     " applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE jobd.migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         for migration in MIGRATIONS[:2]:
             conn.execute(migration.sql)
-            conn.execute("INSERT INTO jobd.migrations (version, name) VALUES (%s, %s)",
-                         (migration.version, migration.name))
+            conn.execute(
+                "INSERT INTO jobd.migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
         columns = "(id, type, queue, state, max_attempts, run_at, created_at, updated_at)"
-        conn.execute(f"INSERT INTO jobd.live_jobs {columns} VALUES (%s, 'old', 'default', 'pending', 3,"
-                     " now(), now(), now())", (live,))
-        conn.execute(f"INSERT INTO jobd.finished_jobs {columns[:-1]}, seq, finished_at) VALUES (%s, 'old',"
-                     " 'default', 'completed', 3, now(), now(), now(), 1000, now())", (finished,))
+        conn.execute(
+            f"INSERT INTO jobd.live_jobs {columns} VALUES (%s, 'old', 'default', 'pending', 3,"
+            " now(), now(), now())",
+            (live,),
+        )
+        conn.execute(
+            f"INSERT INTO jobd.finished_jobs {columns[:-1]}, seq, finished_at) VALUES (%s, 'old',"
+            " 'default', 'completed', 3, now(), now(), now(), 1000, now())",
+            (finished,),
+        )
     async with opened(fresh_postgres_url) as store:
         for job_id in (live, finished):
             job = await store.get_job(job_id)

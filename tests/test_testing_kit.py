@@ -40,8 +40,13 @@ def _refuse_odd(payload: Any, settings: Any) -> None:
 async def echo(job: JobContext) -> Any:
     await job.progress(0.25, "started")
     await job.progress(1.0)
-    return {"payload": job.payload, "type": job.type, "queue": job.queue, "attempt": job.attempt,
-            "max_attempts": job.max_attempts}
+    return {
+        "payload": job.payload,
+        "type": job.type,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+    }
 
 
 @handler("kit.signal")

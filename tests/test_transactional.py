@@ -138,8 +138,12 @@ def test_bad_arguments_name_their_field(
 @pytest.fixture
 def api_service(tmp_path: Path) -> JobService:
     """The control API's job service, as a daemon builds it; submits are checked before the store."""
-    raw = {"store": {"url": "memory:"}, "api": {"socket": str(tmp_path / "s")}, "metrics": {"listen": ""},
-           "queues": {"reports": {}}}
+    raw = {
+        "store": {"url": "memory:"},
+        "api": {"socket": str(tmp_path / "s")},
+        "metrics": {"listen": ""},
+        "queues": {"reports": {}},
+    }
     host = PluginHost()
     host.load([])
     return Daemon(parse_config(raw, env={}), host, None).service

@@ -9,6 +9,8 @@ Rules every implementation keeps (the conformance suite in tests/ checks them):
 - A job's state changes only as `jobd.job.TRANSITIONS` allows.
 - Completions are fenced: a completion applies only while the job is `running`
   under the same `owner` and `attempts` as the claim that produced it.
+- A waiting job is settled (`settle_waiting`) in the transaction that finishes its
+  last parent, or one of them badly; a job cancelled so settles its own dependants.
 - No psycopg or sqlite3 exception crosses this boundary: a store that cannot be
   reached raises `StoreUnavailable`.
 """
@@ -25,7 +27,7 @@ from typing import Protocol
 
 import trio
 
-from jobd.job import JSON, Action, Job, JobState, Progress, next_state
+from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure, Progress, next_state
 
 WakeCallback = Callable[[str], None]
 """Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"."""
@@ -47,10 +49,16 @@ class NewJob:
     created_at: datetime
     schedule: str | None = None
     scheduled_for: datetime | None = None
+    after: tuple[uuid.UUID, ...] = ()  # parents, each named once
+    on_parent_failure: ParentFailure = ParentFailure.CANCEL
+    unique_for: float | None = None  # seconds: `key` returns any job it made this recently
 
     @property
     def state(self) -> JobState:
-        """`scheduled` when run_at is after created_at, else `pending`."""
+        """`waiting` when it has parents (the store settles it at once against those that
+        finished already), else `scheduled` when run_at is after created_at, else `pending`."""
+        if self.after:
+            return JobState.WAITING
         return JobState.SCHEDULED if self.run_at > self.created_at else JobState.PENDING
 
     def inserted(self) -> Job:
@@ -71,6 +79,8 @@ class NewJob:
             key=self.key,
             schedule=self.schedule,
             scheduled_for=self.scheduled_for,
+            after=self.after,
+            on_parent_failure=self.on_parent_failure,
         )
 
 
@@ -183,6 +193,41 @@ def rescue_decision(job: Job, owner: str, *, cancel_requested: bool) -> RescueDe
     else:
         action = Action.REQUEUE
     return RescueDecision(next_state(job.id, job.state, action), error)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What becomes of a waiting job, as its parents stand."""
+
+    state: JobState  # `waiting` (no change), `pending`, `scheduled` or `cancelled`
+    run_at: datetime
+    error: str | None = None  # for `cancelled`: which parent, and how it ended
+
+
+def settle_waiting(job: Job, parents: Mapping[uuid.UUID, JobState], now: datetime) -> Settled:
+    """The one rule for a waiting job, every store settles by it. `parents` holds the
+    state of each parent the store still has: one it no longer has was pruned after it
+    finished, and counts as completed. With `on_parent_failure = cancel`, a parent that
+    ended failed or cancelled cancels the job; otherwise the job waits while a parent is
+    unfinished, then is released: `pending` from `now`, or `scheduled` if its run_at is
+    still ahead."""
+    if job.on_parent_failure == ParentFailure.CANCEL:
+        for parent in job.after:
+            ended = parents.get(parent)
+            if ended in (JobState.FAILED, JobState.CANCELLED):
+                state = next_state(job.id, job.state, Action.CANCEL)
+                return Settled(state, job.run_at, f"parent {parent} {ended}")
+    if any(parents.get(parent, JobState.COMPLETED) not in FINISHED_STATES for parent in job.after):
+        return Settled(JobState.WAITING, job.run_at)
+    if job.run_at > now:
+        return Settled(next_state(job.id, job.state, Action.RELEASE_LATER), job.run_at)
+    return Settled(next_state(job.id, job.state, Action.RELEASE), now)
+
+
+def within_window(created_at: datetime, unique_for: float, now: datetime) -> bool:
+    """Whether a job made at `created_at` still holds its key for a submit at `now` that
+    asks for `unique_for` seconds of uniqueness."""
+    return (now - created_at).total_seconds() < unique_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +345,12 @@ class Store(Protocol):
         """Insert all, or none on error, in order; one result per item.
 
         An item whose `key` matches a job that is not finished (including an earlier
-        item of the same batch) is not inserted: its result holds that job, created=False.
+        item of the same batch), or, with `unique_for`, a job made with that key within
+        the window (`within_window`), in any state, is not inserted: its result holds
+        that job, created=False. An item's `after` names jobs the store holds or earlier
+        items of the batch (an item not inserted stands for the job returned in its
+        place); a job with parents is settled at once against those already finished.
+        An unknown parent raises `InvalidJob` naming `after` and the item's index.
         """
 
     async def insert_and_claim_jobs(
@@ -311,6 +361,9 @@ class Store(Protocol):
         claim takes the best pending jobs, new or not, as any claim does."""
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None: ...
+
+    async def job_results(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JSON]:
+        """The result of each of those jobs the store still holds (a handler's parents)."""
 
     async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         """Newest submitted first. `after` is a cursor from an earlier page; a cursor that
@@ -352,8 +405,9 @@ class Store(Protocol):
         """Record progress while the attempt is still fenced-in; False otherwise."""
 
     async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
-        """Cancel: a waiting job becomes `cancelled` at once; a running one is marked
-        cancel-requested and returned still `running` (its owner finishes the cancel).
+        """Cancel: a job not yet running becomes `cancelled` at once (and its dependants
+        are settled); a running one is marked cancel-requested and returned still
+        `running` (its owner finishes the cancel).
         Raises `JobNotFound`, or `IllegalTransition` for a finished job."""
 
     async def cancel_requests(self, owner: str) -> set[uuid.UUID]:
@@ -373,9 +427,10 @@ class Store(Protocol):
         `cancelled` if a cancel was requested, `failed` if that attempt was the last,
         else `pending`. `last_error` says the lease expired and whose it was."""
 
-    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int, now: datetime) -> int:
         """Delete up to `limit` jobs in each given finished state that finished before its
-        time; return how many were deleted."""
+        time, but none whose key window (`unique_for`) is still open at `now`, and forget
+        the windows that closed; return how many jobs were deleted."""
 
     async def count_jobs(self) -> QueueCounts:
         """Jobs per queue and state."""

@@ -10,10 +10,12 @@ jobs it keeps.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import heapq
 import itertools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +44,9 @@ from jobd.store import (
     paused_record,
     plan_fire,
     rescue_decision,
+    settle_waiting,
     synced_record,
+    within_window,
 )
 
 _entries = itertools.count()  # ties between heap entries never compare rows
@@ -129,6 +133,9 @@ class MemoryStore:
         self._indexes = _Indexes()
         self._schedules: dict[str, ScheduleRecord] = {}
         self._schedule_jobs: dict[str, list[_Row]] = {}  # each schedule's jobs that may be unfinished
+        self._dependants: dict[uuid.UUID, list[uuid.UUID]] = {}  # parent -> the jobs naming it in `after`
+        self._windows: dict[str, _Window] = {}  # key -> the latest job made with it and `unique_for`
+        self._wake: WakeCallback | None = None  # the listener's: released jobs are work
 
     async def open(self) -> None:
         pass
@@ -143,26 +150,100 @@ class MemoryStore:
         live_keys = self._indexes.live_keys
         batch_keys: dict[str, Job] = {}
         new_ids: set[uuid.UUID] = set()
+        stands_for: dict[uuid.UUID, uuid.UUID] = {}  # an item not inserted -> the job returned instead
         results: list[Inserted] = []
         for index, new in enumerate(jobs):
             if new.key is not None:
-                holder = batch_keys.get(new.key) or (live_keys[new.key].job if new.key in live_keys else None)
+                holder = (
+                    batch_keys.get(new.key)
+                    or (live_keys[new.key].job if new.key in live_keys else None)
+                    or self._window_holder(new)
+                )
                 if holder is not None:
                     results.append(Inserted(holder, created=False))
+                    stands_for[new.id] = holder.id
                     continue
             if new.id in self._rows or new.id in new_ids:
                 raise InvalidJob(f"a job with id {new.id} already exists", field="id", index=index)
+            for parent in new.after:
+                if parent not in self._rows and parent not in new_ids and parent not in stands_for:
+                    raise InvalidJob(
+                        f"after names job {parent}, which does not exist", field="after", index=index
+                    )
             job = new.inserted()
+            if any(parent in stands_for for parent in new.after):
+                job = dataclasses.replace(
+                    job, after=_unique(stands_for.get(parent, parent) for parent in new.after)
+                )
             if new.key is not None:
                 batch_keys[new.key] = job
             new_ids.add(new.id)
             results.append(Inserted(job, created=True))
-        for result in results:
+        for new, result in zip(jobs, results, strict=True):
             if result.created:
-                row = self._rows[result.job.id] = _Row(result.job, next(self._sequence), self._indexes)
-                if result.job.schedule is not None:
-                    self._schedule_jobs.setdefault(result.job.schedule, []).append(row)
-        return results
+                job = result.job
+                row = self._rows[job.id] = _Row(job, next(self._sequence), self._indexes)
+                if job.schedule is not None:
+                    self._schedule_jobs.setdefault(job.schedule, []).append(row)
+                if new.unique_for is not None and job.key is not None:
+                    self._windows[job.key] = _Window(job.id, job.created_at, new.unique_for)
+                for parent in job.after:
+                    self._dependants.setdefault(parent, []).append(job.id)
+        waiting = [result.job for result in results if result.created and result.job.after]
+        for job in waiting:  # in batch order: a parent of the batch settles before its dependants
+            self._settle([job.id], job.created_at)
+        return [Inserted(self._rows[r.job.id].job, True) if r.job.after and r.created else r for r in results]
+
+    def _window_holder(self, new: NewJob) -> Job | None:
+        """The job that made `new.key` within `new.unique_for`, if any."""
+        window = self._windows.get(new.key) if new.unique_for is not None and new.key is not None else None
+        if (
+            window is None
+            or new.unique_for is None
+            or not within_window(window.created_at, new.unique_for, new.created_at)
+        ):
+            return None
+        row = self._rows.get(window.job_id)
+        return row.job if row else None
+
+    def _settle(self, job_ids: Sequence[uuid.UUID], now: datetime) -> None:
+        """Settle the waiting jobs among `job_ids` (`settle_waiting`), and in turn the
+        dependants of those it cancels; wake the workers if it released any."""
+        released = False
+        frontier = list(job_ids)
+        while frontier:
+            cancelled: list[uuid.UUID] = []
+            for job_id in frontier:
+                row = self._rows.get(job_id)
+                if row is None or row.job.state != JobState.WAITING:
+                    continue
+                parents = {
+                    parent: self._rows[parent].job.state for parent in row.job.after if parent in self._rows
+                }
+                settled = settle_waiting(row.job, parents, now)
+                if settled.state == JobState.WAITING:
+                    continue
+                row.job = _changed(
+                    row.job,
+                    state=settled.state,
+                    run_at=settled.run_at,
+                    updated_at=now,
+                    finished_at=now if settled.state.finished else None,
+                    last_error=settled.error if settled.error is not None else row.job.last_error,
+                )
+                if settled.state.finished:
+                    cancelled.extend(self._dependants.get(job_id, ()))
+                else:
+                    released = True
+            frontier = cancelled
+        if released and self._wake is not None:
+            self._wake("jobs")
+
+    def _finished(self, job: Job, now: datetime) -> None:
+        """`job` just finished: settle the jobs waiting on it."""
+        dependants = self._dependants.get(job.id)
+        if dependants:
+            self._settle(dependants, now)
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
@@ -174,6 +255,9 @@ class MemoryStore:
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = self._rows.get(job_id)
         return row.job if row else None
+
+    async def job_results(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JSON]:
+        return {job_id: self._rows[job_id].job.result for job_id in job_ids if job_id in self._rows}
 
     async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
@@ -270,6 +354,8 @@ class MemoryStore:
             job = _changed(job, state=state, updated_at=now, last_error=completion.error, finished_at=now)
         row.owner, row.lease_until, row.cancel_requested = None, None, False
         row.job = job
+        if state.finished:
+            self._finished(job, now)
         return True
 
     async def complete_and_claim_jobs(
@@ -310,6 +396,7 @@ class MemoryStore:
         row.job = _changed(
             row.job, state=state, updated_at=now, finished_at=now, last_error="cancelled before it ran"
         )
+        self._finished(row.job, now)
         return row.job
 
     async def cancel_requests(self, owner: str) -> set[uuid.UUID]:
@@ -375,27 +462,38 @@ class MemoryStore:
                 finished_at=now if decision.state in FINISHED_STATES else None,
             )
             rescued.append(Rescued(row.job, owner))
+            if decision.state.finished:
+                self._finished(row.job, now)
         return rescued
 
-    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int, now: datetime) -> int:
         if limit <= 0:
             return 0
+        self._windows = {key: window for key, window in self._windows.items() if window.open_at(now)}
+        kept_for_window = {window.job_id for window in self._windows.values()}
         deleted = 0
         for state, cutoff in before.items():
             finished = self._indexes.finished[state]
+            kept: list[tuple[datetime, int, _Row]] = []
             count = 0
             while finished and count < limit:
                 finished_at, _, row = finished[0]
                 if row.deleted or row.job.state != state or row.job.finished_at != finished_at:
                     heapq.heappop(finished)  # stale: retried or deleted since
                 elif finished_at < cutoff:
-                    heapq.heappop(finished)
+                    entry = heapq.heappop(finished)
+                    if row.job.id in kept_for_window:
+                        kept.append(entry)
+                        continue
                     self._indexes.leave(row)
                     row.deleted = True
                     del self._rows[row.job.id]
+                    self._dependants.pop(row.job.id, None)
                     count += 1
                 else:
                     break
+            for entry in kept:
+                heapq.heappush(finished, entry)
             deleted += count
         return deleted
 
@@ -452,8 +550,13 @@ class MemoryStore:
     async def listen(
         self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        # Nothing to listen to; the store itself calls `wake` when it releases waiting jobs.
+        self._wake = wake
         task_status.started()
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._wake = None
 
 
 _KEEP: Any = object()
@@ -495,7 +598,25 @@ def _changed(
         job.key,
         job.schedule,
         job.scheduled_for,
+        job.after,
+        job.on_parent_failure,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The latest job made with a key and `unique_for`."""
+
+    job_id: uuid.UUID
+    created_at: datetime
+    unique_for: float
+
+    def open_at(self, now: datetime) -> bool:
+        return within_window(self.created_at, self.unique_for, now)
+
+
+def _unique(ids: Iterable[uuid.UUID]) -> tuple[uuid.UUID, ...]:
+    return tuple(dict.fromkeys(ids))
 
 
 def _parse_cursor(after: str | None) -> int | None:

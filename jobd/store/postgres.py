@@ -36,7 +36,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
-from jobd.job import FINISHED_STATES, Action, Job, JobState, Progress, next_state
+from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure, Progress, next_state
 from jobd.store import (
     ClaimRequest,
     CompletedAndClaimed,
@@ -82,7 +82,7 @@ _LIST_FILTERS = ("state", "type", "queue")
 COLUMNS = (
     "id", "type", "queue", "payload", "state", "priority", "attempts", "max_attempts", "timeout",
     "run_at", "created_at", "updated_at", "started_at", "finished_at", "last_error", "result",
-    "progress", "key", "schedule", "scheduled_for",
+    "progress", "key", "schedule", "scheduled_for", "parents", "on_parent_failure",
 )  # fmt: skip
 
 
@@ -255,16 +255,16 @@ class PostgresStore:
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         if not jobs:
             return []
-        # Without keys the insert is one statement; a key held by a job that finishes
-        # meanwhile needs a second look, in the same transaction.
-        keyed = any(new.key is not None for new in jobs)
-        return await self._run(lambda conn: insert_jobs_on(conn, jobs), transaction=keyed)
+        # Without keys or parents the insert is one statement; a key held by a job that
+        # finishes meanwhile needs a second look, in the same transaction.
+        simple = not any(new.key is not None or new.after for new in jobs)
+        return await self._run(lambda conn: insert_jobs_on(conn, jobs), transaction=not simple)
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
     ) -> InsertedAndClaimed:
-        if any(new.key is not None for new in jobs):
-            # A held key is looked up before the claim can go: two calls.
+        if any(new.key is not None or new.after for new in jobs):
+            # A held key or a parent is looked up before the claim can go: two calls.
             inserted = await self.insert_jobs(jobs)
             claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
             return InsertedAndClaimed(inserted, claimed)
@@ -275,6 +275,15 @@ class PostgresStore:
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
         return _job(row) if row else None
+
+    async def job_results(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JSON]:
+        if not job_ids:
+            return {}
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["job_results"], {"ids": list(job_ids)}).fetchall(),
+            transaction=False,
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
@@ -468,14 +477,14 @@ class PostgresStore:
 
         return await self._run(rescue)
 
-    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int, now: datetime) -> int:
         def prune(conn: Connection) -> int:
-            return sum(
-                conn.execute(
-                    QUERIES["prune_jobs"], {"state": state.value, "before": cutoff, "limit": limit}
-                ).rowcount
-                for state, cutoff in before.items()
-            )
+            conn.execute(QUERIES["forget_closed_windows"], {"now": now})
+            deleted = 0
+            for state, cutoff in before.items():
+                params = {"state": state.value, "before": cutoff, "limit": limit, "now": now}
+                deleted += _require(_fetch_one(conn, "prune_jobs", params))[0]
+            return deleted
 
         return await self._run(prune) if before and limit > 0 else 0
 
@@ -629,6 +638,13 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
     """Insert `jobs` in order on `conn`, inside whatever transaction it is in (or, in
     autocommit mode, as one statement). An item whose key a live job holds gets that job
     instead (created=False). Shared by the store and `jobd.transactional`."""
+    if any(new.after or new.unique_for is not None for new in jobs):
+        with conn.transaction():  # several statements: a savepoint, or a transaction of its own
+            return _insert_flow(conn, jobs)
+    return _insert_plain(conn, jobs)
+
+
+def _insert_plain(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
     params = _insert_params(jobs)
     try:
         # A cursor of our own: the caller's connection may make rows of another kind.
@@ -645,6 +661,98 @@ def insert_jobs_on(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
         else:
             results.append(_key_holder(conn, new))
     return results
+
+
+def _insert_flow(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
+    """Insert jobs with parents or key windows (see `Store.insert_jobs`), in the caller's
+    transaction: lock the parents still live, check that every parent exists, take the
+    key windows, insert, then record and settle the dependants."""
+    cursor = conn.cursor(row_factory=tuple_row)
+    batch = {new.id for new in jobs}
+    outside = list(dict.fromkeys(parent for new in jobs for parent in new.after if parent not in batch))
+    if outside:
+        cursor.execute(QUERIES["lock_parents"], {"ids": outside})
+        # Read after the lock: a parent that finished meanwhile is found in finished_jobs.
+        known = {row[0] for row in cursor.execute(QUERIES["known_jobs"], {"ids": outside})}
+        for index, new in enumerate(jobs):
+            missing = next(
+                (parent for parent in new.after if parent not in batch and parent not in known), None
+            )
+            if missing is not None:
+                raise InvalidJob(
+                    f"after names job {missing}, which does not exist", field="after", index=index
+                )
+    held = _take_windows(cursor, jobs)
+    results: list[Inserted | None] = [held.get(new.id) for new in jobs]
+    fresh = [index for index, new in enumerate(jobs) if new.id not in held]
+    inserted_fresh = _insert_plain(conn, [jobs[index] for index in fresh]) if fresh else []
+    for index, inserted in zip(fresh, inserted_fresh, strict=True):
+        new = jobs[index]
+        results[index] = inserted
+        if not inserted.created and new.unique_for is not None:
+            # A live job holds the key: it answers for it, not the window just taken.
+            cursor.execute(QUERIES["drop_window"], {"key": new.key, "id": new.id})
+    done = [result for result in results if result is not None]
+    stands_for = {new.id: item.job.id for new, item in zip(jobs, done, strict=True) if not item.created}
+    waiting = [item.job for item in done if item.created and item.job.after]
+    for job in waiting:
+        parents = tuple(dict.fromkeys(stands_for.get(parent, parent) for parent in job.after))
+        if parents != job.after:  # a parent of the batch was answered by another job
+            cursor.execute(QUERIES["set_parents"], {"id": job.id, "parents": list(parents)})
+            job_parents = parents
+        else:
+            job_parents = job.after
+        edges = {"parents": list(job_parents), "children": [job.id] * len(job_parents)}
+        cursor.execute(QUERIES["add_dependants"], edges)
+    if not waiting:
+        return done
+    ids = [job.id for job in waiting]
+    cursor.execute(QUERIES["settle_waiting"], {"ids": ids, "now": waiting[0].created_at})
+    settled = {job.id: job for job in map(_job, cursor.execute(QUERIES["jobs_by_id"], {"ids": ids}))}
+    return [Inserted(settled[item.job.id], True) if item.job.id in settled else item for item in done]
+
+
+def _take_windows(
+    cursor: psycopg.Cursor[tuple[Any, ...]], jobs: Sequence[NewJob]
+) -> dict[uuid.UUID, Inserted]:
+    """Take the key window of each job that asks for one (`unique_for`); return, for each
+    job whose key a job made within its window holds, that job (created=False)."""
+    asking: dict[str, NewJob] = {}
+    for new in jobs:
+        if new.unique_for is not None and new.key is not None:
+            asking.setdefault(new.key, new)  # a later item with the same key: the insert answers it
+    if not asking:
+        return {}
+    # A live job answers for its key first: it is the newest made with it.
+    held: dict[uuid.UUID, Inserted] = {}
+    for row in cursor.execute(QUERIES["live_jobs_with_keys"], {"keys": list(asking)}):
+        new = asking.pop(row[0])
+        held[new.id] = Inserted(_job(row[1:]), created=False)
+    if not asking:
+        return held
+    windows = [
+        {
+            "key": key,
+            "id": str(new.id),
+            "created_at": new.created_at.isoformat(),
+            "unique_for": new.unique_for,
+        }
+        for key, new in asking.items()
+    ]
+    taken = {row[0] for row in cursor.execute(QUERIES["take_windows"], {"windows": json.dumps(windows)})}
+    lost = [key for key in asking if key not in taken]
+    if not lost:
+        return held
+    holders = {row[0]: _job(row[1:]) for row in cursor.execute(QUERIES["window_holders"], {"keys": lost})}
+    for key in lost:
+        new = asking[key]
+        holder = holders.get(key)
+        if holder is None:  # its job is gone (a longer window than the one it was made with)
+            params = {"key": key, "id": new.id, "created_at": new.created_at, "unique_for": new.unique_for}
+            cursor.execute(QUERIES["take_window"], params)
+        else:
+            held[new.id] = Inserted(holder, created=False)
+    return held
 
 
 def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
@@ -666,9 +774,13 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
         for new in jobs
     ]
     for item, new in zip(items, jobs, strict=True):
-        if new.schedule is not None:  # left out otherwise: json_to_recordset reads a missing key as NULL
+        # Left out otherwise: json_to_recordset reads a missing key as NULL.
+        if new.schedule is not None:
             item["schedule"] = new.schedule
             item["scheduled_for"] = times.text(new.scheduled_for)
+        if new.after:
+            item["parents"] = [str(parent) for parent in new.after]
+            item["on_parent_failure"] = new.on_parent_failure.value
     return {"jobs": _json_text(items, jobs)}
 
 
@@ -895,7 +1007,7 @@ def _job(row: Sequence[Any]) -> Job:
     (
         job_id, job_type, queue, payload, state, priority, attempts, max_attempts, timeout,
         run_at, created_at, updated_at, started_at, finished_at, last_error, result, progress, key,
-        schedule, scheduled_for,
+        schedule, scheduled_for, parents, on_parent_failure,
     ) = row[: len(COLUMNS)]  # fmt: skip
     return Job(
         id=job_id,
@@ -918,6 +1030,8 @@ def _job(row: Sequence[Any]) -> Job:
         key=key,
         schedule=schedule,
         scheduled_for=scheduled_for,
+        after=tuple(parents) if parents else (),
+        on_parent_failure=ParentFailure(on_parent_failure) if on_parent_failure else ParentFailure.CANCEL,
     )
 
 

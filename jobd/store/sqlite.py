@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -34,7 +35,7 @@ from outcome import Outcome as Captured
 from outcome import capture
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
-from jobd.job import JSON, Action, Job, JobState, Progress, next_state
+from jobd.job import JSON, Action, Job, JobState, ParentFailure, Progress, next_state
 from jobd.store import (
     ClaimRequest,
     CompletedAndClaimed,
@@ -55,7 +56,9 @@ from jobd.store import (
     paused_record,
     plan_fire,
     rescue_decision,
+    settle_waiting,
     synced_record,
+    within_window,
 )
 from jobd.store.sqlfiles import load_migrations, load_queries
 
@@ -83,6 +86,7 @@ _REASONS = {
 
 
 _Q = load_queries("sqlite")
+_FINISHING = frozenset({Action.COMPLETE, Action.FAIL, Action.CANCEL})
 
 
 # -- values to and from columns ---------------------------------------------------------
@@ -131,6 +135,8 @@ def _job(row: sqlite3.Row) -> Job:
         key=row["key"],
         schedule=row["schedule"],
         scheduled_for=_optional_time(row["scheduled_for"]),
+        after=tuple(uuid.UUID(parent) for parent in _load(row["parents"]) or ()),
+        on_parent_failure=ParentFailure(row["on_parent_failure"] or ParentFailure.CANCEL),
     )
 
 
@@ -171,23 +177,33 @@ def _row_of(conn: sqlite3.Connection, job_id: uuid.UUID) -> sqlite3.Row:
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
+    _check_parents(conn, jobs)
     results: list[Inserted] = []
     rows: list[dict[str, Any]] = []  # to insert, in order
     positions: list[int] = []  # the batch index of each row
+    stands_for: dict[uuid.UUID, uuid.UUID] = {}  # an item not inserted -> the job returned instead
     for index, new in enumerate(jobs):
         if new.key is not None:
-            # A key held by a live job, or by an earlier item of this batch.
+            # A key held by an earlier item of this batch, a live job, or a job made
+            # within the window asked for.
             holder = next((item.job for item in results if item.created and item.job.key == new.key), None)
             if holder is None:
                 existing = _live_job_with_key(conn, new.key)
                 holder = None if existing is None else _job(existing)
+            if holder is None:
+                holder = _window_holder(conn, new)
             if holder is not None:
                 results.append(Inserted(holder, created=False))
+                stands_for[new.id] = holder.id
                 continue
         try:
             payload = _dump(new.payload)
         except (TypeError, ValueError) as error:
             raise InvalidJob(f"payload is not JSON: {error}", field="payload", index=index) from None
+        job = new.inserted()
+        if any(parent in stands_for for parent in new.after):
+            parents = tuple(dict.fromkeys(stands_for.get(parent, parent) for parent in new.after))
+            job = dataclasses.replace(job, after=parents)
         rows.append(
             {
                 "id": str(new.id),
@@ -203,10 +219,12 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
                 "key": new.key,
                 "schedule": new.schedule,
                 "scheduled_for": None if new.scheduled_for is None else _micros(new.scheduled_for),
+                "parents": json.dumps([str(parent) for parent in job.after]) if job.after else None,
+                "on_parent_failure": new.on_parent_failure.value if job.after else None,
             }
         )
         positions.append(index)
-        results.append(Inserted(new.inserted(), created=True))
+        results.append(Inserted(job, created=True))
     conn.execute("SAVEPOINT insert_jobs")
     try:
         conn.executemany(_Q["insert_job"], rows)  # one statement, stepped once per row, in C
@@ -222,7 +240,109 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
         raise
     finally:
         conn.execute("RELEASE insert_jobs")
-    return results
+    return _after_insert(conn, jobs, results)
+
+
+def _check_parents(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> None:
+    """Every parent named is a stored job or an item of the batch; `InvalidJob` otherwise."""
+    batch = {new.id for new in jobs}
+    outside = list(dict.fromkeys(str(parent) for new in jobs for parent in new.after if parent not in batch))
+    if not outside:
+        return
+    known = {row[0] for row in conn.execute(_Q["known_jobs"], {"ids": json.dumps(outside)})}
+    for index, new in enumerate(jobs):
+        for parent in new.after:
+            if parent not in batch and str(parent) not in known:
+                raise InvalidJob(
+                    f"after names job {parent}, which does not exist", field="after", index=index
+                )
+
+
+def _window_holder(conn: sqlite3.Connection, new: NewJob) -> Job | None:
+    """The job made with `new.key` within `new.unique_for`, if any."""
+    if new.unique_for is None:
+        return None
+    row = conn.execute(_Q["window_holder"], {"key": new.key}).fetchone()
+    if row is None or not within_window(_time(row["window_created_at"]), new.unique_for, new.created_at):
+        return None
+    return _job(row)
+
+
+def _after_insert(
+    conn: sqlite3.Connection, jobs: Sequence[NewJob], results: list[Inserted]
+) -> list[Inserted]:
+    """Record the key windows and dependants of the jobs just inserted, and settle those
+    that wait; the results, with each settled job as it now stands."""
+    waiting: list[Job] = []
+    for new, item in zip(jobs, results, strict=True):
+        if not item.created:
+            continue
+        if new.unique_for is not None:
+            window = {
+                "key": new.key,
+                "id": str(new.id),
+                "created_at": _micros(new.created_at),
+                "expires_at": _micros(new.created_at + timedelta(seconds=new.unique_for)),
+            }
+            conn.execute(_Q["put_window"], window)
+        if item.job.after:
+            edges = [{"parent": str(parent), "child": str(new.id)} for parent in item.job.after]
+            conn.executemany(_Q["add_dependant"], edges)
+            waiting.append(item.job)
+    if not waiting:
+        return results
+    for job in waiting:  # in batch order: a parent of the batch settles before its dependants
+        _settle(conn, [job.id], job.created_at)
+    ids = json.dumps([str(job.id) for job in waiting])
+    settled = {job.id: job for job in map(_job, conn.execute(_Q["jobs_by_id"], {"ids": ids}))}
+    return [Inserted(settled[item.job.id], True) if item.job.id in settled else item for item in results]
+
+
+def _settle(conn: sqlite3.Connection, job_ids: Sequence[uuid.UUID], now: datetime) -> bool:
+    """Settle the waiting jobs among `job_ids` (`settle_waiting`), and in turn the
+    dependants of those it cancels; whether any job was released."""
+    released = False
+    frontier = [str(job_id) for job_id in job_ids]
+    while frontier:
+        cancelled: list[str] = []
+        for row in conn.execute(_Q["waiting_jobs"], {"ids": json.dumps(frontier)}).fetchall():
+            job = _job(row)
+            parents = json.dumps([str(parent) for parent in job.after])
+            states = {
+                uuid.UUID(found[0]): JobState(found[1])
+                for found in conn.execute(_Q["job_states"], {"ids": parents})
+            }
+            settled = settle_waiting(job, states, now)
+            if settled.state == JobState.WAITING:
+                continue
+            values = {
+                "id": str(job.id),
+                "state": settled.state.value,
+                "run_at": _micros(settled.run_at),
+                "now": _micros(now),
+                "finished_at": _micros(now) if settled.state.finished else None,
+                "error": settled.error,
+            }
+            conn.execute(_Q["settle_job"], values)
+            if settled.state.finished:
+                cancelled.append(str(job.id))
+            else:
+                released = True
+        frontier = (
+            [row[0] for row in conn.execute(_Q["dependants"], {"ids": json.dumps(cancelled)})]
+            if cancelled
+            else []
+        )
+    return released
+
+
+def _settle_dependants(conn: sqlite3.Connection, finished: Sequence[uuid.UUID], now: datetime) -> bool:
+    """Settle the jobs waiting on the jobs just `finished`; whether any was released."""
+    if not finished:
+        return False
+    ids = json.dumps([str(job_id) for job_id in finished])
+    dependants = [uuid.UUID(row[0]) for row in conn.execute(_Q["dependants"], {"ids": ids})]
+    return _settle(conn, dependants, now) if dependants else False
 
 
 def _list_jobs(conn: sqlite3.Connection, wanted: JobFilter, limit: int, below: int | None) -> JobPage:
@@ -310,6 +430,15 @@ def _complete_jobs(conn: sqlite3.Connection, completions: Sequence[Completion], 
     return results
 
 
+def _finished(completions: Sequence[Completion], applied: Sequence[bool]) -> list[uuid.UUID]:
+    """The jobs the applied completions among `completions` finished."""
+    return [
+        completion.job_id
+        for completion, done in zip(completions, applied, strict=True)
+        if done and completion.outcome.action in _FINISHING
+    ]
+
+
 def _renew_leases(
     conn: sqlite3.Connection, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
 ) -> set[uuid.UUID]:
@@ -370,10 +499,13 @@ def _rescue_jobs(conn: sqlite3.Connection, now: datetime, all_running: bool) -> 
     return rescued
 
 
-def _prune_jobs(conn: sqlite3.Connection, before: Mapping[JobState, datetime], limit: int) -> int:
+def _prune_jobs(
+    conn: sqlite3.Connection, before: Mapping[JobState, datetime], limit: int, now: datetime
+) -> int:
+    conn.execute(_Q["forget_closed_windows"], {"now": _micros(now)})
     deleted = 0
     for state, cutoff in before.items():
-        values = {"state": state.value, "before": _micros(cutoff), "limit": limit}
+        values = {"state": state.value, "before": _micros(cutoff), "limit": limit, "now": _micros(now)}
         deleted += conn.execute(_Q["prune_jobs"], values).rowcount
     return deleted
 
@@ -510,6 +642,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._lock_file: int | None = None
         self._join_limiter = trio.CapacityLimiter(1)
+        self._wake: WakeCallback | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -730,6 +863,11 @@ class SQLiteStore:
         row = await self._read(lambda conn: conn.execute(_Q["get_job"], {"id": str(job_id)}).fetchone())
         return _job(row) if row is not None else None
 
+    async def job_results(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JSON]:
+        ids = json.dumps([str(job_id) for job_id in job_ids])
+        rows = await self._read(lambda conn: conn.execute(_Q["job_results"], {"ids": ids}).fetchall())
+        return {uuid.UUID(row[0]): _load(row[1]) for row in rows}
+
     async def list_jobs(self, wanted: JobFilter, limit: int, after: str | None) -> JobPage:
         below = _parse_cursor(after)
         return await self._read(lambda conn: _list_jobs(conn, wanted, limit, below))
@@ -740,17 +878,32 @@ class SQLiteStore:
         return await self._write(lambda conn: _claim_jobs(conn, owner, slots, limit, now, lease_until))
 
     async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
-        return await self._write(lambda conn: _complete_jobs(conn, completions, now))
+        def complete(conn: sqlite3.Connection) -> tuple[list[bool], bool]:
+            applied = _complete_jobs(conn, completions, now)
+            return applied, _settle_dependants(conn, _finished(completions, applied), now)
+
+        applied, released = await self._write(complete)
+        self._after_release(released)
+        return applied
 
     async def complete_and_claim_jobs(
         self, completions: Sequence[Completion], claim: ClaimRequest, now: datetime
     ) -> CompletedAndClaimed:
-        def exchange(conn: sqlite3.Connection) -> CompletedAndClaimed:
+        def exchange(conn: sqlite3.Connection) -> tuple[CompletedAndClaimed, bool]:
             applied = _complete_jobs(conn, completions, now) if completions else []
+            released = _settle_dependants(conn, _finished(completions, applied), now)
+            # The claim comes after: it takes the jobs just released too.
             claimed = _claim_jobs(conn, claim.owner, claim.slots, claim.limit, now, claim.lease_until)
-            return CompletedAndClaimed(applied, claimed)
+            return CompletedAndClaimed(applied, claimed), released
 
-        return await self._write(exchange)
+        exchanged, released = await self._write(exchange)
+        self._after_release(released)
+        return exchanged
+
+    def _after_release(self, released: bool) -> None:
+        """Jobs a completion or cancel released are work for this daemon's workers."""
+        if released and self._wake is not None:
+            self._wake("jobs")
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
@@ -771,7 +924,13 @@ class SQLiteStore:
         return changed == 1
 
     async def cancel_job(self, job_id: uuid.UUID, now: datetime) -> Job:
-        return await self._write(lambda conn: _cancel_job(conn, job_id, now))
+        def cancel(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            job = _cancel_job(conn, job_id, now)
+            return job, _settle_dependants(conn, [job.id] if job.state.finished else [], now)
+
+        job, released = await self._write(cancel)
+        self._after_release(released)
+        return job
 
     async def cancel_requests(self, owner: str) -> set[uuid.UUID]:
         rows = await self._read(lambda conn: conn.execute(_Q["cancel_requests"], {"owner": owner}).fetchall())
@@ -784,12 +943,19 @@ class SQLiteStore:
         return await self._write(lambda conn: _promote_due_jobs(conn, now))
 
     async def rescue_jobs(self, now: datetime, *, all_running: bool = False) -> list[Rescued]:
-        return await self._write(lambda conn: _rescue_jobs(conn, now, all_running))
+        def rescue(conn: sqlite3.Connection) -> tuple[list[Rescued], bool]:
+            rescued = _rescue_jobs(conn, now, all_running)
+            ended = [item.job.id for item in rescued if item.job.state.finished]
+            return rescued, _settle_dependants(conn, ended, now)
 
-    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int) -> int:
+        rescued, released = await self._write(rescue)
+        self._after_release(released)
+        return rescued
+
+    async def prune_jobs(self, before: Mapping[JobState, datetime], limit: int, now: datetime) -> int:
         if limit <= 0:  # SQLite reads LIMIT -1 as "no limit"
             return 0
-        return await self._write(lambda conn: _prune_jobs(conn, before, limit))
+        return await self._write(lambda conn: _prune_jobs(conn, before, limit, now))
 
     async def count_jobs(self) -> QueueCounts:
         return await self._read(_count_jobs)
@@ -822,9 +988,14 @@ class SQLiteStore:
     async def listen(
         self, wake: WakeCallback, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        # This daemon is the only writer: it wakes its own workers, nothing to listen to.
+        # This daemon is the only writer: nothing to listen to. The store itself calls
+        # `wake` when a completion or cancel released waiting jobs.
+        self._wake = wake
         task_status.started()
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._wake = None
 
 
 # -- files --------------------------------------------------------------------------------

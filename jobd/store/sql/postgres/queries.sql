@@ -16,16 +16,17 @@ WITH new AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(jobs)s::json) AS (
         id uuid, type text, queue text, payload jsonb, state text, priority int, max_attempts int,
         timeout float8, run_at timestamptz, created_at timestamptz, key text, schedule text,
-        scheduled_for timestamptz
+        scheduled_for timestamptz, parents uuid[], on_parent_failure text
     )) WITH ORDINALITY
     AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key,
-         schedule, scheduled_for, position)
+         schedule, scheduled_for, parents, on_parent_failure, position)
 ),
 inserted AS (
     INSERT INTO jobd.live_jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
-                                run_at, created_at, updated_at, key, schedule, scheduled_for)
+                                run_at, created_at, updated_at, key, schedule, scheduled_for,
+                                parents, on_parent_failure)
     SELECT id, type, queue, payload, state, priority, max_attempts, timeout,
-           run_at, created_at, created_at, key, schedule, scheduled_for
+           run_at, created_at, created_at, key, schedule, scheduled_for, parents, on_parent_failure
     FROM new ORDER BY position
     ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id
@@ -94,12 +95,13 @@ ended AS (
 archived AS (
     INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                     timeout, run_at, created_at, updated_at, started_at, finished_at,
-                                    last_error, result, progress, key, schedule, scheduled_for)
+                                    last_error, result, progress, key, schedule, scheduled_for,
+                                    parents, on_parent_failure)
     SELECT id, seq, type, queue, payload, new_state, priority, attempts, max_attempts,
            timeout, run_at, created_at, %(now)s, started_at, %(now)s,
            CASE WHEN outcome = 'completed' THEN last_error ELSE error END,
            CASE WHEN outcome = 'completed' THEN new_result ELSE result END,
-           progress, key, schedule, scheduled_for
+           progress, key, schedule, scheduled_for, parents, on_parent_failure
     FROM ended
     RETURNING id
 ),
@@ -172,10 +174,11 @@ WITH ended AS (
 )
 INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                 timeout, run_at, created_at, updated_at, started_at, finished_at,
-                                last_error, result, progress, key, schedule, scheduled_for)
+                                last_error, result, progress, key, schedule, scheduled_for,
+                                    parents, on_parent_failure)
 SELECT id, seq, type, queue, payload, %(state)s, priority, attempts, max_attempts,
        timeout, run_at, created_at, %(now)s, started_at, %(now)s, %(error)s, result, progress, key,
-       schedule, scheduled_for
+       schedule, scheduled_for, parents, on_parent_failure
 FROM ended
 RETURNING {columns};
 
@@ -190,10 +193,11 @@ WITH revived AS (
 )
 INSERT INTO jobd.live_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                             timeout, run_at, created_at, updated_at, started_at, finished_at,
-                            last_error, result, progress, key, schedule, scheduled_for)
+                            last_error, result, progress, key, schedule, scheduled_for,
+                                    parents, on_parent_failure)
 SELECT id, seq, type, queue, payload, %(state)s, priority, 0, max_attempts,
        timeout, %(now)s, created_at, %(now)s, NULL, NULL, last_error, NULL, NULL, key,
-       schedule, scheduled_for
+       schedule, scheduled_for, parents, on_parent_failure
 FROM revived
 RETURNING {columns};
 
@@ -227,11 +231,82 @@ WHERE id = %(id)s
 RETURNING {columns};
 
 -- name: prune_jobs
-DELETE FROM jobd.finished_jobs
-WHERE id IN (SELECT id FROM jobd.finished_jobs
-             WHERE state = %(state)s AND finished_at < %(before)s
-             LIMIT %(limit)s
-             FOR UPDATE SKIP LOCKED);
+-- A job whose key window is still open is spared: a submit of its key must find it.
+-- The dependants of a pruned job were settled when it finished: its rows there go too.
+WITH pruned AS (
+    DELETE FROM jobd.finished_jobs
+    WHERE id IN (SELECT f.id FROM jobd.finished_jobs f
+                 WHERE f.state = %(state)s AND f.finished_at < %(before)s
+                   AND NOT EXISTS (SELECT 1 FROM jobd.key_windows w
+                                   WHERE w.job_id = f.id AND w.expires_at > %(now)s)
+                 LIMIT %(limit)s
+                 FOR UPDATE OF f SKIP LOCKED)
+    RETURNING id
+),
+forgotten AS (
+    DELETE FROM jobd.job_dependants d USING pruned WHERE d.parent_id = pruned.id
+)
+SELECT count(*) FROM pruned;
+
+-- name: forget_closed_windows
+DELETE FROM jobd.key_windows WHERE expires_at <= %(now)s;
+
+-- name: job_results
+SELECT id, result FROM jobd.live_jobs WHERE id = ANY(%(ids)s::uuid[])
+UNION ALL
+SELECT id, result FROM jobd.finished_jobs WHERE id = ANY(%(ids)s::uuid[]);
+
+-- name: lock_parents
+-- Held until commit: a parent cannot finish (leave live_jobs) before its new dependant
+-- is committed, so the trigger that settles its dependants sees it.
+SELECT id FROM jobd.live_jobs WHERE id = ANY(%(ids)s::uuid[]) ORDER BY id FOR KEY SHARE;
+
+-- name: known_jobs
+SELECT id FROM jobd.live_jobs WHERE id = ANY(%(ids)s::uuid[])
+UNION ALL
+SELECT id FROM jobd.finished_jobs WHERE id = ANY(%(ids)s::uuid[]);
+
+-- name: take_windows
+-- Each key's row is taken by this submit unless the job it holds was made within the
+-- submit's own window. The conflicting rows are locked either way, until commit.
+INSERT INTO jobd.key_windows AS w (key, job_id, created_at, unique_for, expires_at)
+SELECT key, id, created_at, unique_for, created_at + unique_for * interval '1 second'
+FROM json_to_recordset(%(windows)s::json) AS n(key text, id uuid, created_at timestamptz, unique_for float8)
+ON CONFLICT (key) DO UPDATE
+SET job_id = excluded.job_id, created_at = excluded.created_at, unique_for = excluded.unique_for,
+    expires_at = excluded.expires_at
+WHERE w.created_at <= excluded.created_at - excluded.unique_for * interval '1 second'
+RETURNING key;
+
+-- name: live_jobs_with_keys
+SELECT key, {columns} FROM jobd.live_jobs WHERE key = ANY(%(keys)s::text[]);
+
+-- name: window_holders
+SELECT w.key, {j_columns} FROM jobd.key_windows w JOIN jobd.jobs j ON j.id = w.job_id
+WHERE w.key = ANY(%(keys)s::text[]);
+
+-- name: take_window
+UPDATE jobd.key_windows
+SET job_id = %(id)s, created_at = %(created_at)s, unique_for = %(unique_for)s,
+    expires_at = %(created_at)s + %(unique_for)s * interval '1 second'
+WHERE key = %(key)s;
+
+-- name: drop_window
+DELETE FROM jobd.key_windows WHERE key = %(key)s AND job_id = %(id)s;
+
+-- name: set_parents
+UPDATE jobd.live_jobs SET parents = %(parents)s WHERE id = %(id)s;
+
+-- name: add_dependants
+INSERT INTO jobd.job_dependants (parent_id, child_id)
+SELECT parent, child FROM unnest(%(parents)s::uuid[], %(children)s::uuid[]) AS d(parent, child)
+ON CONFLICT DO NOTHING;
+
+-- name: settle_waiting
+SELECT jobd.settle_waiting(%(ids)s::uuid[], %(now)s);
+
+-- name: jobs_by_id
+SELECT {columns} FROM jobd.jobs WHERE id = ANY(%(ids)s::uuid[]);
 
 -- name: count_jobs
 -- Live jobs are counted (their table holds only them); finished ones are read from the

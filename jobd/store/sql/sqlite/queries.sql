@@ -4,13 +4,13 @@
 -- name: insert_job
 -- Run once per job (executemany); the job as stored is known to the caller.
 INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
-                  run_at, created_at, updated_at, key, schedule, scheduled_for)
+                  run_at, created_at, updated_at, key, schedule, scheduled_for, parents, on_parent_failure)
 VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
-        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for);
+        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for, :parents, :on_parent_failure);
 
 -- name: live_job_with_key
 SELECT * FROM jobs
-WHERE key = :key AND state IN ('scheduled', 'pending', 'running');
+WHERE key = :key AND state IN ('waiting', 'scheduled', 'pending', 'running');
 
 -- name: get_job
 SELECT * FROM jobs WHERE id = :id;
@@ -116,13 +116,54 @@ WHERE id = :id
 RETURNING *;
 
 -- name: prune_jobs
--- The state IN (...) term lets SQLite use the partial index jobs_finished.
+-- The state IN (...) term lets SQLite use the partial index jobs_finished. A job whose
+-- key window is still open is spared: a submit of its key must find it.
 DELETE FROM jobs WHERE seq IN (
     SELECT seq FROM jobs
     WHERE state = :state AND state IN ('completed', 'failed', 'cancelled') AND finished_at < :before
+      AND NOT EXISTS (SELECT 1 FROM key_windows w WHERE w.job_id = jobs.id AND w.expires_at > :now)
     ORDER BY finished_at
     LIMIT :limit
 );
+
+-- name: forget_closed_windows
+DELETE FROM key_windows WHERE expires_at <= :now;
+
+-- name: window_holder
+SELECT jobs.*, w.created_at AS window_created_at FROM key_windows w JOIN jobs ON jobs.id = w.job_id
+WHERE w.key = :key;
+
+-- name: put_window
+INSERT INTO key_windows (key, job_id, created_at, expires_at) VALUES (:key, :id, :created_at, :expires_at)
+ON CONFLICT (key) DO UPDATE SET
+    job_id = excluded.job_id, created_at = excluded.created_at, expires_at = excluded.expires_at;
+
+-- name: known_jobs
+SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: add_dependant
+INSERT OR IGNORE INTO job_dependants (parent_id, child_id) VALUES (:parent, :child);
+
+-- name: dependants
+SELECT DISTINCT child_id FROM job_dependants WHERE parent_id IN (SELECT value FROM json_each(:ids));
+
+-- name: waiting_jobs
+SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'waiting';
+
+-- name: jobs_by_id
+SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: job_states
+SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: settle_job
+UPDATE jobs
+SET state = :state, run_at = :run_at, updated_at = :now, finished_at = :finished_at,
+    last_error = coalesce(:error, last_error)
+WHERE id = :id;
+
+-- name: job_results
+SELECT id, result FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: count_jobs
 SELECT queue, state, jobs FROM job_counts WHERE jobs > 0;
