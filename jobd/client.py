@@ -127,8 +127,13 @@ class Client:
         max_attempts: int | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        after: Sequence[uuid.UUID | str] = (),
+        on_parent_failure: str | None = None,
+        unique_for: float | None = None,
     ) -> Job:
-        """Submit one job; with a `key` already held by an unfinished job, that job is returned."""
+        """Submit one job; with a `key` already held by an unfinished job (or, with
+        `unique_for` seconds, by any job made with it that recently), that job is returned.
+        `after` lists the jobs that must complete first."""
         return self.submit_result(
             type,
             payload,
@@ -139,6 +144,9 @@ class Client:
             max_attempts=max_attempts,
             timeout=timeout,
             key=key,
+            after=after,
+            on_parent_failure=on_parent_failure,
+            unique_for=unique_for,
         ).job
 
     def submit_result(
@@ -153,6 +161,9 @@ class Client:
         max_attempts: int | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        after: Sequence[uuid.UUID | str] = (),
+        on_parent_failure: str | None = None,
+        unique_for: float | None = None,
     ) -> Submitted:
         """Like `submit`, and also tells whether the job was created (201) or found by its key (200)."""
         options: dict[str, JSON] = {
@@ -163,6 +174,9 @@ class Client:
             "max_attempts": max_attempts,
             "timeout": timeout,
             "key": key,
+            "after": [str(parent) for parent in after] or None,
+            "on_parent_failure": on_parent_failure,
+            "unique_for": unique_for,
         }
         body = {"type": type, "payload": payload}
         body.update({name: value for name, value in options.items() if value is not None})

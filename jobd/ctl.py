@@ -96,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", metavar="DUR", type=_duration, help="per-attempt time limit")
     submit.add_argument("--key", metavar="KEY", help="idempotency key")
     submit.add_argument(
+        "--unique-for",
+        metavar="DUR",
+        type=_duration,
+        help="with --key: return any job made with that key within DUR, in any state",
+    )
+    submit.add_argument(
+        "--after",
+        metavar="ID",
+        type=_job_id,
+        action="append",
+        default=[],
+        help="wait for job ID to complete first (repeat for several)",
+    )
+    submit.add_argument(
+        "--on-parent-failure",
+        choices=["cancel", "run"],
+        help="when a job named by --after fails or is cancelled: cancel this one (default) or run it",
+    )
+    submit.add_argument(
         "--wait",
         action="store_true",
         help="wait for the job to finish; exit 0 if it completed, 1 if it failed or was cancelled",
@@ -228,10 +247,14 @@ def _submit(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts,
             timeout=args.timeout,
             key=args.key,
+            after=args.after,
+            on_parent_failure=args.on_parent_failure,
+            unique_for=args.unique_for,
         )
         job = submitted.job
         if not submitted.created:
-            _complain(f"an unfinished job with key {job.key!r} exists: showing it, no new job submitted")
+            held = "a job made within --unique-for" if args.unique_for else "an unfinished job"
+            _complain(f"{held} with key {job.key!r} exists: showing it, no new job submitted")
         if not args.wait:
             _print_job(args, job)
             return EXIT_OK
@@ -458,6 +481,12 @@ def _print_job(args: argparse.Namespace, job: Job) -> None:
     made_by = []
     if job.schedule is not None:
         made_by = [("schedule", job.schedule), ("scheduled_for", _when(job.scheduled_for))]
+    # Only a job with parents says which, and what it does if one fails.
+    if job.after:
+        made_by += [
+            ("after", " ".join(str(parent) for parent in job.after)),
+            ("on_parent_failure", job.on_parent_failure.value),
+        ]
     print(
         _block(
             [

@@ -12,6 +12,7 @@ psycopg is imported only when `submit` is called, so `import jobd` never loads i
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +39,19 @@ def submit(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     timeout: float | None = None,
     key: str | None = None,
+    after: Sequence[uuid.UUID | str] = (),
+    on_parent_failure: str | None = None,
+    unique_for: float | None = None,
 ) -> uuid.UUID:
     """Insert a job through `conn`, in its current transaction, and return the job's id.
 
     Nothing is committed here: the job appears when the caller commits and vanishes if
     it rolls back (on a connection in autocommit mode it is committed at once). `delay`
     (seconds from now) and `run_at` (an aware datetime) are exclusive. When an unfinished
-    job already holds `key`, no job is inserted and that job's id is returned.
+    job already holds `key` (or, with `unique_for` seconds, any job made with it that
+    recently), no job is inserted and that job's id is returned. `after` names jobs that
+    must complete first (`on_parent_failure`: "cancel", the default, or "run"); the
+    parents it names are locked until the caller's transaction ends.
     Raises `jobd.InvalidJob` naming the wrong argument, before touching `conn`, for
     anything the control API would refuse too; an error from the database is psycopg's
     own, as for any statement on `conn`.
@@ -63,6 +70,9 @@ def submit(
         max_attempts=max_attempts,
         timeout=timeout,
         key=key,
+        after=list(after) or None,
+        on_parent_failure=on_parent_failure,
+        unique_for=unique_for,
     )
     job = NewJob(
         id=new_job_id(),
@@ -75,6 +85,9 @@ def submit(
         timeout=asked.timeout,
         key=asked.key,
         created_at=now,
+        after=asked.parents(()),
+        on_parent_failure=asked.on_parent_failure,
+        unique_for=asked.unique_for,
     )
     [inserted] = insert_jobs_on(conn, [job])
     return inserted.job.id

@@ -42,6 +42,16 @@ async def stubborn(job: jobd.JobContext) -> str:
     return "never"
 
 
+@jobd.handler("testplugin.gather")
+async def gather(job: jobd.JobContext) -> dict[str, Any]:
+    """Sleeps `payload.seconds`, then returns its parents' results by id and its own payload."""
+    await trio.sleep(float((job.payload or {}).get("seconds", 0)))
+    return {
+        "parents": {str(parent): result for parent, result in job.parents.items()},
+        "payload": job.payload,
+    }
+
+
 @jobd.hookimpl
 def jobd_configure(config: Mapping[str, Any]) -> Settings:
     return jobd.parse_settings(Settings, config)
@@ -49,4 +59,4 @@ def jobd_configure(config: Mapping[str, Any]) -> Settings:
 
 @jobd.hookimpl
 def jobd_handlers() -> list[jobd.Handler]:
-    return [echo, flaky, stubborn]
+    return [echo, flaky, stubborn, gather]
