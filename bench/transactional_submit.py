@@ -22,10 +22,13 @@ from jobd.store.postgres import PostgresStore
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--postgres-url", default=os.environ.get("JOBD_TEST_POSTGRES_URL",
-                                                                  "postgresql://postgres@127.0.0.1:5432/test"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
     parser.add_argument("--jobs", type=int, default=3000, help="jobs per round")
     args = parser.parse_args()
     with psycopg.connect(args.postgres_url, autocommit=True) as conn:
@@ -43,8 +46,10 @@ def main() -> None:
                 conn.commit()
             seconds = time.perf_counter() - started
             jobs = transactions * per_transaction
-            print(f"{per_transaction:4} per transaction: {jobs / seconds:8.0f} jobs/s, "
-                  f"{transactions / seconds:6.0f} commits/s")
+            print(
+                f"{per_transaction:4} per transaction: {jobs / seconds:8.0f} jobs/s, "
+                f"{transactions / seconds:6.0f} commits/s"
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -82,6 +83,17 @@ async def test_a_returning_handler_completes_with_its_result_and_progress() -> N
     assert outcome.result == expected
     assert outcome.progress == (Progress(0.25, "started"), Progress(1.0, None))
     assert outcome.state is JobState.COMPLETED
+
+
+async def test_a_handler_reads_the_parents_it_is_given() -> None:
+    @handler("kit.report")
+    async def report(job: JobContext) -> Any:
+        return {str(parent): result for parent, result in job.parents.items()}
+
+    parent = uuid.uuid4()
+    outcome = await run_handler(report, None, parents={parent: {"rows": 3}})
+    assert outcome.result == {str(parent): {"rows": 3}}
+    assert (await run_handler(report, None)).result == {}
 
 
 async def test_retry_keeps_its_delay_and_reason() -> None:
