@@ -347,12 +347,16 @@ def _stats(args: argparse.Namespace) -> int:
         _print_json(body)
         return EXIT_OK
     queues = body.get("queues") or {}
-    counts = ("scheduled", "pending", "running", "completed", "failed", "cancelled", "concurrency")
+    counts = ("waiting", "scheduled", "pending", "running", "completed", "failed", "cancelled", "concurrency")
     rows = [
         [name, *(_text(stats.get(field)) for field in counts), "yes" if stats.get("paused") else "no"]
         for name, stats in sorted(queues.items())
     ]
-    print(_table(["QUEUE", *(field.upper() for field in counts), "PAUSED"], rows, numeric=range(1, 8)))
+    print(
+        _table(
+            ["QUEUE", *(field.upper() for field in counts), "PAUSED"], rows, numeric=range(1, len(counts) + 1)
+        )
+    )
     workers = body.get("workers") or {}
     print(f"\nworkers busy: {_text(workers.get('busy'))} of {_text(workers.get('capacity'))}")
     return EXIT_OK

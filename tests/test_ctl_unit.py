@@ -249,7 +249,7 @@ def test_wait_help_documents_the_exit_status(capsys: pytest.CaptureFixture[str])
 
 # -- the daemon commands ----------------------------------------------------------------------
 
-QUEUE = {"scheduled": 1, "pending": 2, "running": 3, "completed": 40, "failed": 5, "cancelled": 0}
+QUEUE = {"waiting": 6, "scheduled": 1, "pending": 2, "running": 3, "completed": 40, "failed": 5, "cancelled": 0}
 STATS = {
     "queues": {
         "email": {**QUEUE, "paused": True, "concurrency": 4},
@@ -269,10 +269,10 @@ def test_stats_prints_a_table_per_queue(fake: FakeDaemon, capsys: pytest.Capture
     fake.answer("GET", "/v1/stats", 200, STATS)
     assert run(fake, "stats") == 0
     lines = capsys.readouterr().out.splitlines()
-    header = "QUEUE SCHEDULED PENDING RUNNING COMPLETED FAILED CANCELLED CONCURRENCY PAUSED"
+    header = "QUEUE WAITING SCHEDULED PENDING RUNNING COMPLETED FAILED CANCELLED CONCURRENCY PAUSED"
     assert lines[0].split() == header.split()
-    assert lines[1].split() == ["default", "1", "2", "3", "40", "5", "0", "10", "no"]
-    assert lines[2].split() == ["email", "1", "2", "3", "40", "5", "0", "4", "yes"]
+    assert lines[1].split() == ["default", "6", "1", "2", "3", "40", "5", "0", "10", "no"]
+    assert lines[2].split() == ["email", "6", "1", "2", "3", "40", "5", "0", "4", "yes"]
     assert lines[-1] == "workers busy: 3 of 10"
 
 

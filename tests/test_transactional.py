@@ -93,6 +93,22 @@ async def test_a_live_key_returns_the_same_job(
     assert (await store.count_jobs())["default"][JobState.PENDING] == 1
 
 
+async def test_a_job_may_wait_for_one_submitted_in_the_same_transaction(
+    store: PostgresStore, connection: psycopg.Connection[Any]
+) -> None:
+    parent = submit(connection, "report.extract")
+    child = submit(connection, "report.build", after=[parent], on_parent_failure="run")
+    again = submit(connection, "report.mail", key="report:3", unique_for=600)
+    connection.commit()
+    waiting = await store.get_job(child)
+    assert waiting is not None and waiting.state == JobState.WAITING and waiting.after == (parent,)
+    assert submit(connection, "report.mail", key="report:3", unique_for=600) == again
+    with pytest.raises(InvalidJob) as refused:
+        submit(connection, "report.build", after=[uuid.uuid4()])
+    assert refused.value.field == "after"
+    connection.rollback()
+
+
 async def test_the_listener_is_woken_at_commit(
     store: PostgresStore, connection: psycopg.Connection[Any]
 ) -> None:
