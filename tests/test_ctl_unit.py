@@ -249,7 +249,15 @@ def test_wait_help_documents_the_exit_status(capsys: pytest.CaptureFixture[str])
 
 # -- the daemon commands ----------------------------------------------------------------------
 
-QUEUE = {"waiting": 6, "scheduled": 1, "pending": 2, "running": 3, "completed": 40, "failed": 5, "cancelled": 0}
+QUEUE = {
+    "waiting": 6,
+    "scheduled": 1,
+    "pending": 2,
+    "running": 3,
+    "completed": 40,
+    "failed": 5,
+    "cancelled": 0,
+}
 STATS = {
     "queues": {
         "email": {**QUEUE, "paused": True, "concurrency": 4},

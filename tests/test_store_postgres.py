@@ -101,6 +101,8 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
         "paused_queues",
         "migrations",
         "schedules",
+        "job_dependants",
+        "key_windows",
     }
     views = query(fresh_postgres_url, "SELECT viewname FROM pg_views WHERE schemaname = 'jobd'")
     assert views == [("jobs",)]
@@ -121,7 +123,13 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
         "SELECT column_name FROM information_schema.columns"
         " WHERE table_schema = 'jobd' AND table_name = 'jobs' ORDER BY ordinal_position",
     )
-    assert [row[0] for row in columns][-2:] == ["schedule", "scheduled_for"]  # the view shows them too
+    names = [row[0] for row in columns]
+    assert names[-4:] == [
+        "schedule",
+        "scheduled_for",
+        "parents",
+        "on_parent_failure",
+    ]  # the view has them too
     migrations = query(fresh_postgres_url, "SELECT version, name FROM jobd.migrations ORDER BY version")
     assert migrations == [(migration.version, migration.name) for migration in MIGRATIONS]
     assert migrations[:2] == [(1, "initial"), (2, "live_and_finished")]
@@ -139,7 +147,7 @@ async def test_a_database_of_release_0_1_upgrades_with_every_job_as_it_was(fresh
         )
         conn.execute(initial.sql)
         conn.execute("INSERT INTO jobd.migrations (version, name) VALUES (1, 'initial')")
-        ids = {state: uuid.uuid4() for state in JobState}
+        ids = {state: uuid.uuid4() for state in JobState if state != JobState.WAITING}  # new in 0.2
         for state, job_id in ids.items():
             finished = state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
             conn.execute(
@@ -178,7 +186,7 @@ async def test_a_database_of_release_0_1_upgrades_with_every_job_as_it_was(fresh
         assert failed is not None and failed.last_error == "boom"
         assert completed is not None and completed.result == [1, 2]
         counts = await store.count_jobs()
-        assert counts == {"default": {state: 1 for state in JobState}}
+        assert counts == {"default": {state: 1 for state in ids}}
         page = await store.list_jobs(JobFilter(), 10, None)
         assert {job.id for job in page.jobs} == set(ids.values())
         # The upgraded jobs move on as any other: the running one completes, the failed one retries.
@@ -425,4 +433,4 @@ async def test_a_database_of_the_previous_schema_gains_schedules_and_keeps_its_j
             assert job is not None and (job.type, job.schedule, job.scheduled_for) == ("old", None, None)
         assert await store.sync_schedules({"s": "every 1000000us"}, datetime.now(UTC))
     versions = query(fresh_postgres_url, "SELECT version FROM jobd.migrations ORDER BY 1")
-    assert [row[0] for row in versions] == [1, 2, 3]
+    assert [row[0] for row in versions] == [migration.version for migration in MIGRATIONS]
