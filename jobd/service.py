@@ -242,8 +242,10 @@ class JobService:
                 remaining = deadline - trio.current_time()
                 if job.state in FINISHED_STATES or remaining <= 0:
                     return job
-                # Jobs run by another daemon sharing the store finish without a local signal.
-                poll = REMOTE_WAIT_POLL if store.shared else remaining
+                # Jobs run by another daemon sharing the store finish without a local
+                # signal, and so does a waiting job the store settles with its parent.
+                settled_elsewhere = store.shared or job.state == JobState.WAITING
+                poll = REMOTE_WAIT_POLL if settled_elsewhere else remaining
                 with trio.move_on_after(min(remaining, poll)):
                     await changed.wait()
 

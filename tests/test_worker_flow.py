@@ -105,3 +105,32 @@ async def test_a_single_submit_cannot_name_a_batch_item(autojump: object) -> Non
     async with running_engine() as engine:
         with pytest.raises(jobd.InvalidJob, match="no batch"):
             await engine.submit("jobd.noop", after=["#0"])
+
+
+async def test_a_dag_of_ten_thousand_jobs_runs_in_dependency_order(autojump: object) -> None:
+    completed: set[int] = set()
+    early: list[int] = []
+    parents_of: dict[int, list[int]] = {}
+    all_done = trio.Event()
+
+    async def node(job: JobContext) -> int:
+        index = job.payload
+        if not all(parent in completed for parent in parents_of[index]):
+            early.append(index)
+        completed.add(index)
+        if len(completed) == len(parents_of):
+            all_done.set()
+        return int(index)
+
+    items: list[dict[str, Any]] = []
+    for index in range(10_000):
+        layer_start = index // 100 * 100
+        parents = [] if index < 100 else [layer_start - 100 + (index * 7 + k * 31) % 100 for k in range(3)]
+        parents_of[index] = parents
+        items.append({"type": "t.node", "payload": index, "after": [f"#{p}" for p in dict.fromkeys(parents)]})
+    async with running_engine(handler_of("t.node", node), config={"workers": {"concurrency": 50}}) as engine:
+        batch = await engine.service.submit_batch({"jobs": items})
+        assert sum(item.job.state == JobState.WAITING for item in batch) == 9_900
+        with trio.fail_after(3600):
+            await all_done.wait()
+    assert early == []

@@ -695,17 +695,16 @@ def _insert_flow(conn: Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
     done = [result for result in results if result is not None]
     stands_for = {new.id: item.job.id for new, item in zip(jobs, done, strict=True) if not item.created}
     waiting = [item.job for item in done if item.created and item.job.after]
+    if not waiting:
+        return done
+    edges: dict[str, list[uuid.UUID]] = {"parents": [], "children": []}
     for job in waiting:
         parents = tuple(dict.fromkeys(stands_for.get(parent, parent) for parent in job.after))
         if parents != job.after:  # a parent of the batch was answered by another job
             cursor.execute(QUERIES["set_parents"], {"id": job.id, "parents": list(parents)})
-            job_parents = parents
-        else:
-            job_parents = job.after
-        edges = {"parents": list(job_parents), "children": [job.id] * len(job_parents)}
-        cursor.execute(QUERIES["add_dependants"], edges)
-    if not waiting:
-        return done
+        edges["parents"] += parents
+        edges["children"] += [job.id] * len(parents)
+    cursor.execute(QUERIES["add_dependants"], edges)
     ids = [job.id for job in waiting]
     cursor.execute(QUERIES["settle_waiting"], {"ids": ids, "now": waiting[0].created_at})
     settled = {job.id: job for job in map(_job, cursor.execute(QUERIES["jobs_by_id"], {"ids": ids}))}

@@ -274,6 +274,7 @@ def _after_insert(
     """Record the key windows and dependants of the jobs just inserted, and settle those
     that wait; the results, with each settled job as it now stands."""
     waiting: list[Job] = []
+    edges: list[dict[str, str]] = []
     for new, item in zip(jobs, results, strict=True):
         if not item.created:
             continue
@@ -286,11 +287,11 @@ def _after_insert(
             }
             conn.execute(_Q["put_window"], window)
         if item.job.after:
-            edges = [{"parent": str(parent), "child": str(new.id)} for parent in item.job.after]
-            conn.executemany(_Q["add_dependant"], edges)
+            edges += [{"parent": str(parent), "child": str(new.id)} for parent in item.job.after]
             waiting.append(item.job)
     if not waiting:
         return results
+    conn.executemany(_Q["add_dependant"], edges)
     for job in waiting:  # in batch order: a parent of the batch settles before its dependants
         _settle(conn, [job.id], job.created_at)
     ids = json.dumps([str(job.id) for job in waiting])
