@@ -29,7 +29,7 @@ from jobd.metrics import Metrics
 from jobd.plugins import Registry
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
-from jobd.store import InsertedAndClaimed, NewJob
+from jobd.store import CompletedAndClaimed, InsertedAndClaimed, NewJob
 from jobd.store.memory import MemoryStore
 from jobd.worker import WorkerPool
 
@@ -557,11 +557,11 @@ class SlowClaimStore(MemoryStore):
     async def insert_and_claim_jobs(self, jobs: Any, claim: Any, now: Any) -> InsertedAndClaimed:
         return InsertedAndClaimed(await self.insert_jobs(jobs), [])
 
-    async def claim_jobs(self, *args: Any, **kwargs: Any) -> list[Job]:
-        claimed = await super().claim_jobs(*args, **kwargs)
-        if claimed:
+    async def complete_and_claim_jobs(self, *args: Any, **kwargs: Any) -> CompletedAndClaimed:
+        exchanged = await super().complete_and_claim_jobs(*args, **kwargs)
+        if exchanged.claimed:
             await trio.sleep(1)
-        return claimed
+        return exchanged
 
 
 async def test_a_cancel_during_the_claim_still_stops_the_job_soon(autojump: object) -> None:
