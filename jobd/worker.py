@@ -154,7 +154,7 @@ class WorkerPool:
         finally:
             self._reserve(claim, -1)
             self.wake()  # a lane may wait for this claim to land, or find more to claim
-        self._rate_held(result.rate_held)
+        self._held_back_by_rate(result.rate_held)
         if self._jobs is not None:
             for job in result.claimed:
                 self._start(self._jobs, job, now)
@@ -297,7 +297,7 @@ class WorkerPool:
             self._completer.put_back(batch)
             raise
         self._completer.report(batch, applied)
-        self._rate_held(rate_held)
+        self._held_back_by_rate(rate_held)
         # Room under a global limit shows in the store only once these outcomes are
         # committed, after the claim that came with them counted: claim again at once.
         limited = {name for name, limits in self._live.current.queues.items() if limits.global_concurrency}
@@ -311,12 +311,12 @@ class WorkerPool:
     def _may_claim_more(claim: ClaimRequest | None, claimed: list[Job], rate_held: RateHeld) -> bool:
         """Whether a claim that came back with jobs may have left more to claim now: it
         came back full, or with jobs of a queue whose rate did not hold it back (a queue
-        out of tokens has nothing to give until its next token: `_rate_held`)."""
+        out of tokens has nothing to give until its next token: `_held_back_by_rate`)."""
         if claim is None or not claimed:
             return False
         return len(claimed) >= claim.limit or any(job.queue not in rate_held for job in claimed)
 
-    def _rate_held(self, rate_held: RateHeld) -> None:
+    def _held_back_by_rate(self, rate_held: RateHeld) -> None:
         """Count the queues a claim's rate held back, and wake up when the first of their
         next tokens is due, rather than at the next poll."""
         if not rate_held:
