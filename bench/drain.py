@@ -75,7 +75,15 @@ def postgres_pids() -> list[int]:
 
 
 class Daemon:
-    def __init__(self, directory: Path, store_url: str, concurrency: int, name: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        store_url: str,
+        concurrency: int,
+        name: str,
+        queue: dict[str, Any] | None = None,
+    ) -> None:
+        """`queue`: more keys of [queues.default] (bench/rate_limit.py gives it a rate)."""
         self.socket = str(directory / f"{name}.sock")
         config = {
             "store": {"url": store_url},
@@ -83,7 +91,7 @@ class Daemon:
             "metrics": {"listen": ""},
             "daemon": {"log_level": "warning"},
             "workers": {"concurrency": concurrency},
-            "queues": {"default": {"concurrency": concurrency}},
+            "queues": {"default": {"concurrency": concurrency, **(queue or {})}},
         }
         self.config = directory / f"{name}.toml"
         self.config.write_text(tomli_w.dumps(config))

@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 from jobd.durations import format_duration, parse_duration
 from jobd.errors import ConfigError, InvalidJob
+from jobd.rates import MAX_COUNT, RateLimit, parse_rate
 from jobd.recurrence import MIN_EVERY, parse_cron, parse_zone
 from jobd.submission import Submission, check_submission
 
@@ -123,6 +124,12 @@ class RetentionConfig:
 class QueueConfig:
     concurrency: int | None = count(None)  # None: workers.concurrency
     global_concurrency: int | None = count(None)
+    rate: str | None = None  # "20/s", "600/m", "5000/h": starts across all daemons
+    burst: int | None = setting(None, minimum=1, maximum=MAX_COUNT)  # None: the rate's count
+
+    def rate_limit(self) -> RateLimit | None:
+        """The queue's rate limit, None without one; ValueError for a bad `rate`."""
+        return None if self.rate is None else parse_rate(self.rate, self.burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +337,9 @@ def parse_config(
     }
     for name in [DEFAULT_QUEUE, *(h.queue for h in handlers.values() if h.queue)]:
         queues.setdefault(name, QueueConfig())
-    for name in queues:
+    for name, queue in queues.items():
         _check_name(name, f"queues.{name}", where)
+        _check_rate(queue, f"queues.{name}", where)
     plugins = {
         name: MappingProxyType(dict(table)) for name, table in _named_tables(raw, "plugins", where).items()
     }
@@ -664,6 +672,15 @@ def _check_listen(listen: str, where: str) -> None:
         parse_address(listen)
     except ValueError as error:
         raise ConfigError(f"{error}; '' turns the listener off", key="metrics.listen", file=where) from None
+
+
+def _check_rate(queue: QueueConfig, prefix: str, where: str) -> None:
+    if queue.burst is not None and queue.rate is None:
+        raise ConfigError('burst needs a rate (such as rate = "20/s")', key=f"{prefix}.burst", file=where)
+    try:
+        queue.rate_limit()
+    except ValueError as error:
+        raise ConfigError(str(error), key=f"{prefix}.rate", file=where) from None
 
 
 def _check_name(name: str, key: str, where: str) -> None:

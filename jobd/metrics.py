@@ -125,12 +125,20 @@ class Metrics:
             ["schedule"],
             registry=self.registry,
         )
+        self._rate_limited = Counter(
+            "jobd_queue_rate_limited",
+            "Claims of this daemon that a queue's rate held back: it had jobs ready, room to "
+            "start them, and no token left for them.",
+            ["queue"],
+            registry=self.registry,
+        )
         self._queues_seen: set[str] = set()
         # Each labelled child, looked up once: `labels()` costs more than the update itself.
         self._submitted_by: dict[tuple[str, ...], Counter] = {}
         self._finished_by: dict[tuple[str, ...], Counter] = {}
         self._duration_by: dict[tuple[str, ...], Histogram] = {}
         self._wait_by: dict[tuple[str, ...], Histogram] = {}
+        self._rate_limited_by: dict[tuple[str, ...], Counter] = {}
 
     def job_submitted(self, queue: str, job_type: str) -> None:
         _child(self._submitted_by, self._submitted, queue, job_type).inc()
@@ -138,6 +146,10 @@ class Metrics:
     def job_started(self, queue: str, wait_seconds: float) -> None:
         """A ready job was claimed; `wait_seconds` is ready -> started."""
         _child(self._wait_by, self._wait, queue).observe(max(wait_seconds, 0.0))
+
+    def queue_rate_limited(self, queue: str) -> None:
+        """A claim had jobs of `queue` ready and room for them, but not the tokens."""
+        _child(self._rate_limited_by, self._rate_limited, queue).inc()
 
     def job_finished(self, queue: str, job_type: str, outcome: str, duration: float | None) -> None:
         """An attempt ended (or a waiting job was cancelled: `duration` None)."""

@@ -346,6 +346,8 @@ class JobService:
                 **{state.value: per_state.get(state, 0) for state in JobState},
                 "paused": name in paused,
                 "concurrency": limits.concurrency if limits else 0,
+                "rate": limits.rate.text if limits and limits.rate else None,
+                "burst": limits.rate.burst if limits and limits.rate else None,
             }
         return {"queues": queues, "workers": {"busy": self._pool.busy, "capacity": self._pool.capacity}}
 

@@ -23,6 +23,7 @@ from jobd.errors import ConfigError, InvalidJob, PayloadTooLarge
 from jobd.handlers import Handler
 from jobd.job import new_job_id
 from jobd.plugins import Registry
+from jobd.rates import RateLimit
 from jobd.recurrence import Recurrence
 from jobd.retry import RetryPolicy
 from jobd.schedules import CatchUp, Schedule
@@ -36,6 +37,7 @@ T = TypeVar("T")
 class QueueLimits:
     concurrency: int  # in this daemon
     global_concurrency: int | None  # across all daemons sharing the store
+    rate: RateLimit | None = None  # starts across all daemons sharing the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,7 @@ def build_settings(config: Config, registry: Registry) -> Settings:
         queues[name] = QueueLimits(
             concurrency=config.queue_concurrency(name),
             global_concurrency=declared.global_concurrency if declared else None,
+            rate=declared.rate_limit() if declared else None,
         )
     settings = Settings(config, registry, MappingProxyType(queues))
     schedules = {name: _resolve_schedule(settings, name, table) for name, table in config.schedules.items()}

@@ -32,7 +32,7 @@ from jobd.handlers import ATTEMPT_ERRORS, JobContext, check_result, clean_text
 from jobd.job import JSON, Job, JobState, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
-from jobd.store import ClaimRequest, Completion, Inserted, NewJob, Outcome, QueueSlots, Store
+from jobd.store import ClaimRequest, Completion, Inserted, NewJob, Outcome, QueueSlots, RateHeld, Store
 from jobd.watch import JobWatch
 
 COMPLETION_BATCH = 500
@@ -106,6 +106,7 @@ class WorkerPool:
         self._claiming = 0
         self._wakeups = [trio.Event() for _ in range(LANES)]  # each lane's: it has something to do
         self._claimable = True  # new work may be waiting: the next round claims
+        self._token_due = math.inf  # Trio time a rate-limited queue's next token is due, if one held us back
         self._stopping = False
         self._immediately = False
         self._drain_deadline = self._give_up_at = math.inf
@@ -153,6 +154,7 @@ class WorkerPool:
         finally:
             self._reserve(claim, -1)
             self.wake()  # a lane may wait for this claim to land, or find more to claim
+        self._held_back_by_rate(result.rate_held)
         if self._jobs is not None:
             for job in result.claimed:
                 self._start(self._jobs, job, now)
@@ -203,10 +205,14 @@ class WorkerPool:
                 # flight (a submit's may still bring jobs to run).
                 if not self._running and not self._completer.waiting and not self._claiming:
                     return
+            if trio.current_time() >= self._token_due:  # the tokens a queue waited for are there
+                self._token_due = math.inf
+                self._claimable = True
             batch = self._completer.take(COMPLETION_BATCH)
             claim = None if self._stopping or not self._claimable else self._claim_request()
             if not batch and claim is None:
                 wait_until = trio.current_time() + self._live.current.config.workers.poll_interval
+                wait_until = min(wait_until, self._token_due)
                 if self._drain_deadline > trio.current_time():
                     wait_until = min(wait_until, self._drain_deadline)
                 with trio.move_on_at(wait_until) as waited:
@@ -254,7 +260,7 @@ class WorkerPool:
         for name, limits in settings.queues.items():
             free = limits.concurrency - self._busy_by_queue[name] - self._claiming_by_queue[name]
             if free > 0:
-                slots.append(QueueSlots(name, free, limits.global_concurrency))
+                slots.append(QueueSlots(name, free, limits.global_concurrency, limits.rate))
         if not slots or limit <= 0:
             return None
         lease_until = self._clock() + timedelta(seconds=settings.config.workers.lease)
@@ -275,12 +281,13 @@ class WorkerPool:
         completions = [attempt.completion for attempt in batch]
         if claim is not None:
             self._claimable = False  # until this claim comes back full, or a wake-up says otherwise
+        rate_held: RateHeld = {}
         try:
             if claim is None:
                 applied, claimed = await self._store.complete_jobs(completions, now), []
             else:
                 exchange = await self._store.complete_and_claim_jobs(completions, claim, now)
-                applied, claimed = exchange.applied, exchange.claimed
+                applied, claimed, rate_held = exchange.applied, exchange.claimed, exchange.rate_held
         except InvalidJob:
             # A value the store cannot keep (a result PostgreSQL's jsonb refuses...).
             self._claimable = True
@@ -290,14 +297,34 @@ class WorkerPool:
             self._completer.put_back(batch)
             raise
         self._completer.report(batch, applied)
+        self._held_back_by_rate(rate_held)
         # Room under a global limit shows in the store only once these outcomes are
         # committed, after the claim that came with them counted: claim again at once.
         limited = {name for name, limits in self._live.current.queues.items() if limits.global_concurrency}
-        if claimed or any(
+        if self._may_claim_more(claim, claimed, rate_held) or any(
             done and attempt.job.queue in limited for attempt, done in zip(batch, applied, strict=True)
         ):
             self._claimable = True
         return claimed
+
+    @staticmethod
+    def _may_claim_more(claim: ClaimRequest | None, claimed: list[Job], rate_held: RateHeld) -> bool:
+        """Whether a claim that came back with jobs may have left more to claim now: it
+        came back full, or with jobs of a queue whose rate did not hold it back (a queue
+        out of tokens has nothing to give until its next token: `_held_back_by_rate`)."""
+        if claim is None or not claimed:
+            return False
+        return len(claimed) >= claim.limit or any(job.queue not in rate_held for job in claimed)
+
+    def _held_back_by_rate(self, rate_held: RateHeld) -> None:
+        """Count the queues a claim's rate held back, and wake up when the first of their
+        next tokens is due, rather than at the next poll."""
+        if not rate_held:
+            return
+        for queue in rate_held:
+            self._metrics.queue_rate_limited(queue)
+        wait = (min(rate_held.values()) - self._clock()).total_seconds()
+        self._token_due = min(self._token_due, trio.current_time() + max(wait, 0.0))
 
     def _give_up(self) -> None:
         """A shutdown that cannot reach the store stops trying to record outcomes."""

@@ -21,6 +21,7 @@ from jobd.config import (
 )
 from jobd.errors import ConfigError
 from jobd.http import bind_tcp
+from jobd.rates import RateLimit
 
 USER_ENV = {"HOME": "/home/ann", "XDG_RUNTIME_DIR": "/run/user/1000"}
 
@@ -151,6 +152,46 @@ def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, key: st
     assert caught.value.file == path
     assert reason in str(caught.value)
     assert path in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "rate"),
+    [
+        ('rate = "20/s"', RateLimit(20, 1, 20)),
+        ('rate = " 600/m "\nburst = 50', RateLimit(600, 60, 50)),
+        ('rate = "5000/h"\nburst = 1', RateLimit(5000, 3600, 1)),
+        ("concurrency = 4", None),
+    ],
+)
+def test_a_queue_rate_and_its_burst(tmp_path: Path, table: str, rate: RateLimit | None) -> None:
+    config = load_config(write(tmp_path, f"[queues.webhooks]\n{table}\n"), env={}, uid=1000)
+    assert config.queues["webhooks"].rate_limit() == rate
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "reason"),
+    [
+        ('rate = "20"', "rate", 'expected "N/s", "N/m" or "N/h"'),
+        ('rate = "20/d"', "rate", 'expected "N/s", "N/m" or "N/h"'),
+        ('rate = "2.5/s"', "rate", 'expected "N/s", "N/m" or "N/h"'),
+        ('rate = "-1/s"', "rate", 'expected "N/s", "N/m" or "N/h"'),
+        ('rate = "0/s"', "rate", "the count must be 1 to 1000000"),
+        ('rate = "2000000/s"', "rate", "the count must be 1 to 1000000"),
+        ("rate = 20", "rate", "must be a string"),
+        ('rate = "20/s"\nburst = 0', "burst", "at least 1"),
+        ('rate = "20/s"\nburst = 1000001', "burst", "at most 1000000"),
+        ('rate = "20/s"\nburst = "lots"', "burst", "whole number"),
+        ("burst = 5", "burst", "burst needs a rate"),
+    ],
+)
+def test_a_bad_rate_or_burst_names_the_key_and_the_file(
+    tmp_path: Path, table: str, key: str, reason: str
+) -> None:
+    path = write(tmp_path, f"[queues.webhooks]\n{table}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={}, uid=1000)
+    assert (caught.value.key, caught.value.file) == (f"queues.webhooks.{key}", path)
+    assert reason in str(caught.value)
 
 
 def test_bad_environment_values_name_the_variable() -> None:

@@ -41,6 +41,7 @@ def test_every_contract_metric_is_exposed_with_its_type() -> None:
     metrics.set_workers(1, 10)
     metrics.schedule_fired("nightly", 1, 1)
     metrics.set_schedule_next_run("nightly", datetime(2030, 1, 1, tzinfo=UTC))
+    metrics.queue_rate_limited("webhooks")
     exposed = {name: kind for name, kind in families(metrics).items() if not name.endswith("_created")}
     assert exposed == {
         "jobd_jobs_submitted": "counter",
@@ -54,6 +55,7 @@ def test_every_contract_metric_is_exposed_with_its_type() -> None:
         "jobd_schedule_ticks": "counter",
         "jobd_schedule_jobs": "counter",
         "jobd_schedule_next_run_timestamp_seconds": "gauge",
+        "jobd_queue_rate_limited": "counter",
     }
 
 

@@ -9,6 +9,7 @@ restarting the server other tests share). Every wait polls a condition with a de
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import signal
@@ -641,3 +642,52 @@ def test_a_transactional_submit_runs_only_after_commit_and_then_promptly(
     took = final["started_at"].timestamp() - committed
     assert took < 1.0, f"commit -> start took {took:.3f}s with a 30 s poll interval"
     print(f"\ncommit -> start: {took * 1000:.1f} ms")
+
+
+# -- 8. a queue's rate holds across daemons --------------------------------------------------
+
+
+def rate_metrics(daemon: DaemonProcess) -> dict[str, float]:
+    """This daemon's starts of the `webhooks` queue, and the claims its rate held back."""
+    with daemon.http() as client:
+        text = client.get("/metrics").text
+    wanted = {
+        'jobd_job_wait_seconds_count{queue="webhooks"}': "started",
+        'jobd_queue_rate_limited_total{queue="webhooks"}': "held",
+    }
+    found = {"started": 0.0, "held": 0.0}
+    for line in text.splitlines():
+        name, _, number = line.rpartition(" ")
+        if name in wanted:
+            found[wanted[name]] = float(number)
+    return found
+
+
+def test_a_rate_of_20_per_second_holds_across_three_daemons(
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
+    total, per_second, burst = 400, 20, 20  # burst: the rate's count, by default
+    config = {**store(fresh_postgres_url, concurrency=10), "queues": {"webhooks": {"rate": "20/s"}}}
+    daemons = [start_jobd(config=config, name=f"d{i}") for i in range(3)]
+    set_paused(daemons[0], "webhooks", True)  # every job waiting first: the rate alone paces them
+    for n in range(4):
+        submit_batch(daemons[n % 3], [{"type": "jobd.noop", "queue": "webhooks"}] * (total // 4))
+    with connect(fresh_postgres_url) as conn:
+        set_paused(daemons[1], "webhooks", False)
+        wait_until(lambda: completed_at_least(conn, total), timeout=60, what=f"the {total} jobs to complete")
+        rows = conn.execute("SELECT started_at, attempts FROM jobd.jobs ORDER BY started_at").fetchall()
+    assert len(rows) == total and all(row["attempts"] == 1 for row in rows)
+    starts = [row["started_at"].timestamp() for row in rows]
+    # In any window of length T, at most burst + rate * T starts: for T = 1 s, 40.
+    busiest = max(bisect.bisect_right(starts, start + 1.0) - first for first, start in enumerate(starts))
+    assert busiest <= burst + per_second, f"{busiest} starts within one second"
+    took = starts[-1] - starts[0]
+    assert 15 <= took <= 30, f"the first to the last start took {took:.1f} s"  # (400 - 20) / 20 = 19 s
+    # The tokens are shared: every daemon started jobs, and each was held back by the rate.
+    seen = [rate_metrics(daemon) for daemon in daemons]
+    assert sum(found["started"] for found in seen) == total
+    assert all(found["started"] > 0 and found["held"] > 0 for found in seen), seen
+    print(
+        f"\n{total} starts in {took:.1f} s; busiest second: {busiest};"
+        f" per daemon: {[int(found['started']) for found in seen]}"
+    )

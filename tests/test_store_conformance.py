@@ -4,6 +4,7 @@ on the memory, SQLite and PostgreSQL stores. Times are fixed datetimes; nothing 
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -16,8 +17,11 @@ import trio
 from jobd.config import StoreConfig
 from jobd.errors import IllegalTransition, JobdError, JobNotFound, KeyInUse
 from jobd.job import TRANSITIONS, Action, Job, JobState, Progress
+from jobd.rates import RateLimit, parse_rate
 from jobd.store import (
+    Bucket,
     ClaimRequest,
+    CompletedAndClaimed,
     Completion,
     Fired,
     JobFilter,
@@ -27,9 +31,12 @@ from jobd.store import (
     ScheduleFire,
     ScheduleRecord,
     Store,
+    refill_bucket,
 )
 from jobd.store.factory import create_store
 from jobd.store.memory import MemoryStore
+from jobd.store.postgres import PostgresStore
+from jobd.store.sqlite import SQLiteStore
 
 T0 = datetime(2030, 5, 17, 12, 30, 15, 123456, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -1165,3 +1172,179 @@ async def test_a_daemon_that_defines_the_schedule_otherwise_fires_nothing(store:
     assert (fired.ticks, fired.jobs) == ([], [])
     assert fired.record is not None and fired.record.timing == TIMING
     assert len((await fire(store, "s", at(60), now=at(61))).jobs) == 1
+
+
+# -- rate limits -------------------------------------------------------------------------
+
+TEN_PER_SECOND = parse_rate("10/s", burst=3)
+
+
+async def insert_many(store: Store, count: int, queue: str = "limited") -> None:
+    await store.insert_jobs([new_job(queue=queue) for _ in range(count)])
+
+
+async def claim_rated(
+    store: Store,
+    rate: RateLimit,
+    now: datetime,
+    *,
+    queue: str = "limited",
+    owner: str = "daemon-1",
+    free: int = 100,
+    limit: int = 1000,
+    global_limit: int | None = None,
+) -> CompletedAndClaimed:
+    request = ClaimRequest(owner, [QueueSlots(queue, free, global_limit, rate)], limit, now + LEASE)
+    return await store.complete_and_claim_jobs([], request, now)
+
+
+async def stored_buckets(store: Store) -> dict[str, Bucket]:
+    """The bucket rows as each store keeps them: no protocol call reads them, only claims."""
+    if isinstance(store, MemoryStore):
+        return dict(store._buckets)
+    query = "SELECT queue, level, updated_at FROM {table} ORDER BY queue"
+    if isinstance(store, SQLiteStore):
+        rows = await store._read(lambda conn: conn.execute(query.format(table="rate_buckets")).fetchall())
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        return {row[0]: Bucket(row[1], epoch + timedelta(microseconds=row[2])) for row in rows}
+    assert isinstance(store, PostgresStore)
+    table = query.format(table="jobd.rate_buckets")
+    rows = await store._run(lambda conn: conn.execute(table).fetchall(), transaction=False)
+    return {row[0]: Bucket(row[1], row[2]) for row in rows}
+
+
+async def test_a_rate_starts_a_burst_then_a_job_per_token_and_says_when_the_next_is_due(store: Store) -> None:
+    await insert_many(store, 10)
+    first = await claim_rated(store, TEN_PER_SECOND, at(0))
+    assert len(first.claimed) == 3  # the burst
+    assert first.rate_held == {"limited": at(0.1)}
+    early = await claim_rated(store, TEN_PER_SECOND, at(0.05))
+    assert (early.claimed, early.rate_held) == ([], {"limited": at(0.1)})
+    assert len((await claim_rated(store, TEN_PER_SECOND, at(0.1))).claimed) == 1
+    # 0.25 s later: 2.5 tokens, two whole ones; the half left is a token at 0.4 s.
+    later = await claim_rated(store, TEN_PER_SECOND, at(0.35))
+    assert (len(later.claimed), later.rate_held) == (2, {"limited": at(0.4)})
+    # Idle long enough to fill up: the burst again, and no more.
+    refilled = await claim_rated(store, TEN_PER_SECOND, at(60))
+    assert (len(refilled.claimed), refilled.rate_held) == (3, {"limited": at(60.1)})
+    # The last job: claimed with a token to spare, nothing held back.
+    last = await claim_rated(store, TEN_PER_SECOND, at(61))
+    assert (len(last.claimed), last.rate_held) == (1, {})
+    assert nonzero(await store.count_jobs())["limited"] == {JobState.RUNNING: 10}
+
+
+async def test_a_rate_never_allows_more_than_burst_plus_rate_times_t_in_any_window(store: Store) -> None:
+    rate = parse_rate("5/s", burst=4)
+    await insert_many(store, 200)
+    rng = random.Random(7)
+    now, starts = 0, []
+    model: Bucket | None = None
+    for _ in range(80):  # about 15 s: fewer starts than jobs, so only the room and the tokens bound them
+        now += rng.choice([0, 1, 30_000, 150_000, 199_999, 200_001, 700_000])  # microseconds
+        free, limit = rng.randint(1, 6), rng.randint(1, 6)
+        result = await claim_rated(store, rate, at(now / 1e6), free=free, limit=limit)
+        starts += [now] * len(result.claimed)
+        # Every store claims as the one rule says: refill, take what the room and tokens allow.
+        bucket = refill_bucket(model, rate, at(now / 1e6))
+        taken = min(free, limit, bucket.tokens)
+        assert len(result.claimed) == taken
+        held = bucket.tokens < min(free, limit)
+        assert result.rate_held == ({"limited": bucket.spend(taken).next_token_at(rate)} if held else {})
+        model = bucket.spend(taken) if taken else model
+    assert 50 < len(starts) < 200
+    for first, second in itertools.combinations(range(len(starts)), 2):
+        window = starts[second] - starts[first]  # microseconds
+        count = second - first + 1
+        # count <= burst + rate * window, in whole numbers
+        assert count * rate.period * 1_000_000 <= rate.burst * rate.period * 1_000_000 + rate.count * window
+
+
+async def test_the_tokens_are_shared_by_every_owner_and_every_connection(
+    make_store: Callable[[], Store], store: Store
+) -> None:
+    await insert_many(store, 100)
+    stores = [store]
+    if store.shared:  # PostgreSQL: one store (one connection pool) per daemon
+        stores += [make_store() for _ in range(3)]
+    try:
+        for other in stores[1:]:
+            await other.open()
+        claimed: list[Job] = []
+
+        async def claim_from(number: int) -> None:
+            one = stores[number % len(stores)]
+            result = await claim_rated(one, TEN_PER_SECOND, at(0), owner=f"daemon-{number}", free=3, limit=3)
+            claimed.extend(result.claimed)
+
+        async with trio.open_nursery() as nursery:
+            for number in range(8):
+                nursery.start_soon(claim_from, number)
+        assert len(claimed) == 3  # the burst, all owners together
+        second = await claim_rated(stores[-1], TEN_PER_SECOND, at(0.2), owner="daemon-9")
+        assert len(second.claimed) == 2
+    finally:
+        for other in stores[1:]:
+            await other.close()
+
+
+async def test_a_rate_and_a_global_limit_hold_together(store: Store) -> None:
+    await insert_many(store, 10)
+    rate = parse_rate("10/s", burst=5)
+    first = await claim_rated(store, rate, at(0), global_limit=2)
+    assert (len(first.claimed), first.rate_held) == (2, {})  # the global limit held it, not the rate
+    done = [completion(job, Outcome.COMPLETED) for job in first.claimed]
+    assert await store.complete_jobs(done, at(0)) == [True, True]
+    second = await claim_rated(store, rate, at(0), global_limit=2)
+    assert (len(second.claimed), second.rate_held) == (2, {})
+    assert await store.complete_jobs([completion(job, Outcome.COMPLETED) for job in second.claimed], at(0))
+    third = await claim_rated(store, rate, at(0), global_limit=2)
+    assert (len(third.claimed), third.rate_held) == (1, {"limited": at(0.1)})  # one token left for two slots
+    # A retry is a start like any other: it needs a token too.
+    [job] = third.claimed
+    retried = completion(job, Outcome.RETRIED, error="again", run_at=at(0))
+    assert await store.complete_jobs([retried], at(0)) == [True]
+    assert (await claim_rated(store, rate, at(0), global_limit=2)).claimed == []
+
+
+async def test_a_changed_rate_applies_at_the_next_claim(store: Store) -> None:
+    await insert_many(store, 20)
+    slow = parse_rate("1/s", burst=1)
+    first = await claim_rated(store, slow, at(0))
+    assert (len(first.claimed), first.rate_held) == (1, {"limited": at(1)})
+    faster = parse_rate("10/s", burst=1)
+    assert len((await claim_rated(store, faster, at(0.1))).claimed) == 1  # 0.1 s at 10/s: a token
+    bigger = parse_rate("10/s", burst=8)
+    assert len((await claim_rated(store, bigger, at(10))).claimed) == 8
+    smaller = parse_rate("10/s", burst=2)
+    assert len((await claim_rated(store, smaller, at(20))).claimed) == 2  # the bucket shrank to 2
+
+
+async def test_one_bucket_row_per_rate_limited_queue_written_once_per_claim(store: Store) -> None:
+    await insert_many(store, 10, queue="a")
+    await insert_many(store, 10, queue="b")
+    await insert_many(store, 10, queue="free")
+    slots = [
+        QueueSlots("a", 5, None, TEN_PER_SECOND),
+        QueueSlots("b", 5, None, parse_rate("2/s", burst=2)),
+        QueueSlots("free", 5),
+        QueueSlots("idle", 5, None, TEN_PER_SECOND),
+    ]
+    request = ClaimRequest("daemon-1", slots, 100, at(1) + LEASE)
+    for step in range(3):
+        result = await store.complete_and_claim_jobs([], request, at(step))
+        assert result.rate_held == {"a": at(step + 0.1), "b": at(step + 0.5)}
+    buckets = await stored_buckets(store)
+    # A queue whose bucket never gave a token has no row: its bucket is full.
+    assert set(buckets) == {"a", "b"}
+    assert buckets["a"] == Bucket(0, at(2))
+    assert buckets["b"] == Bucket(0, at(2))
+    # A paused queue takes no token and is not held back.
+    await store.set_queue_paused("a", True)
+    assert (await store.complete_and_claim_jobs([], request, at(10))).rate_held == {"b": at(10.5)}
+    assert (await stored_buckets(store))["a"] == Bucket(0, at(2))
+
+
+async def test_insert_and_claim_takes_tokens_and_says_when_the_next_is_due(store: Store) -> None:
+    request = ClaimRequest("daemon-1", [QueueSlots("limited", 10, None, TEN_PER_SECOND)], 10, at(1) + LEASE)
+    result = await store.insert_and_claim_jobs([new_job(queue="limited") for _ in range(5)], request, at(0))
+    assert (len(result.claimed), result.rate_held) == (3, {"limited": at(0.1)})

@@ -103,6 +103,7 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
         "schedules",
         "job_dependants",
         "key_windows",
+        "rate_buckets",
     }
     views = query(fresh_postgres_url, "SELECT viewname FROM pg_views WHERE schemaname = 'jobd'")
     assert views == [("jobs",)]

@@ -121,9 +121,10 @@ async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
         (1, "initial"),
         (2, "schedules"),
         (3, "flow_control"),
+        (4, "rate_limits"),
     ]
     assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
-    assert rows(db_path, "PRAGMA user_version") == [(3,)]
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
 
 
 async def test_a_schema_newer_than_this_jobd_is_refused(db_path: str) -> None:

@@ -29,7 +29,7 @@ from jobd.metrics import Metrics
 from jobd.plugins import Registry
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
-from jobd.store import InsertedAndClaimed, NewJob
+from jobd.store import CompletedAndClaimed, InsertedAndClaimed, NewJob
 from jobd.store.memory import MemoryStore
 from jobd.worker import WorkerPool
 
@@ -557,11 +557,11 @@ class SlowClaimStore(MemoryStore):
     async def insert_and_claim_jobs(self, jobs: Any, claim: Any, now: Any) -> InsertedAndClaimed:
         return InsertedAndClaimed(await self.insert_jobs(jobs), [])
 
-    async def claim_jobs(self, *args: Any, **kwargs: Any) -> list[Job]:
-        claimed = await super().claim_jobs(*args, **kwargs)
-        if claimed:
+    async def complete_and_claim_jobs(self, *args: Any, **kwargs: Any) -> CompletedAndClaimed:
+        exchanged = await super().complete_and_claim_jobs(*args, **kwargs)
+        if exchanged.claimed:
             await trio.sleep(1)
-        return claimed
+        return exchanged
 
 
 async def test_a_cancel_during_the_claim_still_stops_the_job_soon(autojump: object) -> None:
@@ -621,3 +621,59 @@ async def test_jobs_in_a_queue_no_longer_served_are_reported(
         await engine.maintenance.refresh_gauges()
     warnings = [r.getMessage() for r in caplog.records if "does not serve" in r.getMessage()]
     assert len(warnings) == 1 and "'gone'" in warnings[0]
+
+
+async def test_a_rate_limited_queue_starts_each_job_when_its_token_is_due_not_at_the_poll(
+    autojump: object,
+) -> None:
+    started: list[float] = []
+
+    async def record(job: JobContext) -> None:
+        started.append(trio.current_time())
+
+    config = {
+        "workers": {"poll_interval": "1h"},
+        "queues": {"webhooks": {"rate": "4/s", "burst": 2}},
+    }
+    async with running_engine(handler_of("t.hook", record, queue="webhooks"), config=config) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+        jobs = [await engine.submit("t.hook", n) for n in range(6)]
+        for job in jobs:
+            assert (await engine.wait(job)).state == JobState.COMPLETED
+        rate_limited = engine.metrics.registry.get_sample_value(
+            "jobd_queue_rate_limited_total", {"queue": "webhooks"}
+        )
+        queues = (await engine.service.stats())["queues"]
+        assert (queues["webhooks"]["rate"], queues["webhooks"]["burst"]) == ("4/s", 2)
+        assert (queues["default"]["rate"], queues["default"]["burst"]) == (None, None)
+    # The burst at once, then one start per quarter second: each at its token's time, not
+    # an hour later at the next poll.
+    assert [round(at - t0, 6) for at in started] == [0, 0, 0.25, 0.5, 0.75, 1.0]
+    assert rate_limited is not None and rate_limited >= 4
+
+
+async def test_a_reloaded_rate_applies_from_the_next_claim(autojump: object) -> None:
+    started: list[float] = []
+
+    async def record(job: JobContext) -> None:
+        started.append(trio.current_time())
+
+    handler = handler_of("t.hook", record, queue="webhooks")
+    config = {"workers": {"poll_interval": "1h"}, "queues": {"webhooks": {"rate": "1/m"}}}
+    async with running_engine(handler, config=config) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+        jobs = [await engine.submit("t.hook", n) for n in range(3)]
+        await trio.sleep(1)
+        assert len(started) == 1  # one a minute
+        faster = {**config, "queues": {"webhooks": {"rate": "10/s", "burst": 1}}}
+        raw = {"store": {"url": "memory:"}, **faster}
+        registry = engine.live.current.registry
+        engine.live.current = build_settings(parse_config(raw, env={}, uid=1000), registry)
+        engine.pool.wake()  # what a reload does
+        for job in jobs:
+            await engine.wait(job)
+    # The new rate counts from the bucket's last change: at 10/s the second at once (the
+    # bucket holds one token at most), the third a tenth of a second later.
+    assert [round(at - t0, 6) for at in started] == [0, 1.0, 1.1]

@@ -17,17 +17,19 @@ Rules every implementation keeps (the conformance suite in tests/ checks them):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import trio
 
 from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure, Progress, next_state
+from jobd.rates import RateLimit
 
 WakeCallback = Callable[[str], None]
 """Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"."""
@@ -132,6 +134,7 @@ class QueueSlots:
     queue: str
     free: int  # this daemon's free slots for the queue
     global_limit: int | None = None  # running jobs allowed across all daemons (shared stores)
+    rate: RateLimit | None = None  # starts allowed across all daemons, through the queue's `Bucket`
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +147,95 @@ class ClaimRequest:
     lease_until: datetime
 
 
+RateHeld = Mapping[str, datetime]
+"""Each queue whose rate held back jobs a claim would otherwise have started -> when
+its next token is due."""
+
+
 @dataclass(frozen=True, slots=True)
 class CompletedAndClaimed:
     applied: list[bool]  # one per completion: False where the fence refused it
     claimed: list[Job]  # in claim order
+    rate_held: RateHeld = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class InsertedAndClaimed:
     inserted: list[Inserted]  # one per job to insert
     claimed: list[Job]  # in claim order
+    rate_held: RateHeld = field(default_factory=dict)
+
+
+TOKEN = 3_600_000_000
+"""A bucket's level counts tokens in these units: a rate of N/s, N/m or N/h adds a whole
+number of them per microsecond (3600 N, 60 N, N), so every store computes the same
+level, in integers, to the microsecond."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """The token bucket of a rate-limited queue, one per queue, shared by every daemon
+    using the store. A claim refills it (`refill_bucket`), starts at most `tokens` jobs
+    of the queue and takes one token per job started (`spend`)."""
+
+    level: int  # in units of 1/TOKEN of a token
+    updated_at: datetime
+
+    @property
+    def tokens(self) -> int:
+        """Whole tokens: the starts allowed now."""
+        return self.level // TOKEN
+
+    def spend(self, taken: int) -> Bucket:
+        return dataclasses.replace(self, level=self.level - taken * TOKEN)
+
+    def next_token_at(self, rate: RateLimit) -> datetime:
+        """When the bucket next holds a whole token (`updated_at` if it holds one now)."""
+        missing = max(TOKEN - self.level, 0)
+        return self.updated_at + timedelta(microseconds=-(-missing // refill_per_microsecond(rate)))
+
+
+def refill_bucket(bucket: Bucket | None, rate: RateLimit, now: datetime) -> Bucket:
+    """`bucket` as it stands at `now`: refilled by the time elapsed times the rate, up to
+    `burst` tokens. A queue without a bucket yet has a full one. A `now` before the
+    bucket's last change (another daemon's clock running a little ahead) adds nothing
+    and never moves the bucket back. Every store's claim goes through this rule and
+    `spend_tokens`; PostgreSQL's does the same in SQL (`complete_and_claim_jobs` in
+    sql/postgres/queries.sql), and the conformance suite holds all three to it."""
+    full = rate.burst * TOKEN
+    if bucket is None:
+        return Bucket(full, now)
+    elapsed = max((now - bucket.updated_at) // timedelta(microseconds=1), 0)
+    level = min(full, bucket.level + elapsed * refill_per_microsecond(rate))
+    return Bucket(level, max(bucket.updated_at, now))
+
+
+@dataclass(frozen=True, slots=True)
+class SpentTokens:
+    buckets: dict[str, Bucket]  # to write: those of the queues that started jobs
+    rate_held: dict[str, datetime]
+
+
+def spend_tokens(
+    refilled: Mapping[str, tuple[Bucket, RateLimit]], held: Set[str], claimed: Sequence[Job]
+) -> SpentTokens:
+    """After a claim: each rate-limited queue's bucket (`refilled` for the claim) less a
+    token per job of the queue `claimed`, and when the next token is due for each queue
+    the rate `held` back."""
+    taken = collections.Counter(job.queue for job in claimed)
+    buckets, rate_held = {}, {}
+    for queue, (bucket, rate) in refilled.items():
+        spent = bucket.spend(taken[queue])
+        if taken[queue]:
+            buckets[queue] = spent
+        if queue in held:
+            rate_held[queue] = spent.next_token_at(rate)
+    return SpentTokens(buckets, rate_held)
+
+
+def refill_per_microsecond(rate: RateLimit) -> int:
+    """The units of `TOKEN` that `rate` adds to a bucket per microsecond."""
+    return rate.count * (TOKEN // (rate.period * 1_000_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,10 +457,16 @@ class Store(Protocol):
         """Move pending jobs of the given queues to `running`, in claim order.
 
         Takes at most `limit` jobs in all, the first in claim order across the queues;
-        at most `slot.free` of each queue; and, where `global_limit` is set, only as
-        many as keep that queue's running jobs (all owners) within it. Skips paused
-        queues. Each claimed job: attempts + 1, started_at = now, owned by `owner`
-        until `lease_until`, progress cleared. Returns them in claim order.
+        at most `slot.free` of each queue; where `global_limit` is set, only as many
+        as keep that queue's running jobs (all owners) within it; and, where `rate` is
+        set, at most the whole tokens of the queue's bucket (`refill_bucket`), taking
+        one per job claimed, the bucket written once per call. Skips paused queues.
+        Each claimed job: attempts + 1, started_at = now, owned by `owner` until
+        `lease_until`, progress cleared. Returns them in claim order.
+
+        The rate held a queue back (`rate_held` of the calls that claim with others)
+        when it has more pending jobs than whole tokens while its other limits would
+        have let it start more: then the call reports when its next token is due.
         """
 
     async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:

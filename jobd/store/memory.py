@@ -23,7 +23,9 @@ import trio
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse
 from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, Progress, next_state
+from jobd.rates import RateLimit
 from jobd.store import (
+    Bucket,
     ClaimRequest,
     CompletedAndClaimed,
     Completion,
@@ -43,8 +45,10 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    refill_bucket,
     rescue_decision,
     settle_waiting,
+    spend_tokens,
     synced_record,
     within_window,
 )
@@ -136,6 +140,7 @@ class MemoryStore:
         self._dependants: dict[uuid.UUID, list[uuid.UUID]] = {}  # parent -> the jobs naming it in `after`
         self._windows: dict[str, _Window] = {}  # key -> the latest job made with it and `unique_for`
         self._wake: WakeCallback | None = None  # the listener's: released jobs are work
+        self._buckets: dict[str, Bucket] = {}  # each rate-limited queue's, once it started a job
 
     async def open(self) -> None:
         pass
@@ -249,8 +254,8 @@ class MemoryStore:
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
     ) -> InsertedAndClaimed:
         inserted = await self.insert_jobs(jobs)
-        claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
-        return InsertedAndClaimed(inserted, claimed)
+        claimed = self._claim(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+        return InsertedAndClaimed(inserted, claimed.claimed, claimed.rate_held)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = self._rows.get(job_id)
@@ -282,19 +287,35 @@ class MemoryStore:
     async def claim_jobs(
         self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
     ) -> list[Job]:
+        return self._claim(owner, slots, limit, now, lease_until).claimed
+
+    def _claim(
+        self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
+    ) -> CompletedAndClaimed:
+        """The claim of `claim_jobs`, with the queues its rate held back (nothing applied)."""
         candidates: list[_Row] = []
         counts = self._indexes.counts
+        buckets: dict[str, tuple[Bucket, RateLimit]] = {}  # each rate-limited queue's, refilled
+        held: set[str] = set()
         for slot in slots:
             if slot.queue in self._paused:
                 continue
             allowed = slot.free
             if slot.global_limit is not None:
                 allowed = min(allowed, slot.global_limit - counts[(slot.queue, JobState.RUNNING)])
-            if allowed > 0:
+            if allowed > 0 and slot.rate is not None:
+                bucket = refill_bucket(self._buckets.get(slot.queue), slot.rate, now)
+                buckets[slot.queue] = (bucket, slot.rate)
+                # One job past the tokens tells whether the rate held any back.
+                ready = self._pop_ready(slot.queue, min(allowed, limit, bucket.tokens + 1))
+                if len(ready) > bucket.tokens:
+                    held.add(slot.queue)
+                    self._push_ready(ready[bucket.tokens :])
+                candidates.extend(ready[: bucket.tokens])
+            elif allowed > 0:
                 candidates.extend(self._pop_ready(slot.queue, min(allowed, limit)))
         candidates.sort(key=_Row.sort_key)
-        for row in candidates[max(limit, 0) :]:  # not taken after all: ready again
-            heapq.heappush(self._indexes.ready[row.job.queue], (row.sort_key(), next(_entries), row))
+        self._push_ready(candidates[max(limit, 0) :])  # not taken after all: ready again
         claimed: list[Job] = []
         state = next_state("", JobState.PENDING, Action.CLAIM)
         for row in candidates[: max(limit, 0)]:
@@ -308,7 +329,13 @@ class MemoryStore:
             )
             row.owner, row.lease_until, row.cancel_requested = owner, lease_until, False
             claimed.append(row.job)
-        return claimed
+        spent = spend_tokens(buckets, held, claimed)
+        self._buckets.update(spent.buckets)
+        return CompletedAndClaimed([], claimed, spent.rate_held)
+
+    def _push_ready(self, rows: Sequence[_Row]) -> None:
+        for row in rows:
+            heapq.heappush(self._indexes.ready[row.job.queue], (row.sort_key(), next(_entries), row))
 
     def _pop_ready(self, queue: str, count: int) -> list[_Row]:
         """The best `count` ready rows of `queue`, taken off its heap (stale entries dropped)."""
@@ -362,8 +389,8 @@ class MemoryStore:
         self, completions: Sequence[Completion], claim: ClaimRequest, now: datetime
     ) -> CompletedAndClaimed:
         applied = await self.complete_jobs(completions, now)
-        claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
-        return CompletedAndClaimed(applied, claimed)
+        claimed = self._claim(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
+        return CompletedAndClaimed(applied, claimed.claimed, claimed.rate_held)
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime

@@ -38,6 +38,7 @@ from psycopg.types.json import Jsonb
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure, Progress, next_state
 from jobd.store import (
+    TOKEN,
     ClaimRequest,
     CompletedAndClaimed,
     Completion,
@@ -57,6 +58,7 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    refill_per_microsecond,
     rescue_decision,
     synced_record,
 )
@@ -86,11 +88,17 @@ COLUMNS = (
 )  # fmt: skip
 
 
+# A queue its rate held back, as a row of `complete_and_claim_jobs`: the queue, and the
+# time its next token is due in the place of run_at.
+_HELD_COLUMNS = {"queue": "queue", "run_at": "due"}
+
+
 def _expand(query: str) -> str:
     return (
         query.replace("{columns}", ", ".join(COLUMNS))
         .replace("{j_columns}", ", ".join(f"j.{name}" for name in COLUMNS))
         .replace("{nulls}", ", ".join(["NULL"] * len(COLUMNS)))
+        .replace("{held_columns}", ", ".join(_HELD_COLUMNS.get(name, "NULL") for name in COLUMNS))
     )
 
 
@@ -266,11 +274,12 @@ class PostgresStore:
         if any(new.key is not None or new.after for new in jobs):
             # A held key or a parent is looked up before the claim can go: two calls.
             inserted = await self.insert_jobs(jobs)
-            claimed = await self.claim_jobs(claim.owner, claim.slots, claim.limit, now, claim.lease_until)
-            return InsertedAndClaimed(inserted, claimed)
+            claimed = await self._exchange([], claim, now)
+            return InsertedAndClaimed(inserted, claimed.claimed, claimed.rate_held)
         # The claim, a statement of its own after the insert, sees the rows just inserted.
         exchanged = await self._exchange([], claim, now, inserting=jobs)
-        return InsertedAndClaimed([Inserted(new.inserted(), created=True) for new in jobs], exchanged.claimed)
+        created = [Inserted(new.inserted(), created=True) for new in jobs]
+        return InsertedAndClaimed(created, exchanged.claimed, exchanged.rate_held)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
@@ -343,11 +352,13 @@ class PostgresStore:
         statements = [_exchange_params(first, wanted, claim, now)]
         statements += [_exchange_params([completions[index]], [], None, now) for index in repeats]
         # SKIP LOCKED keeps two claimers off the same rows, but it cannot bound a count:
-        # two daemons would each see the same running total and both fill the remaining
-        # room. Holding a per-queue lock until commit makes the "count running, then
-        # claim" of one daemon finish before the next starts. Locks are taken in name
-        # order so two daemons never deadlock.
-        limited = sorted({slot.queue for slot in wanted if slot.global_limit is not None})
+        # two daemons would each see the same running total (or the same tokens) and
+        # both fill the remaining room. Holding a per-queue lock until commit makes the
+        # "count running (or read the bucket), then claim" of one daemon finish before
+        # the next starts. Locks are taken in name order so two daemons never deadlock.
+        limited = sorted(
+            {slot.queue for slot in wanted if slot.global_limit is not None or slot.rate is not None}
+        )
 
         insert = _insert_params(inserting) if inserting else None
 
@@ -373,13 +384,14 @@ class PostgresStore:
             return [cursor.fetchall() for cursor in cursors]
 
         results = await self._run(exchange, transaction=False)
-        applied_ids = [{row[1] for row in rows if not row[0]} for rows in results]
+        applied_ids = [{row[1] for row in rows if row[0] is False} for rows in results]
         applied = [False] * len(completions)
         for index in firsts.values():
             applied[index] = completions[index].job_id in applied_ids[0]
         for statement, index in enumerate(repeats, start=1):
             applied[index] = completions[index].job_id in applied_ids[statement]
-        return CompletedAndClaimed(applied, _claimed_jobs(results[0]))
+        rate_held = {row[_QUEUE]: row[_RUN_AT] for row in results[0] if row[0] is None}
+        return CompletedAndClaimed(applied, _claimed_jobs(results[0]), rate_held)
 
     async def renew_leases(
         self, owner: str, job_ids: Sequence[uuid.UUID], lease_until: datetime
@@ -863,6 +875,9 @@ def _exchange_params(
         "queues": [slot.queue for slot in slots],
         "free": [slot.free for slot in slots],
         "global_limits": [slot.global_limit for slot in slots],
+        "rates": [refill_per_microsecond(slot.rate) if slot.rate else None for slot in slots],
+        "bursts": [slot.rate.burst if slot.rate else None for slot in slots],
+        "token": TOKEN,
         "limit": claim.limit if claim else 0,
         "owner": claim.owner if claim else None,
         "lease_until": claim.lease_until if claim else None,
@@ -870,6 +885,7 @@ def _exchange_params(
 
 
 _PRIORITY, _RUN_AT, _SEQ = 1 + COLUMNS.index("priority"), 1 + COLUMNS.index("run_at"), 1 + len(COLUMNS)
+_QUEUE = 1 + COLUMNS.index("queue")
 
 
 def _claimed_jobs(rows: list[tuple[Any, ...]]) -> list[Job]:

@@ -36,7 +36,9 @@ from outcome import capture
 
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import JSON, Action, Job, JobState, ParentFailure, Progress, next_state
+from jobd.rates import RateLimit
 from jobd.store import (
+    Bucket,
     ClaimRequest,
     CompletedAndClaimed,
     Completion,
@@ -55,8 +57,10 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    refill_bucket,
     rescue_decision,
     settle_waiting,
+    spend_tokens,
     synced_record,
     within_window,
 )
@@ -367,9 +371,12 @@ def _claim_jobs(
     limit: int,
     now: datetime,
     lease_until: datetime,
-) -> list[Job]:
+) -> CompletedAndClaimed:
+    """The claim of `claim_jobs`, with the queues its rate held back (nothing applied)."""
     paused = {row[0] for row in conn.execute(_Q["paused_queues"])}
     candidates: list[sqlite3.Row] = []
+    buckets: dict[str, tuple[Bucket, RateLimit]] = {}  # each rate-limited queue's, refilled
+    held: set[str] = set()
     for slot in slots:
         if slot.queue in paused:
             continue
@@ -377,14 +384,37 @@ def _claim_jobs(
         if slot.global_limit is not None:
             running = conn.execute(_Q["running_in_queue"], {"queue": slot.queue}).fetchone()[0]
             allowed = min(allowed, slot.global_limit - running)
-        if allowed > 0:
+        if allowed > 0 and slot.rate is not None:
+            bucket = refill_bucket(_rate_bucket(conn, slot.queue), slot.rate, now)
+            buckets[slot.queue] = (bucket, slot.rate)
+            # One job past the tokens tells whether the rate held any back.
+            values = {"queue": slot.queue, "limit": max(min(allowed, limit, bucket.tokens + 1), 0)}
+            ready = conn.execute(_Q["claimable_jobs"], values).fetchall()
+            if len(ready) > bucket.tokens:
+                held.add(slot.queue)
+            candidates.extend(ready[: bucket.tokens])
+        elif allowed > 0:
             values = {"queue": slot.queue, "limit": allowed}
             candidates.extend(conn.execute(_Q["claimable_jobs"], values).fetchall())
     # Each queue's candidates come in claim order; merge them and keep the first `limit`.
     candidates.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
     chosen = [row["seq"] for row in candidates[: max(limit, 0)]]
-    if not chosen:
-        return []
+    claimed = _claim_rows(conn, chosen, owner, now, lease_until) if chosen else []
+    spent = spend_tokens(buckets, held, claimed)
+    for queue_name, bucket in spent.buckets.items():
+        values = {"queue": queue_name, "level": bucket.level, "updated_at": _micros(bucket.updated_at)}
+        conn.execute(_Q["put_rate_bucket"], values)
+    return CompletedAndClaimed([], claimed, spent.rate_held)
+
+
+def _rate_bucket(conn: sqlite3.Connection, queue_name: str) -> Bucket | None:
+    row = conn.execute(_Q["rate_bucket"], {"queue": queue_name}).fetchone()
+    return None if row is None else Bucket(row["level"], _time(row["updated_at"]))
+
+
+def _claim_rows(
+    conn: sqlite3.Connection, chosen: list[int], owner: str, now: datetime, lease_until: datetime
+) -> list[Job]:
     state = next_state("pending jobs", JobState.PENDING, Action.CLAIM)
     values = {
         "state": state.value,
@@ -856,7 +886,7 @@ class SQLiteStore:
         def insert_and_claim(conn: sqlite3.Connection) -> InsertedAndClaimed:
             inserted = _insert_jobs(conn, jobs)
             claimed = _claim_jobs(conn, claim.owner, claim.slots, claim.limit, now, claim.lease_until)
-            return InsertedAndClaimed(inserted, claimed)
+            return InsertedAndClaimed(inserted, claimed.claimed, claimed.rate_held)
 
         return await self._write(insert_and_claim)
 
@@ -876,7 +906,8 @@ class SQLiteStore:
     async def claim_jobs(
         self, owner: str, slots: Sequence[QueueSlots], limit: int, now: datetime, lease_until: datetime
     ) -> list[Job]:
-        return await self._write(lambda conn: _claim_jobs(conn, owner, slots, limit, now, lease_until))
+        claimed = await self._write(lambda conn: _claim_jobs(conn, owner, slots, limit, now, lease_until))
+        return claimed.claimed
 
     async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
         def complete(conn: sqlite3.Connection) -> tuple[list[bool], bool]:
@@ -895,7 +926,7 @@ class SQLiteStore:
             released = _settle_dependants(conn, _finished(completions, applied), now)
             # The claim comes after: it takes the jobs just released too.
             claimed = _claim_jobs(conn, claim.owner, claim.slots, claim.limit, now, claim.lease_until)
-            return CompletedAndClaimed(applied, claimed), released
+            return CompletedAndClaimed(applied, claimed.claimed, claimed.rate_held), released
 
         exchanged, released = await self._write(exchange)
         self._after_release(released)

@@ -64,8 +64,8 @@ ORDER BY seq DESC
 LIMIT %(limit)s;
 
 -- name: lock_queue
--- Serialises the claims of one globally limited queue across every daemon; the
--- first key keeps jobd's locks apart from any the application takes.
+-- Serialises the claims of one globally limited or rate-limited queue across every
+-- daemon; the first key keeps jobd's locks apart from any the application takes.
 SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(queue)s));
 
 -- name: complete_and_claim_jobs
@@ -74,12 +74,16 @@ SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(queue)s));
 --   archived:  the final ones move to finished_jobs, only while still fenced in (the
 --              job is running under the claim's owner and attempt);
 --   continued: retried and requeued ones stay live, under the same fence;
---   claimed:   pending jobs of the given queues, within the slots and global limits.
+--   claimed:   pending jobs of the given queues, within the slots, global limits and
+--              the tokens of rate-limited queues;
+--   spent:     the buckets of rate-limited queues that started jobs, less their tokens;
+--   held:      when the next token is due, for each queue whose rate held jobs back.
 -- Every part reads the snapshot taken when the statement began, so the completions and
 -- the claim touch disjoint rows: a job being completed is running, not pending. Under
 -- a global limit the caller takes the queue's lock before this statement, and the
 -- running count still includes the jobs this statement completes: it claims too few,
--- never too many, and the caller claims again at once.
+-- never too many, and the caller claims again at once. A rate-limited queue's lock,
+-- taken the same way, makes its bucket change one claim at a time.
 WITH done AS (
     SELECT * FROM json_to_recordset(%(completions)s::json) AS c(
         id uuid, owner text, attempt int, outcome text, state text, final bool, result jsonb, error text,
@@ -117,26 +121,68 @@ continued AS (
     RETURNING j.id, pg_notify('jobd', 'jobs')
 ),
 slot AS (
-    SELECT s.queue,
+    SELECT s.queue, s.rate, s.burst,
            CASE WHEN s.global_limit IS NULL THEN s.free
                 ELSE least(s.free, s.global_limit - (
                     SELECT count(*) FROM jobd.live_jobs r WHERE r.queue = s.queue AND r.state = 'running'))
            END AS allowed
-    FROM unnest(%(queues)s::text[], %(free)s::int[], %(global_limits)s::int[]) AS s(queue, free, global_limit)
+    FROM unnest(%(queues)s::text[], %(free)s::int[], %(global_limits)s::int[], %(rates)s::int8[],
+                %(bursts)s::int8[]) AS s(queue, free, global_limit, rate, burst)
     WHERE NOT EXISTS (SELECT 1 FROM jobd.paused_queues p WHERE p.queue = s.queue)
+),
+bucket AS (
+    -- A rate-limited queue's bucket refilled to now, the rule of jobd.store.refill_bucket:
+    -- `rate` is its refill per microsecond, `level` counts 1/jobd.store.TOKEN tokens; a queue
+    -- without a row has a full bucket; a `now` behind the row's adds nothing.
+    SELECT slot.queue, slot.rate, refilled.level, refilled.level / %(token)s AS tokens, refilled.updated_at
+    FROM slot
+    LEFT JOIN jobd.rate_buckets b ON b.queue = slot.queue,
+    LATERAL (
+        SELECT CASE WHEN b.queue IS NULL THEN slot.burst * %(token)s
+                    ELSE least(slot.burst * %(token)s, b.level + slot.rate * greatest(0,
+                        (extract(epoch FROM %(now)s::timestamptz) - extract(epoch FROM b.updated_at)) * 1000000
+                    ))::int8
+               END AS level,
+               greatest(b.updated_at, %(now)s::timestamptz) AS updated_at
+    ) refilled
+    WHERE slot.rate IS NOT NULL AND slot.allowed > 0
 ),
 chosen AS (
     -- The first `limit` in claim order across the queues; no queue can give more.
-    SELECT ready.id
-    FROM slot, LATERAL (
+    SELECT ready.id, slot.queue
+    FROM slot LEFT JOIN bucket ON bucket.queue = slot.queue, LATERAL (
         SELECT j.id, j.priority, j.run_at, j.seq FROM jobd.live_jobs j
         WHERE j.queue = slot.queue AND j.state = 'pending'
         ORDER BY j.priority DESC, j.run_at, j.seq
-        LIMIT greatest(least(slot.allowed, %(limit)s), 0)
+        -- least() skips the NULL tokens of a queue without a rate.
+        LIMIT greatest(least(slot.allowed, %(limit)s, bucket.tokens), 0)
         FOR UPDATE SKIP LOCKED
     ) ready
     ORDER BY ready.priority DESC, ready.run_at, ready.seq
     LIMIT %(limit)s
+),
+taken AS (
+    SELECT bucket.queue, bucket.rate, bucket.tokens, count(chosen.id) AS started,
+           bucket.level - count(chosen.id) * %(token)s AS level, bucket.updated_at
+    FROM bucket LEFT JOIN chosen ON chosen.queue = bucket.queue
+    GROUP BY bucket.queue, bucket.rate, bucket.tokens, bucket.level, bucket.updated_at
+),
+spent AS (
+    INSERT INTO jobd.rate_buckets (queue, level, updated_at)
+    SELECT queue, level, updated_at FROM taken WHERE started > 0
+    ON CONFLICT (queue) DO UPDATE SET level = excluded.level, updated_at = excluded.updated_at
+),
+held AS (
+    -- More pending jobs than whole tokens, while the other limits had room for more: the
+    -- rate held the queue back. Its next token is due once the level reaches a token.
+    SELECT taken.queue,
+           taken.updated_at + interval '1 microsecond'
+               * ceil(greatest(%(token)s - taken.level, 0)::numeric / taken.rate)::float8 AS due
+    FROM taken JOIN slot ON slot.queue = taken.queue
+    WHERE taken.tokens < least(slot.allowed, %(limit)s)
+      AND (SELECT count(*) FROM (
+               SELECT 1 FROM jobd.live_jobs j WHERE j.queue = taken.queue AND j.state = 'pending'
+               LIMIT taken.tokens + 1) AS pending) > taken.tokens
 ),
 claimed AS (
     UPDATE jobd.live_jobs j
@@ -147,12 +193,15 @@ claimed AS (
     RETURNING {j_columns}, j.seq
 )
 -- The claimed jobs (their order is restored by the caller), then the ids of the
--- completions that applied, the rest of their row NULL.
+-- completions that applied, the rest of their row NULL, then the queues the rate held
+-- back (flag NULL; the queue, and its next token's time as run_at).
 SELECT true, {columns}, seq FROM claimed
 UNION ALL
 SELECT false, id, {nulls} FROM archived
 UNION ALL
-SELECT false, id, {nulls} FROM continued;
+SELECT false, id, {nulls} FROM continued
+UNION ALL
+SELECT NULL, {held_columns}, NULL FROM held;
 
 -- name: renew_leases
 UPDATE jobd.live_jobs SET lease_until = %(lease_until)s

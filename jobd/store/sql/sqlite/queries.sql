@@ -40,6 +40,13 @@ SET state = :state, attempts = attempts + 1, started_at = :now, updated_at = :no
 WHERE seq IN (SELECT value FROM json_each(:seqs))
 RETURNING *;
 
+-- name: rate_bucket
+SELECT level, updated_at FROM rate_buckets WHERE queue = :queue;
+
+-- name: put_rate_bucket
+INSERT INTO rate_buckets (queue, level, updated_at) VALUES (:queue, :level, :updated_at)
+ON CONFLICT (queue) DO UPDATE SET level = excluded.level, updated_at = excluded.updated_at;
+
 -- name: complete_jobs
 -- :batch is a JSON array of completions: one statement for the whole batch. A row is
 -- changed only while it is still running under the claim that produced the completion.
