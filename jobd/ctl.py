@@ -349,12 +349,19 @@ def _stats(args: argparse.Namespace) -> int:
     queues = body.get("queues") or {}
     counts = ("waiting", "scheduled", "pending", "running", "completed", "failed", "cancelled", "concurrency")
     rows = [
-        [name, *(_text(stats.get(field)) for field in counts), "yes" if stats.get("paused") else "no"]
+        [
+            name,
+            *(_text(stats.get(field)) for field in counts),
+            _text(stats.get("rate")),
+            "yes" if stats.get("paused") else "no",
+        ]
         for name, stats in sorted(queues.items())
     ]
     print(
         _table(
-            ["QUEUE", *(field.upper() for field in counts), "PAUSED"], rows, numeric=range(1, len(counts) + 1)
+            ["QUEUE", *(field.upper() for field in counts), "RATE", "PAUSED"],
+            rows,
+            numeric=range(1, len(counts) + 1),
         )
     )
     workers = body.get("workers") or {}

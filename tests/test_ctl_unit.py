@@ -260,7 +260,7 @@ QUEUE = {
 }
 STATS = {
     "queues": {
-        "email": {**QUEUE, "paused": True, "concurrency": 4},
+        "email": {**QUEUE, "paused": True, "concurrency": 4, "rate": "20/s", "burst": 20},
         "default": {**QUEUE, "paused": False, "concurrency": 10},
     },
     "workers": {"busy": 3, "capacity": 10},
@@ -277,10 +277,10 @@ def test_stats_prints_a_table_per_queue(fake: FakeDaemon, capsys: pytest.Capture
     fake.answer("GET", "/v1/stats", 200, STATS)
     assert run(fake, "stats") == 0
     lines = capsys.readouterr().out.splitlines()
-    header = "QUEUE WAITING SCHEDULED PENDING RUNNING COMPLETED FAILED CANCELLED CONCURRENCY PAUSED"
+    header = "QUEUE WAITING SCHEDULED PENDING RUNNING COMPLETED FAILED CANCELLED CONCURRENCY RATE PAUSED"
     assert lines[0].split() == header.split()
-    assert lines[1].split() == ["default", "6", "1", "2", "3", "40", "5", "0", "10", "no"]
-    assert lines[2].split() == ["email", "6", "1", "2", "3", "40", "5", "0", "4", "yes"]
+    assert lines[1].split() == ["default", "6", "1", "2", "3", "40", "5", "0", "10", "-", "no"]
+    assert lines[2].split() == ["email", "6", "1", "2", "3", "40", "5", "0", "4", "20/s", "yes"]
     assert lines[-1] == "workers busy: 3 of 10"
 
 
