@@ -105,6 +105,8 @@ class Daemon:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics(__version__)
         self.store: Store = create_store(config.store)
+        if self.store.shared:  # its listener's gauges read "disconnected" until it connects
+            self.metrics.set_listener(False)
         engine = build_engine(self.store, self.live, self.metrics, owner=self.owner)
         self.pool = engine.pool
         self.maintenance = engine.maintenance
@@ -245,6 +247,10 @@ class Daemon:
     def _on_store_event(self, event: str) -> None:
         if event == "cancel":
             self.pool.check_cancels()
+        elif event == "connected":
+            self.metrics.set_listener(True, utc_now())
+        elif event == "disconnected":
+            self.metrics.set_listener(False)
         else:
             self.pool.wake()
             self.maintenance.schedule_changed()

@@ -145,11 +145,13 @@ class WorkerPool:
         pending = any(new.state == JobState.PENDING for new in jobs)
         claim = self._claim_request() if pending and self._jobs is not None and not self._stopping else None
         if claim is None:
-            return await self._store.insert_jobs(jobs)
+            with self._metrics.store_call("insert"):
+                return await self._store.insert_jobs(jobs)
         now = self._clock()
         self._reserve(claim, 1)
         try:
-            result = await self._store.insert_and_claim_jobs(jobs, claim, now)
+            with self._metrics.store_call("insert"):
+                result = await self._store.insert_and_claim_jobs(jobs, claim, now)
         finally:
             self._reserve(claim, -1)
             self.wake()  # a lane may wait for this claim to land, or find more to claim
@@ -276,11 +278,12 @@ class WorkerPool:
         if claim is not None:
             self._claimable = False  # until this claim comes back full, or a wake-up says otherwise
         try:
-            if claim is None:
-                applied, claimed = await self._store.complete_jobs(completions, now), []
-            else:
-                exchange = await self._store.complete_and_claim_jobs(completions, claim, now)
-                applied, claimed = exchange.applied, exchange.claimed
+            with self._metrics.store_call("complete" if completions else "claim"):
+                if claim is None:
+                    applied, claimed = await self._store.complete_jobs(completions, now), []
+                else:
+                    exchange = await self._store.complete_and_claim_jobs(completions, claim, now)
+                    applied, claimed = exchange.applied, exchange.claimed
         except InvalidJob:
             # A value the store cannot keep (a result PostgreSQL's jsonb refuses...).
             self._claimable = True

@@ -272,7 +272,7 @@ async def test_listener_wakes_on_changes_and_survives_a_killed_backend(fresh_pos
         wake, woken = trio.open_memory_channel[str](1000)
         async with trio.open_nursery() as nursery:
             await nursery.start(listening.listen, wake.send_nowait)
-            await expect_wakes(woken, "jobs", "cancel")  # the look after connecting
+            await expect_wakes(woken, "connected", "jobs", "cancel")  # the look after connecting
             drain(woken)
 
             [inserted] = await other.insert_jobs([new_job()])
@@ -282,7 +282,8 @@ async def test_listener_wakes_on_changes_and_survives_a_killed_backend(fresh_pos
             await expect_wakes(woken, "cancel")
 
             assert terminate_backends(fresh_postgres_url, "query = 'LISTEN jobd'") == 1
-            await expect_wakes(woken, "jobs", "cancel")  # reconnected, and looked again
+            # Lost, reconnected, and looked again.
+            await expect_wakes(woken, "disconnected", "connected", "jobs", "cancel")
             listening_again = "SELECT 1 FROM pg_stat_activity WHERE query = 'LISTEN jobd'"
             await wait_for_database(fresh_postgres_url, listening_again)
             drain(woken)

@@ -28,7 +28,9 @@ import trio
 from jobd.job import JSON, Action, Job, JobState, Progress, next_state
 
 WakeCallback = Callable[[str], None]
-"""Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"."""
+"""Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"; and
+of the listener itself: "connected" (after every (re)connect, before a "jobs" and a
+"cancel" that make up for what it missed) or "disconnected" (its connection dropped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +381,11 @@ class Store(Protocol):
 
     async def count_jobs(self) -> QueueCounts:
         """Jobs per queue and state."""
+
+    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
+        """For each of `queues` that has pending jobs, the earliest `run_at` among them: when
+        its longest-waiting ready job became ready. An indexed look-up per queue, however
+        many jobs wait or are kept."""
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None: ...
 

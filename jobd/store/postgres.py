@@ -487,6 +487,15 @@ class PostgresStore:
                 counts.setdefault(queue, {})[JobState(state)] = int(count)
         return counts
 
+    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
+        if not queues:
+            return {}
+        params = {"queues": list(queues)}
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["oldest_pending"], params).fetchall(), transaction=False
+        )
+        return {queue: run_at for queue, run_at in rows if run_at is not None}
+
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         name = "pause_queue" if paused else "resume_queue"
         await self._run(lambda conn: conn.execute(QUERIES[name], {"queue": queue}), transaction=False)
@@ -582,6 +591,7 @@ class PostgresStore:
             if not started:
                 task_status.started()
                 started = True
+            wake("connected")
             # Whatever was sent while we were not listening is lost: look once.
             wake("jobs")
             wake("cancel")
@@ -590,6 +600,7 @@ class PostgresStore:
                 await trio.to_thread.run_sync(_receive_notifications, conn, wake, limiter=thread)
             finally:
                 conn.close()  # also when cancelled before the thread started; closing twice is harmless
+            wake("disconnected")
             # A connection that drops at once again and again must not spin: back off
             # unless it lasted.
             if trio.current_time() - listening_since > _LISTEN_BACKOFF_MAX:

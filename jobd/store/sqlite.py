@@ -794,6 +794,11 @@ class SQLiteStore:
     async def count_jobs(self) -> QueueCounts:
         return await self._read(_count_jobs)
 
+    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
+        values = {"queues": json.dumps(list(queues))}
+        rows = await self._read(lambda conn: conn.execute(_Q["oldest_pending"], values).fetchall())
+        return {queue: _time(run_at) for queue, run_at in rows if run_at is not None}
+
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         await self._write(lambda conn: _set_queue_paused(conn, queue, paused))
 

@@ -240,6 +240,11 @@ SELECT queue, state, count(*) FROM jobd.live_jobs GROUP BY queue, state
 UNION ALL
 SELECT queue, state, sum(jobs) FROM jobd.finished_counts GROUP BY queue, state;
 
+-- name: oldest_pending
+-- Each min() reads one entry of live_jobs_pending_since.
+SELECT q.queue, (SELECT min(j.run_at) FROM jobd.live_jobs j WHERE j.state = 'pending' AND j.queue = q.queue)
+FROM unnest(%(queues)s::text[]) AS q(queue);
+
 -- name: pause_queue
 INSERT INTO jobd.paused_queues (queue) VALUES (%(queue)s) ON CONFLICT (queue) DO NOTHING;
 

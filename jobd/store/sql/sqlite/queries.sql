@@ -127,6 +127,12 @@ DELETE FROM jobs WHERE seq IN (
 -- name: count_jobs
 SELECT queue, state, jobs FROM job_counts WHERE jobs > 0;
 
+-- name: oldest_pending
+-- :queues is a JSON array of queue names; each min() reads one entry of jobs_pending_since.
+SELECT q.value, (SELECT min(run_at) FROM jobs INDEXED BY jobs_pending_since
+                 WHERE state = 'pending' AND queue = q.value)
+FROM json_each(:queues) AS q;
+
 -- name: pause_queue
 INSERT INTO paused_queues (queue, paused_at) VALUES (:queue, :now) ON CONFLICT (queue) DO NOTHING;
 
