@@ -38,6 +38,7 @@ from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import Store
 from jobd.store.factory import create_store, describe
+from jobd.tracing import AttemptTracer, open_tracer
 from jobd.version import __version__
 from jobd.watch import JobWatch
 from jobd.worker import WorkerPool
@@ -71,7 +72,13 @@ class Engine:
 
 
 def build_engine(
-    store: Store, live: LiveSettings, metrics: Metrics, *, owner: str, clock: Clock = utc_now
+    store: Store,
+    live: LiveSettings,
+    metrics: Metrics,
+    *,
+    owner: str,
+    clock: Clock = utc_now,
+    tracer: AttemptTracer | None = None,
 ) -> Engine:
     """The one wiring of the engine, for the daemon and for tests alike."""
     watch = JobWatch()
@@ -81,7 +88,7 @@ def build_engine(
 
     maintenance = Maintenance(store, live, metrics, clock, wake_workers=wake_workers)
     completer = Completer(metrics, watch, on_retry_scheduled=maintenance.schedule_changed)
-    pool = WorkerPool(store, live, metrics, completer, watch, owner=owner, clock=clock)
+    pool = WorkerPool(store, live, metrics, completer, watch, owner=owner, clock=clock, tracer=tracer)
     scheduler = Scheduler(
         store, live, metrics, clock, wake_workers=wake_workers, schedule_changed=maintenance.schedule_changed
     )
@@ -107,7 +114,8 @@ class Daemon:
         self.store: Store = create_store(config.store)
         if self.store.shared:  # its listener's gauges read "disconnected" until it connects
             self.metrics.set_listener(False)
-        engine = build_engine(self.store, self.live, self.metrics, owner=self.owner)
+        self.tracer = open_tracer(config.tracing.enabled, config.source or "the config", __version__)
+        engine = build_engine(self.store, self.live, self.metrics, owner=self.owner, tracer=self.tracer)
         self.pool = engine.pool
         self.maintenance = engine.maintenance
         self.scheduler = engine.scheduler
@@ -132,6 +140,8 @@ class Daemon:
             self._remove_socket_file()
             with trio.CancelScope(shield=True):
                 await self.store.close()
+                if self.tracer is not None:  # the spans still buffered leave now
+                    await trio.to_thread.run_sync(self.tracer.shutdown)
         log.info("jobd stopped")
 
     async def _serve(

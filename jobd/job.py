@@ -110,6 +110,7 @@ class Job:
     key: str | None = None
     schedule: str | None = None  # the schedule whose tick (or trigger) made the job
     scheduled_for: datetime | None = None  # that tick
+    traceparent: str | None = None  # the W3C trace context the job was submitted in, if any
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -133,6 +134,7 @@ class Job:
             "key": self.key,
             "schedule": self.schedule,
             "scheduled_for": format_time(self.scheduled_for),
+            "traceparent": self.traceparent,
         }
 
     @classmethod
@@ -159,6 +161,7 @@ class Job:
             key=data.get("key"),
             schedule=data.get("schedule"),
             scheduled_for=parse_optional_time(data.get("scheduled_for")),
+            traceparent=data.get("traceparent"),
         )
 
 

@@ -41,8 +41,11 @@ from jobd.watch import JobWatch
 from jobd.worker import WorkerPool
 
 JOB_FIELDS = frozenset(
-    {"type", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "timeout", "key"}
-)
+    {
+        "type", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "timeout", "key",
+        "traceparent",
+    }
+)  # fmt: skip
 MAX_BATCH = 10_000
 MAX_WAIT = 3600.0
 HEALTH_TIMEOUT = 2.0
@@ -100,15 +103,16 @@ class JobService:
 
     # -- submitting ---------------------------------------------------------------------
 
-    async def submit(self, body: object) -> Inserted:
+    async def submit(self, body: object, traceparent: str | None = None) -> Inserted:
+        """`traceparent`: the request's header, for a job whose body names none."""
         self._check_running()
-        new = self._new_job(body, self._clock(), self._live.current)
+        new = self._new_job(body, self._clock(), self._live.current, traceparent)
         await self._ready_store()
         [inserted] = await self._pool.insert_jobs([new])
         self._after_insert([inserted])
         return inserted
 
-    async def submit_batch(self, body: object) -> list[Inserted]:
+    async def submit_batch(self, body: object, traceparent: str | None = None) -> list[Inserted]:
         self._check_running()
         if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
             raise InvalidJob('the body must be {"jobs": [...]}', field="jobs")
@@ -121,7 +125,7 @@ class JobService:
         new_jobs = []
         for index, item in enumerate(items):
             try:
-                new_jobs.append(self._new_job(item, now, settings))
+                new_jobs.append(self._new_job(item, now, settings, traceparent))
             except InvalidJob as error:
                 raise error.at_index(index) from None
         await self._ready_store()
@@ -142,7 +146,7 @@ class JobService:
         if any(job.state == JobState.SCHEDULED for job in created):
             self._maintenance.schedule_changed()
 
-    def _new_job(self, body: object, now: datetime, settings: Settings) -> NewJob:
+    def _new_job(self, body: object, now: datetime, settings: Settings, traceparent: str | None) -> NewJob:
         if not isinstance(body, dict):
             raise InvalidJob("a job must be a JSON object")
         unknown = sorted(set(body) - JOB_FIELDS)
@@ -161,6 +165,7 @@ class JobService:
             max_attempts=body.get("max_attempts"),
             timeout=_optional_seconds(body, "timeout"),
             key=body.get("key"),
+            traceparent=body.get("traceparent", traceparent),
         )
         return settings.new_job(asked, now)
 

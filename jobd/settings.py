@@ -107,6 +107,7 @@ class Settings:
             created_at=now,
             schedule=schedule,
             scheduled_for=scheduled_for,
+            traceparent=asked.traceparent,
         )
 
     def _resolve_defaults(self, job_type: str) -> TypeDefaults:

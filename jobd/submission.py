@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from jobd.errors import InvalidJob
 from jobd.handlers import clean_text, storable_json_size
 from jobd.job import JSON
+from jobd.traceparent import parse_traceparent
 
 MAX_PRIORITY = 2**31 - 1  # either way: what a PostgreSQL integer holds
 MAX_ATTEMPTS = 1000
@@ -37,6 +38,7 @@ class Submission:
     max_attempts: int | None
     timeout: float | None  # seconds
     key: str | None
+    traceparent: str | None = None  # W3C trace context, version 00
 
 
 def check_submission(
@@ -51,6 +53,7 @@ def check_submission(
     max_attempts: object = None,
     timeout: object = None,
     key: object = None,
+    traceparent: object = None,
 ) -> Submission:
     """Check each field of a submit; raise `InvalidJob` naming the first one at fault.
 
@@ -66,6 +69,7 @@ def check_submission(
         max_attempts=_whole("max_attempts", max_attempts, 1, MAX_ATTEMPTS),
         timeout=_timeout(timeout),
         key=_key(key),
+        traceparent=_traceparent(traceparent),
     )
 
 
@@ -130,6 +134,19 @@ def _key(value: object) -> str | None:
     if not storable(value):
         raise InvalidJob("key holds a NUL character or a lone surrogate", field="key")
     return value
+
+
+def _traceparent(value: object) -> str | None:
+    if value is None:
+        return None
+    parsed = parse_traceparent(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise InvalidJob(
+            "traceparent must be a W3C trace context of version 00: 00-<32 hex trace id>-<16 hex "
+            f"span id>-<2 hex flags>, neither id all zeros; got {value!r}",
+            field="traceparent",
+        )
+    return parsed
 
 
 def _run_at(delay: object, run_at: object, now: datetime) -> datetime:

@@ -19,6 +19,7 @@ from jobd.config import DEFAULT_QUEUE
 from jobd.job import new_job_id
 from jobd.store import NewJob
 from jobd.submission import check_submission
+from jobd.traceparent import current_traceparent
 
 if TYPE_CHECKING:
     import psycopg
@@ -44,7 +45,8 @@ def submit(
     Nothing is committed here: the job appears when the caller commits and vanishes if
     it rolls back (on a connection in autocommit mode it is committed at once). `delay`
     (seconds from now) and `run_at` (an aware datetime) are exclusive. When an unfinished
-    job already holds `key`, no job is inserted and that job's id is returned.
+    job already holds `key`, no job is inserted and that job's id is returned. When the
+    caller traces with OpenTelemetry, the job carries its current span's `traceparent`.
     Raises `jobd.InvalidJob` naming the wrong argument, before touching `conn`, for
     anything the control API would refuse too; an error from the database is psycopg's
     own, as for any statement on `conn`.
@@ -63,6 +65,7 @@ def submit(
         max_attempts=max_attempts,
         timeout=timeout,
         key=key,
+        traceparent=current_traceparent(),
     )
     job = NewJob(
         id=new_job_id(),
@@ -75,6 +78,7 @@ def submit(
         timeout=asked.timeout,
         key=asked.key,
         created_at=now,
+        traceparent=asked.traceparent,
     )
     [inserted] = insert_jobs_on(conn, [job])
     return inserted.job.id

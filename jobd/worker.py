@@ -33,6 +33,7 @@ from jobd.job import JSON, Job, JobState, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
 from jobd.store import ClaimRequest, Completion, Inserted, NewJob, Outcome, QueueSlots, Store
+from jobd.tracing import AttemptTracer
 from jobd.watch import JobWatch
 
 COMPLETION_BATCH = 500
@@ -90,6 +91,7 @@ class WorkerPool:
         owner: str,
         clock: Clock = utc_now,
         rng: random.Random | None = None,
+        tracer: AttemptTracer | None = None,
     ) -> None:
         self._store = store
         self._live = live
@@ -99,6 +101,7 @@ class WorkerPool:
         self.owner = owner
         self._clock = clock
         self._rng = rng or random.Random()
+        self._tracer = tracer  # None: tracing is off, and costs one test per attempt
         self._running: dict[uuid.UUID, _Running] = {}
         self._busy_by_queue: collections.Counter[str] = collections.Counter()
         # Slots that claims in flight may fill: no lane claims them again meanwhile.
@@ -324,9 +327,13 @@ class WorkerPool:
     async def _run_job(self, running: _Running) -> None:
         job = running.job
         started = trio.current_time()
+        span = None if self._tracer is None else self._tracer.start(job)
+        end = _LOST
         try:
             end = await self._attempt(running)
         finally:
+            if span is not None:
+                span.finish(end.outcome.value if end.outcome else "lost", end.error)
             # The same job may run here twice (rescued elsewhere, then claimed back while
             # its old handler still unwinds): remove only this run's entry.
             if self._running.get(job.id) is running:

@@ -877,6 +877,22 @@ async def test_count_jobs_per_queue_and_state(store: Store) -> None:
     }
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_job_keeps_its_traceparent_through_its_life(store: Store) -> None:
+    traced = replace(new_job(), traceparent=TRACEPARENT)
+    [inserted] = await store.insert_jobs([traced])
+    assert inserted.job.traceparent == TRACEPARENT
+    assert (await current(store, inserted.job)).traceparent == TRACEPARENT
+    [claimed] = await claim(store)
+    assert claimed.traceparent == TRACEPARENT
+    failed = await finish(store, claimed, Outcome.FAILED, error="boom")
+    assert failed.traceparent == TRACEPARENT
+    assert (await store.retry_job(failed.id, at(1))).traceparent == TRACEPARENT
+    assert (await insert(store)).traceparent is None
+
+
 async def test_oldest_pending_is_the_earliest_ready_time_per_queue(store: Store) -> None:
     assert await store.oldest_pending(["a", "b"]) == {}
     await insert(store, queue="a", run_at=at(5), created_at=at(5), priority=9)

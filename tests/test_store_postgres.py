@@ -118,7 +118,10 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
     assert "WHERE (schedule IS NOT NULL)" in indexes["live_jobs_schedule"]
     columns = query(fresh_postgres_url, "SELECT column_name FROM information_schema.columns"
                     " WHERE table_schema = 'jobd' AND table_name = 'jobs' ORDER BY ordinal_position")
-    assert [row[0] for row in columns][-2:] == ["schedule", "scheduled_for"]  # the view shows them too
+    # The view shows the later columns too.
+    assert [row[0] for row in columns][-3:] == ["schedule", "scheduled_for", "traceparent"]
+    pending_since = indexes["live_jobs_pending_since"]
+    assert "(queue, run_at)" in pending_since and "WHERE (state = 'pending'::text)" in pending_since
     migrations = query(fresh_postgres_url, "SELECT version, name FROM jobd.migrations ORDER BY version")
     assert migrations == [(migration.version, migration.name) for migration in MIGRATIONS]
     assert migrations[:2] == [(1, "initial"), (2, "live_and_finished")]
@@ -409,7 +412,8 @@ async def test_a_database_of_the_previous_schema_gains_schedules_and_keeps_its_j
     async with opened(fresh_postgres_url) as store:
         for job_id in (live, finished):
             job = await store.get_job(job_id)
-            assert job is not None and (job.type, job.schedule, job.scheduled_for) == ("old", None, None)
+            assert job is not None
+            assert (job.type, job.schedule, job.scheduled_for, job.traceparent) == ("old", None, None, None)
         assert await store.sync_schedules({"s": "every 1000000us"}, datetime.now(UTC))
     versions = query(fresh_postgres_url, "SELECT version FROM jobd.migrations ORDER BY 1")
-    assert [row[0] for row in versions] == [1, 2, 3]
+    assert [row[0] for row in versions] == [migration.version for migration in MIGRATIONS]

@@ -31,6 +31,7 @@ from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import InsertedAndClaimed, NewJob
 from jobd.store.memory import MemoryStore
+from jobd.tracing import AttemptTracer
 from jobd.worker import WorkerPool
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -65,14 +66,17 @@ def make_registry(*handlers: Handler) -> Registry:
 
 @asynccontextmanager
 async def running_engine(
-    *handlers: Handler, config: dict[str, Any] | None = None, store: MemoryStore | None = None
+    *handlers: Handler,
+    config: dict[str, Any] | None = None,
+    store: MemoryStore | None = None,
+    tracer: AttemptTracer | None = None,
 ) -> AsyncIterator[Engine]:
     raw = {"store": {"url": "memory:"}, "retry": {"jitter": False}, **(config or {})}
     settings = build_settings(parse_config(raw, env={}, uid=1000), make_registry(*handlers))
     live = LiveSettings(settings)
     store = store or MemoryStore()
     metrics = Metrics("test")
-    built = build_engine(store, live, metrics, owner="test-owner", clock=virtual_now)
+    built = build_engine(store, live, metrics, owner="test-owner", clock=virtual_now, tracer=tracer)
     pool, maintenance, service = built.pool, built.maintenance, built.service
     service.mark_store_ready()
     engine = Engine(store, live, pool, service, maintenance, metrics)

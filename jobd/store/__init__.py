@@ -49,6 +49,7 @@ class NewJob:
     created_at: datetime
     schedule: str | None = None
     scheduled_for: datetime | None = None
+    traceparent: str | None = None
 
     @property
     def state(self) -> JobState:
@@ -73,6 +74,7 @@ class NewJob:
             key=self.key,
             schedule=self.schedule,
             scheduled_for=self.scheduled_for,
+            traceparent=self.traceparent,
         )
 
 

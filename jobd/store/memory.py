@@ -525,6 +525,7 @@ def _changed(
         job.key,
         job.schedule,
         job.scheduled_for,
+        job.traceparent,
     )
 
 

@@ -82,7 +82,7 @@ _LIST_FILTERS = ("state", "type", "queue")
 COLUMNS = (
     "id", "type", "queue", "payload", "state", "priority", "attempts", "max_attempts", "timeout",
     "run_at", "created_at", "updated_at", "started_at", "finished_at", "last_error", "result",
-    "progress", "key", "schedule", "scheduled_for",
+    "progress", "key", "schedule", "scheduled_for", "traceparent",
 )  # fmt: skip
 
 
@@ -680,6 +680,8 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
         if new.schedule is not None:  # left out otherwise: json_to_recordset reads a missing key as NULL
             item["schedule"] = new.schedule
             item["scheduled_for"] = times.text(new.scheduled_for)
+        if new.traceparent is not None:
+            item["traceparent"] = new.traceparent
     return {"jobs": _json_text(items, jobs)}
 
 
@@ -906,7 +908,7 @@ def _job(row: Sequence[Any]) -> Job:
     (
         job_id, job_type, queue, payload, state, priority, attempts, max_attempts, timeout,
         run_at, created_at, updated_at, started_at, finished_at, last_error, result, progress, key,
-        schedule, scheduled_for,
+        schedule, scheduled_for, traceparent,
     ) = row[: len(COLUMNS)]  # fmt: skip
     return Job(
         id=job_id,
@@ -929,6 +931,7 @@ def _job(row: Sequence[Any]) -> Job:
         key=key,
         schedule=schedule,
         scheduled_for=scheduled_for,
+        traceparent=traceparent,
     )
 
 

@@ -131,6 +131,7 @@ def _job(row: sqlite3.Row) -> Job:
         key=row["key"],
         schedule=row["schedule"],
         scheduled_for=_optional_time(row["scheduled_for"]),
+        traceparent=row["traceparent"],
     )
 
 
@@ -203,6 +204,7 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
                 "key": new.key,
                 "schedule": new.schedule,
                 "scheduled_for": None if new.scheduled_for is None else _micros(new.scheduled_for),
+                "traceparent": new.traceparent,
             }
         )
         positions.append(index)

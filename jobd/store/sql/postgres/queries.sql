@@ -16,16 +16,16 @@ WITH new AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(jobs)s::json) AS (
         id uuid, type text, queue text, payload jsonb, state text, priority int, max_attempts int,
         timeout float8, run_at timestamptz, created_at timestamptz, key text, schedule text,
-        scheduled_for timestamptz
+        scheduled_for timestamptz, traceparent text
     )) WITH ORDINALITY
     AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key,
-         schedule, scheduled_for, position)
+         schedule, scheduled_for, traceparent, position)
 ),
 inserted AS (
     INSERT INTO jobd.live_jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
-                                run_at, created_at, updated_at, key, schedule, scheduled_for)
+                                run_at, created_at, updated_at, key, schedule, scheduled_for, traceparent)
     SELECT id, type, queue, payload, state, priority, max_attempts, timeout,
-           run_at, created_at, created_at, key, schedule, scheduled_for
+           run_at, created_at, created_at, key, schedule, scheduled_for, traceparent
     FROM new ORDER BY position
     ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id
@@ -94,12 +94,12 @@ ended AS (
 archived AS (
     INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                     timeout, run_at, created_at, updated_at, started_at, finished_at,
-                                    last_error, result, progress, key, schedule, scheduled_for)
+                                    last_error, result, progress, key, schedule, scheduled_for, traceparent)
     SELECT id, seq, type, queue, payload, new_state, priority, attempts, max_attempts,
            timeout, run_at, created_at, %(now)s, started_at, %(now)s,
            CASE WHEN outcome = 'completed' THEN last_error ELSE error END,
            CASE WHEN outcome = 'completed' THEN new_result ELSE result END,
-           progress, key, schedule, scheduled_for
+           progress, key, schedule, scheduled_for, traceparent
     FROM ended
     RETURNING id
 ),
@@ -172,10 +172,10 @@ WITH ended AS (
 )
 INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                 timeout, run_at, created_at, updated_at, started_at, finished_at,
-                                last_error, result, progress, key, schedule, scheduled_for)
+                                last_error, result, progress, key, schedule, scheduled_for, traceparent)
 SELECT id, seq, type, queue, payload, %(state)s, priority, attempts, max_attempts,
        timeout, run_at, created_at, %(now)s, started_at, %(now)s, %(error)s, result, progress, key,
-       schedule, scheduled_for
+       schedule, scheduled_for, traceparent
 FROM ended
 RETURNING {columns};
 
@@ -190,10 +190,10 @@ WITH revived AS (
 )
 INSERT INTO jobd.live_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                             timeout, run_at, created_at, updated_at, started_at, finished_at,
-                            last_error, result, progress, key, schedule, scheduled_for)
+                            last_error, result, progress, key, schedule, scheduled_for, traceparent)
 SELECT id, seq, type, queue, payload, %(state)s, priority, 0, max_attempts,
        timeout, %(now)s, created_at, %(now)s, NULL, NULL, last_error, NULL, NULL, key,
-       schedule, scheduled_for
+       schedule, scheduled_for, traceparent
 FROM revived
 RETURNING {columns};
 

@@ -4,9 +4,9 @@
 -- name: insert_job
 -- Run once per job (executemany); the job as stored is known to the caller.
 INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
-                  run_at, created_at, updated_at, key, schedule, scheduled_for)
+                  run_at, created_at, updated_at, key, schedule, scheduled_for, traceparent)
 VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
-        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for);
+        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for, :traceparent);
 
 -- name: live_job_with_key
 SELECT * FROM jobs
