@@ -33,6 +33,7 @@ from jobd.metrics import Exposition
 from jobd.schedules import ScheduleStatus
 from jobd.service import Health
 from jobd.store import Inserted, JobPage
+from jobd.traceparent import parse_traceparent
 
 log = logging.getLogger("jobd.api")
 
@@ -55,9 +56,9 @@ _STATUS_OF_ERROR: tuple[tuple[type[JobdError], int], ...] = (
 class Operations(Protocol):
     """What the routes need of the job service (`jobd.service.JobService` provides it)."""
 
-    async def submit(self, body: object) -> Inserted: ...
+    async def submit(self, body: object, traceparent: str | None = None) -> Inserted: ...
 
-    async def submit_batch(self, body: object) -> Sequence[Inserted]: ...
+    async def submit_batch(self, body: object, traceparent: str | None = None) -> Sequence[Inserted]: ...
 
     async def get(self, job_id: str) -> Job: ...
 
@@ -181,11 +182,11 @@ class ControlApi:
         return json_response(200 if health.ok else 503, health.body)
 
     async def _submit(self, request: Request, captured: tuple[str, ...]) -> Response:
-        inserted = await self._service.submit(_json_object(request))
+        inserted = await self._service.submit(_json_object(request), _traceparent(request))
         return json_response(201 if inserted.created else 200, inserted.job.to_json())
 
     async def _submit_batch(self, request: Request, captured: tuple[str, ...]) -> Response:
-        inserted = await self._service.submit_batch(_json_object(request))
+        inserted = await self._service.submit_batch(_json_object(request), _traceparent(request))
         return json_response(201, {"jobs": [item.job.to_json() for item in inserted]})
 
     async def _list(self, request: Request, captured: tuple[str, ...]) -> Response:
@@ -260,6 +261,13 @@ def _job_id(captured: tuple[str, ...]) -> str:
     except ValueError:
         raise JobNotFound(captured[0]) from None
     return captured[0]
+
+
+def _traceparent(request: Request) -> str | None:
+    """The request's `traceparent` header; one that is not valid is ignored, as the W3C
+    Trace Context says (the job is then traced from a new root), rather than refusing the job."""
+    header = request.header("traceparent")
+    return None if header is None else parse_traceparent(header.strip())
 
 
 def _json_object(request: Request) -> dict[str, Any]:

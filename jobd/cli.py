@@ -72,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(config: Config, host: PluginHost) -> int:
     from jobd.settings import build_settings
+    from jobd.tracing import require_otel
 
     settings = build_settings(config, host.configure(config))
+    if config.tracing.enabled:
+        require_otel(config.source or "the config")
     print(f"config: {config.source or 'built-in defaults'}: ok")
     print(f"store: {describe(config.store.url)}")
     print(f"socket: {config.api.socket}")

@@ -28,6 +28,7 @@ from jobd import errors
 from jobd.errors import ApiError, DaemonUnreachable
 from jobd.job import JSON, Job, JobState, format_time
 from jobd.schedules import ScheduleStatus
+from jobd.traceparent import current_traceparent
 
 DEFAULT_TIMEOUT = 30.0
 SYSTEM_SOCKET = "/run/jobd/jobd.sock"
@@ -180,13 +181,14 @@ class Client:
         }
         body = {"type": type, "payload": payload}
         body.update({name: value for name, value in options.items() if value is not None})
-        response = self._request("POST", "/v1/jobs", body=body)
+        response = self._request("POST", "/v1/jobs", body=body, headers=_trace_headers())
         return Submitted(_job(_json(response)), created=response.status_code == 201)
 
     def submit_many(self, items: Sequence[Mapping[str, JSON]]) -> builtins.list[Job]:
         """Submit jobs all or nothing; each item is a `POST /v1/jobs` body (`run_at` as RFC 3339)."""
         body = {"jobs": [dict(item) for item in items]}
-        return _jobs(_json(self._request("POST", "/v1/jobs/batch", body=body)))
+        response = self._request("POST", "/v1/jobs/batch", body=body, headers=_trace_headers())
+        return _jobs(_json(response))
 
     def get(self, id: uuid.UUID | str) -> Job:
         job_id = _job_id(id)
@@ -318,6 +320,7 @@ class Client:
         *,
         params: Mapping[str, str] | None = None,
         body: JSON = None,
+        headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         accept_degraded: bool = False,
         about: _Subject | None = None,
@@ -329,6 +332,7 @@ class Client:
                 path,
                 params=params,
                 json=body,
+                headers=headers,
                 timeout=request_timeout,
             )
         except httpx.TimeoutException as error:
@@ -342,6 +346,13 @@ class Client:
         if accept_degraded and response.status_code == 503 and _is_status_body(response):
             return response
         raise _api_error(response, about or _Subject())
+
+
+def _trace_headers() -> dict[str, str] | None:
+    """The caller's current trace context (when it traces with OpenTelemetry), for a submit:
+    the job's attempts are then traced as children of the caller's span."""
+    traceparent = current_traceparent()
+    return None if traceparent is None else {"traceparent": traceparent}
 
 
 def _job_id(value: uuid.UUID | str) -> str:

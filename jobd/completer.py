@@ -56,10 +56,12 @@ class Completer:
         for index, attempt in enumerate(batch):
             try:
                 try:
-                    [applied] = await store.complete_jobs([attempt.completion], now)
+                    with self._metrics.store_call("complete"):
+                        [applied] = await store.complete_jobs([attempt.completion], now)
                 except InvalidJob as error:
                     attempt = _unstorable(attempt, error)
-                    [applied] = await store.complete_jobs([attempt.completion], now)
+                    with self._metrics.store_call("complete"):
+                        [applied] = await store.complete_jobs([attempt.completion], now)
             except StoreUnavailable:
                 self.put_back(batch[index:])
                 raise
@@ -72,6 +74,7 @@ class Completer:
     def _report(self, attempt: FinishedAttempt, recorded: bool) -> None:
         job, completion = attempt.job, attempt.completion
         if not recorded:
+            self._metrics.completion_discarded(job.queue)
             log.warning(
                 "job %s: outcome %s of attempt %d discarded, the job is no longer this daemon's",
                 job.id,

@@ -2,7 +2,7 @@
 
 Strict: an unknown key or a bad value is a `ConfigError` naming the key and the file
 (or the environment variable) it came from. The sections `daemon`, `store`, `api`,
-`metrics`, `workers`, `retry` and `retention` may be overridden key by key through
+`metrics`, `workers`, `retry`, `retention` and `tracing` may be overridden key by key through
 `JOBD_<SECTION>_<KEY>`; `queues`, `handlers`, `plugins` and `schedules` come from the
 file only.
 
@@ -121,6 +121,11 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    enabled: bool = False  # needs jobd[otel]; exporting is set by the OTEL_* variables
+
+
+@dataclass(frozen=True, slots=True)
 class QueueConfig:
     concurrency: int | None = count(None)  # None: workers.concurrency
     global_concurrency: int | None = count(None)
@@ -183,6 +188,7 @@ SECTIONS: Mapping[str, type] = MappingProxyType(
         "workers": WorkersConfig,
         "retry": RetryConfig,
         "retention": RetentionConfig,
+        "tracing": TracingConfig,
     }
 )
 TABLES = ("queues", "handlers", "plugins", "schedules")
@@ -197,6 +203,7 @@ class Config:
     workers: WorkersConfig = WorkersConfig()
     retry: RetryConfig = RetryConfig()
     retention: RetentionConfig = RetentionConfig()
+    tracing: TracingConfig = TracingConfig()
     queues: Mapping[str, QueueConfig] = field(default_factory=dict)
     handlers: Mapping[str, HandlerConfig] = field(default_factory=dict)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -38,6 +38,7 @@ from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import Store
 from jobd.store.factory import create_store, describe
+from jobd.tracing import AttemptTracer, open_tracer
 from jobd.version import __version__
 from jobd.watch import JobWatch
 from jobd.worker import WorkerPool
@@ -71,7 +72,13 @@ class Engine:
 
 
 def build_engine(
-    store: Store, live: LiveSettings, metrics: Metrics, *, owner: str, clock: Clock = utc_now
+    store: Store,
+    live: LiveSettings,
+    metrics: Metrics,
+    *,
+    owner: str,
+    clock: Clock = utc_now,
+    tracer: AttemptTracer | None = None,
 ) -> Engine:
     """The one wiring of the engine, for the daemon and for tests alike."""
     watch = JobWatch()
@@ -81,7 +88,7 @@ def build_engine(
 
     maintenance = Maintenance(store, live, metrics, clock, wake_workers=wake_workers)
     completer = Completer(metrics, watch, on_retry_scheduled=maintenance.schedule_changed)
-    pool = WorkerPool(store, live, metrics, completer, watch, owner=owner, clock=clock)
+    pool = WorkerPool(store, live, metrics, completer, watch, owner=owner, clock=clock, tracer=tracer)
     scheduler = Scheduler(
         store, live, metrics, clock, wake_workers=wake_workers, schedule_changed=maintenance.schedule_changed
     )
@@ -105,7 +112,10 @@ class Daemon:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics(__version__)
         self.store: Store = create_store(config.store)
-        engine = build_engine(self.store, self.live, self.metrics, owner=self.owner)
+        if self.store.shared:  # its listener's gauges read "disconnected" until it connects
+            self.metrics.set_listener(False)
+        self.tracer = open_tracer(config.tracing.enabled, config.source or "the config", __version__)
+        engine = build_engine(self.store, self.live, self.metrics, owner=self.owner, tracer=self.tracer)
         self.pool = engine.pool
         self.maintenance = engine.maintenance
         self.scheduler = engine.scheduler
@@ -130,6 +140,8 @@ class Daemon:
             self._remove_socket_file()
             with trio.CancelScope(shield=True):
                 await self.store.close()
+                if self.tracer is not None:  # the spans still buffered leave now
+                    await trio.to_thread.run_sync(self.tracer.shutdown)
         log.info("jobd stopped")
 
     async def _serve(
@@ -245,6 +257,10 @@ class Daemon:
     def _on_store_event(self, event: str) -> None:
         if event == "cancel":
             self.pool.check_cancels()
+        elif event == "connected":
+            self.metrics.set_listener(True, utc_now())
+        elif event == "disconnected":
+            self.metrics.set_listener(False)
         else:
             self.pool.wake()
             self.maintenance.schedule_changed()

@@ -125,6 +125,7 @@ class Job:
     scheduled_for: datetime | None = None  # that tick
     after: tuple[uuid.UUID, ...] = ()  # the parents that must complete first
     on_parent_failure: ParentFailure = ParentFailure.CANCEL
+    traceparent: str | None = None  # the W3C trace context the job was submitted in, if any
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -150,6 +151,7 @@ class Job:
             "scheduled_for": format_time(self.scheduled_for),
             "after": [str(parent) for parent in self.after],
             "on_parent_failure": self.on_parent_failure.value,
+            "traceparent": self.traceparent,
         }
 
     @classmethod
@@ -178,6 +180,7 @@ class Job:
             scheduled_for=parse_optional_time(data.get("scheduled_for")),
             after=tuple(uuid.UUID(parent) for parent in data.get("after") or ()),
             on_parent_failure=ParentFailure(data.get("on_parent_failure") or ParentFailure.CANCEL),
+            traceparent=data.get("traceparent"),
         )
 
 

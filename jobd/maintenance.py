@@ -109,6 +109,7 @@ class Maintenance:
     def _report_rescued(self, rescued: list[Rescued]) -> None:
         for item in rescued:
             job = item.job
+            self._metrics.job_rescued(job.queue)
             log.warning(
                 "job %s rescued from %s: now %s",
                 job.id,
@@ -161,10 +162,17 @@ class Maintenance:
                 )
 
     async def refresh_gauges(self) -> None:
-        """Queue depths for the metrics and the status line: one query, cached."""
+        """Queue depths for the metrics and the status line, and the age of each queue's
+        oldest pending job: two queries, cached."""
         self.counts = await self._store.count_jobs()
         self._warn_of_orphan_queues()
         per_queue: dict[str, dict[str, int]] = {queue: {} for queue in self._live.current.queues}
         for queue, states in self.counts.items():
             per_queue[queue] = {state.value: n for state, n in states.items()}
+        waiting = sorted(queue for queue, states in self.counts.items() if states.get(JobState.PENDING))
+        oldest = await self._store.oldest_pending(waiting) if waiting else {}
+        now = self._clock()
         self._metrics.set_queue_counts(per_queue)  # every served queue, so an empty one reads 0
+        self._metrics.set_oldest_pending(
+            {queue: (now - since).total_seconds() for queue, since in oldest.items()}
+        )

@@ -10,10 +10,12 @@ caller fetched in one batch (see `set_queue_counts`).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from types import TracebackType
+from typing import Literal, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -50,6 +52,37 @@ TIME_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
     3600.0, 7200.0, 21600.0, 86400.0,
 )  # fmt: skip
+
+
+# A store call takes a fraction of a millisecond on a local SQLite file and up to the
+# statement timeout on a PostgreSQL server in trouble.
+STORE_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+StoreOperation = Literal["claim", "complete", "insert"]
+STORE_OPERATIONS: tuple[StoreOperation, ...] = ("claim", "complete", "insert")
+
+
+class StoreCallTimer:
+    """Times one store call into `jobd_store_call_duration_seconds`, however it ends."""
+
+    __slots__ = ("_histogram", "_started")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._histogram.observe(time.perf_counter() - self._started)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +165,50 @@ class Metrics:
             ["queue"],
             registry=self.registry,
         )
+        self._oldest_pending = Gauge(
+            "jobd_oldest_pending_job_age_seconds",
+            "Seconds the oldest pending job of a queue has waited since it became ready (0 when "
+            "none waits), in the whole store, as of the last refresh.",
+            ["queue"],
+            registry=self.registry,
+        )
+        self._rescued = Counter(
+            "jobd_jobs_rescued",
+            "Running jobs this daemon rescued because their daemon stopped renewing the lease "
+            "(put back to pending, or failed or cancelled).",
+            ["queue"],
+            registry=self.registry,
+        )
+        self._discarded = Counter(
+            "jobd_completions_discarded",
+            "Outcomes of attempts the store's fence refused: the job was no longer this daemon's "
+            "(its lease expired and it was rescued, or it was cancelled meanwhile).",
+            ["queue"],
+            registry=self.registry,
+        )
+        store_calls = Histogram(
+            "jobd_store_call_duration_seconds",
+            "Time of one store call of the engine's hot paths, by operation: claim (a claim "
+            "alone), complete (outcomes recorded, with the next claim when there is room), "
+            "insert (a submit, with a claim when there is room).",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=self.registry,
+        )
+        self._store_calls = {operation: store_calls.labels(operation) for operation in STORE_OPERATIONS}
+        # Registered at the first report: only a store with a listener has them.
+        self._listener_connected = Gauge(
+            "jobd_store_listener_connected",
+            "1 while this daemon's PostgreSQL notification listener is connected, else 0.",
+            registry=None,
+        )
+        self._listener_connect_time = Gauge(
+            "jobd_store_listener_last_connect_timestamp_seconds",
+            "When this daemon's PostgreSQL notification listener last (re)connected, in seconds "
+            "since the Unix epoch.",
+            registry=None,
+        )
+        self._listener_registered = False
         self._queues_seen: set[str] = set()
         # Each labelled child, looked up once: `labels()` costs more than the update itself.
         self._submitted_by: dict[tuple[str, ...], Counter] = {}
@@ -163,13 +240,43 @@ class Metrics:
         """Replace the `jobd_jobs` gauge from queue -> state -> count.
 
         Every state of every queue ever seen is set, missing ones to 0, so a count that
-        drops to zero reads 0 instead of keeping its last value or vanishing.
+        drops to zero reads 0 instead of keeping its last value or vanishing. A queue's
+        rescue and fence counters read 0 from when it is first seen, not nothing.
         """
+        for queue in counts.keys() - self._queues_seen:
+            self._rescued.labels(queue)
+            self._discarded.labels(queue)
         self._queues_seen.update(counts)
         for queue in self._queues_seen:
             by_state = counts.get(queue, {})
             for state in JobState:
                 self._jobs.labels(queue=queue, state=state.value).set(by_state.get(state.value, 0))
+
+    def set_oldest_pending(self, ages: Mapping[str, float]) -> None:
+        """Replace `jobd_oldest_pending_job_age_seconds` from queue -> seconds; every queue
+        seen by `set_queue_counts` that is missing reads 0 (nothing waits)."""
+        for queue in self._queues_seen | ages.keys():
+            self._oldest_pending.labels(queue).set(max(ages.get(queue, 0.0), 0.0))
+
+    def job_rescued(self, queue: str) -> None:
+        self._rescued.labels(queue).inc()
+
+    def completion_discarded(self, queue: str) -> None:
+        self._discarded.labels(queue).inc()
+
+    def store_call(self, operation: StoreOperation) -> StoreCallTimer:
+        """`with metrics.store_call("claim"): await store...`: one observation per call."""
+        return StoreCallTimer(self._store_calls[operation])
+
+    def set_listener(self, connected: bool, when: datetime | None = None) -> None:
+        """The store's listener connected (at `when`) or lost its connection."""
+        if not self._listener_registered:
+            self.registry.register(self._listener_connected)
+            self.registry.register(self._listener_connect_time)
+            self._listener_registered = True
+        self._listener_connected.set(1 if connected else 0)
+        if when is not None:
+            self._listener_connect_time.set(when.timestamp())
 
     def schedule_seen(self, schedule: str) -> None:
         """A schedule in force: its counters read 0 before its first tick, not nothing."""

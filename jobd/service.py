@@ -54,6 +54,7 @@ JOB_FIELDS = frozenset(
         "after",
         "on_parent_failure",
         "unique_for",
+        "traceparent",
     }
 )
 MAX_BATCH = 10_000
@@ -113,15 +114,16 @@ class JobService:
 
     # -- submitting ---------------------------------------------------------------------
 
-    async def submit(self, body: object) -> Inserted:
+    async def submit(self, body: object, traceparent: str | None = None) -> Inserted:
+        """`traceparent`: the request's header, for a job whose body names none."""
         self._check_running()
-        new = self._new_job(body, self._clock(), self._live.current)
+        new = self._new_job(body, self._clock(), self._live.current, traceparent)
         await self._ready_store()
         [inserted] = await self._pool.insert_jobs([new])
         self._after_insert([inserted])
         return inserted
 
-    async def submit_batch(self, body: object) -> list[Inserted]:
+    async def submit_batch(self, body: object, traceparent: str | None = None) -> list[Inserted]:
         self._check_running()
         if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
             raise InvalidJob('the body must be {"jobs": [...]}', field="jobs")
@@ -135,7 +137,7 @@ class JobService:
         ids: list[uuid.UUID] = []
         for index, item in enumerate(items):
             try:
-                new_jobs.append(self._new_job(item, now, settings, index=index, earlier=ids))
+                new_jobs.append(self._new_job(item, now, settings, traceparent, index=index, earlier=ids))
                 ids.append(new_jobs[-1].id)
             except InvalidJob as error:
                 raise error.at_index(index) from None
@@ -164,6 +166,7 @@ class JobService:
         body: object,
         now: datetime,
         settings: Settings,
+        traceparent: str | None,
         *,
         index: int | None = None,
         earlier: Sequence[uuid.UUID] = (),
@@ -190,6 +193,7 @@ class JobService:
             on_parent_failure=body.get("on_parent_failure"),
             unique_for=_optional_seconds(body, "unique_for"),
             index=index,
+            traceparent=body.get("traceparent", traceparent),
         )
         return settings.new_job(asked, now, earlier=earlier)
 

@@ -115,6 +115,7 @@ class Settings:
             after=asked.parents(earlier),
             on_parent_failure=asked.on_parent_failure,
             unique_for=asked.unique_for,
+            traceparent=asked.traceparent,
         )
 
     def _resolve_defaults(self, job_type: str) -> TypeDefaults:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from jobd.errors import InvalidJob
 from jobd.handlers import clean_text, storable_json_size
 from jobd.job import JSON, ParentFailure
+from jobd.traceparent import parse_traceparent
 
 MAX_PRIORITY = 2**31 - 1  # either way: what a PostgreSQL integer holds
 MAX_ATTEMPTS = 1000
@@ -43,6 +44,7 @@ class Submission:
     after: tuple[uuid.UUID | int, ...] = ()  # job ids, or indexes of earlier items of the batch
     on_parent_failure: ParentFailure = ParentFailure.CANCEL
     unique_for: float | None = None  # seconds
+    traceparent: str | None = None  # W3C trace context, version 00
 
     def parents(self, earlier: Sequence[uuid.UUID]) -> tuple[uuid.UUID, ...]:
         """`after` as job ids, `earlier` being the ids of the batch's items before this one."""
@@ -67,6 +69,7 @@ def check_submission(
     on_parent_failure: object = None,
     unique_for: object = None,
     index: int | None = None,
+    traceparent: object = None,
 ) -> Submission:
     """Check each field of a submit; raise `InvalidJob` naming the first one at fault.
 
@@ -88,6 +91,7 @@ def check_submission(
         after=_after(after, index),
         on_parent_failure=_parent_failure(on_parent_failure),
         unique_for=_unique_for(unique_for, checked_key),
+        traceparent=_traceparent(traceparent),
     )
 
 
@@ -152,6 +156,19 @@ def _key(value: object) -> str | None:
     if not storable(value):
         raise InvalidJob("key holds a NUL character or a lone surrogate", field="key")
     return value
+
+
+def _traceparent(value: object) -> str | None:
+    if value is None:
+        return None
+    parsed = parse_traceparent(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise InvalidJob(
+            "traceparent must be a W3C trace context of version 00: 00-<32 hex trace id>-<16 hex "
+            f"span id>-<2 hex flags>, neither id all zeros; got {value!r}",
+            field="traceparent",
+        )
+    return parsed
 
 
 def _run_at(delay: object, run_at: object, now: datetime) -> datetime:

@@ -20,6 +20,7 @@ from jobd.config import DEFAULT_QUEUE
 from jobd.job import new_job_id
 from jobd.store import NewJob
 from jobd.submission import check_submission
+from jobd.traceparent import current_traceparent
 
 if TYPE_CHECKING:
     import psycopg
@@ -51,7 +52,8 @@ def submit(
     job already holds `key` (or, with `unique_for` seconds, any job made with it that
     recently), no job is inserted and that job's id is returned. `after` names jobs that
     must complete first (`on_parent_failure`: "cancel", the default, or "run"); the
-    parents it names are locked until the caller's transaction ends.
+    parents it names are locked until the caller's transaction ends. When the
+    caller traces with OpenTelemetry, the job carries its current span's `traceparent`.
     Raises `jobd.InvalidJob` naming the wrong argument, before touching `conn`, for
     anything the control API would refuse too; an error from the database is psycopg's
     own, as for any statement on `conn`.
@@ -73,6 +75,7 @@ def submit(
         after=list(after) or None,
         on_parent_failure=on_parent_failure,
         unique_for=unique_for,
+        traceparent=current_traceparent(),
     )
     job = NewJob(
         id=new_job_id(),
@@ -88,6 +91,7 @@ def submit(
         after=asked.parents(()),
         on_parent_failure=asked.on_parent_failure,
         unique_for=asked.unique_for,
+        traceparent=asked.traceparent,
     )
     [inserted] = insert_jobs_on(conn, [job])
     return inserted.job.id

@@ -33,6 +33,7 @@ from jobd.job import JSON, Job, JobState, Progress
 from jobd.metrics import Metrics
 from jobd.settings import LiveSettings
 from jobd.store import ClaimRequest, Completion, Inserted, NewJob, Outcome, QueueSlots, RateHeld, Store
+from jobd.tracing import AttemptTracer
 from jobd.watch import JobWatch
 
 COMPLETION_BATCH = 500
@@ -90,6 +91,7 @@ class WorkerPool:
         owner: str,
         clock: Clock = utc_now,
         rng: random.Random | None = None,
+        tracer: AttemptTracer | None = None,
     ) -> None:
         self._store = store
         self._live = live
@@ -99,6 +101,7 @@ class WorkerPool:
         self.owner = owner
         self._clock = clock
         self._rng = rng or random.Random()
+        self._tracer = tracer  # None: tracing is off, and costs one test per attempt
         self._running: dict[uuid.UUID, _Running] = {}
         self._busy_by_queue: collections.Counter[str] = collections.Counter()
         # Slots that claims in flight may fill: no lane claims them again meanwhile.
@@ -146,11 +149,13 @@ class WorkerPool:
         pending = any(new.state == JobState.PENDING for new in jobs)
         claim = self._claim_request() if pending and self._jobs is not None and not self._stopping else None
         if claim is None:
-            return await self._store.insert_jobs(jobs)
+            with self._metrics.store_call("insert"):
+                return await self._store.insert_jobs(jobs)
         now = self._clock()
         self._reserve(claim, 1)
         try:
-            result = await self._store.insert_and_claim_jobs(jobs, claim, now)
+            with self._metrics.store_call("insert"):
+                result = await self._store.insert_and_claim_jobs(jobs, claim, now)
         finally:
             self._reserve(claim, -1)
             self.wake()  # a lane may wait for this claim to land, or find more to claim
@@ -283,11 +288,12 @@ class WorkerPool:
             self._claimable = False  # until this claim comes back full, or a wake-up says otherwise
         rate_held: RateHeld = {}
         try:
-            if claim is None:
-                applied, claimed = await self._store.complete_jobs(completions, now), []
-            else:
-                exchange = await self._store.complete_and_claim_jobs(completions, claim, now)
-                applied, claimed, rate_held = exchange.applied, exchange.claimed, exchange.rate_held
+            with self._metrics.store_call("complete" if completions else "claim"):
+                if claim is None:
+                    applied, claimed = await self._store.complete_jobs(completions, now), []
+                else:
+                    exchange = await self._store.complete_and_claim_jobs(completions, claim, now)
+                    applied, claimed, rate_held = exchange.applied, exchange.claimed, exchange.rate_held
         except InvalidJob:
             # A value the store cannot keep (a result PostgreSQL's jsonb refuses...).
             self._claimable = True
@@ -348,9 +354,13 @@ class WorkerPool:
     async def _run_job(self, running: _Running) -> None:
         job = running.job
         started = trio.current_time()
+        span = None if self._tracer is None else self._tracer.start(job)
+        end = _LOST
         try:
             end = await self._attempt(running)
         finally:
+            if span is not None:
+                span.finish(end.outcome.value if end.outcome else "lost", end.error)
             # The same job may run here twice (rescued elsewhere, then claimed back while
             # its old handler still unwinds): remove only this run's entry.
             if self._running.get(job.id) is running:

@@ -98,6 +98,8 @@ install -D -m 0644 etc/jobd.toml "$STAGE/etc/jobd/jobd.toml"
 install -D -m 0644 packaging/jobd.sysusers "$STAGE/usr/lib/sysusers.d/jobd.conf"
 install -D -m 0644 packaging/jobd.tmpfiles "$STAGE/usr/lib/tmpfiles.d/jobd.conf"
 install -D -m 0644 docs/operations.md "$STAGE/usr/share/doc/jobd/operations.md"
+install -D -m 0644 packaging/grafana/jobd.json "$STAGE/usr/share/jobd/grafana/jobd.json"
+install -D -m 0644 packaging/prometheus/jobd-rules.yml "$STAGE/usr/share/jobd/prometheus/jobd-rules.yml"
 
 install -d "$STAGE/DEBIAN"
 for script in postinst prerm postrm; do

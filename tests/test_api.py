@@ -58,6 +58,7 @@ class FakeService:
         self.key_held = False
         self.waited: list[tuple[str, str | None]] = []
         self.listed: list[dict[str, str]] = []
+        self.traceparents: list[str | None] = []  # each submit's traceparent header, as the API read it
         self.schedule_states = {
             "nightly": ScheduleStatus(
                 "nightly",
@@ -112,13 +113,15 @@ class FakeService:
         self.jobs[str(job.id)] = job
         return Inserted(job, created=True)
 
-    async def submit(self, body: object) -> Inserted:
+    async def submit(self, body: object, traceparent: str | None = None) -> Inserted:
         self._check()
+        self.traceparents.append(traceparent)
         await trio.lowlevel.checkpoint()
         return self._new(body)
 
-    async def submit_batch(self, body: object) -> list[Inserted]:
+    async def submit_batch(self, body: object, traceparent: str | None = None) -> list[Inserted]:
         self._check()
+        self.traceparents.append(traceparent)
         if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
             raise InvalidJob("jobs must be a list", field="jobs")
         results = []
@@ -281,7 +284,13 @@ class Answer:
         return dict(body["error"])
 
 
-async def call(api: ControlApi, method: str, target: str, body: bytes | object = b"") -> Answer:
+async def call(
+    api: ControlApi,
+    method: str,
+    target: str,
+    body: bytes | object = b"",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> Answer:
     """Hand the API a request as the HTTP server would build it."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     parts = urlsplit(target)
@@ -290,7 +299,7 @@ async def call(api: ControlApi, method: str, target: str, body: bytes | object =
         target=target,
         path=unquote(parts.path),
         query=MappingProxyType(dict(parse_qsl(parts.query, keep_blank_values=True))),
-        headers=(("host", "jobd"),),
+        headers=(("host", "jobd"), *headers),
         body=raw,
         peer=PEER,
     )
@@ -322,6 +331,27 @@ async def test_submit_creates_201_then_same_key_200(api: ControlApi) -> None:
     again = await call(api, "POST", "/v1/jobs", {"type": "jobd.noop", "key": "k1"})
     assert again.status == 200
     assert again.json()["id"] == first["id"]
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/batch"])
+async def test_a_submit_hands_on_its_traceparent_header_and_ignores_a_bad_one(
+    api: ControlApi, service: FakeService, path: str
+) -> None:
+    job = {"type": "jobd.noop"}
+    body = {"jobs": [job]} if path.endswith("batch") else job
+    for header in (
+        TRACEPARENT,
+        f" {TRACEPARENT} ",
+        "00-nonsense",
+        TRACEPARENT.upper(),
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    ):
+        assert (await call(api, "POST", path, body, headers=(("traceparent", header),))).status == 201
+    assert (await call(api, "POST", path, body)).status == 201
+    assert service.traceparents == [TRACEPARENT, TRACEPARENT, None, None, None, None]
 
 
 async def test_submit_invalid_job_is_422_with_field(api: ControlApi) -> None:

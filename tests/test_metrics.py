@@ -56,6 +56,10 @@ def test_every_contract_metric_is_exposed_with_its_type() -> None:
         "jobd_schedule_jobs": "counter",
         "jobd_schedule_next_run_timestamp_seconds": "gauge",
         "jobd_queue_rate_limited": "counter",
+        "jobd_oldest_pending_job_age_seconds": "gauge",
+        "jobd_jobs_rescued": "counter",
+        "jobd_completions_discarded": "counter",
+        "jobd_store_call_duration_seconds": "histogram",
     }
 
 
@@ -170,3 +174,52 @@ def test_registries_are_private() -> None:
     first.job_submitted("default", "echo")
     assert value(second, "jobd_jobs_submitted_total", queue="default", type="echo") is None
     assert b"jobd_" not in generate_latest(REGISTRY)
+
+
+def test_queue_health_series_read_zero_from_when_a_queue_is_seen() -> None:
+    metrics = Metrics("0")
+    assert value(metrics, "jobd_jobs_rescued_total", queue="default") is None
+    metrics.set_queue_counts({"default": {}, "email": {"pending": 2}})
+    metrics.set_oldest_pending({"email": 12.5})
+    for queue in ("default", "email"):
+        assert value(metrics, "jobd_jobs_rescued_total", queue=queue) == 0
+        assert value(metrics, "jobd_completions_discarded_total", queue=queue) == 0
+    assert value(metrics, "jobd_oldest_pending_job_age_seconds", queue="default") == 0
+    assert value(metrics, "jobd_oldest_pending_job_age_seconds", queue="email") == 12.5
+    metrics.job_rescued("email")
+    metrics.completion_discarded("email")
+    metrics.completion_discarded("email")
+    assert value(metrics, "jobd_jobs_rescued_total", queue="email") == 1
+    assert value(metrics, "jobd_completions_discarded_total", queue="email") == 2
+    # Nothing waits any more; a clock a little behind the store's never reads negative.
+    metrics.set_oldest_pending({"default": -0.5})
+    assert value(metrics, "jobd_oldest_pending_job_age_seconds", queue="email") == 0
+    assert value(metrics, "jobd_oldest_pending_job_age_seconds", queue="default") == 0
+
+
+def test_store_calls_are_timed_once_each_by_operation_even_when_they_fail() -> None:
+    metrics = Metrics("0")
+    for operation in ("claim", "complete", "insert"):
+        assert value(metrics, "jobd_store_call_duration_seconds_count", operation=operation) == 0
+    with metrics.store_call("claim"):
+        pass
+    with pytest.raises(RuntimeError), metrics.store_call("complete"):
+        raise RuntimeError("the store went away")
+    assert value(metrics, "jobd_store_call_duration_seconds_count", operation="claim") == 1
+    assert value(metrics, "jobd_store_call_duration_seconds_count", operation="complete") == 1
+    assert value(metrics, "jobd_store_call_duration_seconds_count", operation="insert") == 0
+    assert value(metrics, "jobd_store_call_duration_seconds_bucket", operation="claim", le="30.0") == 1
+
+
+def test_listener_gauges_appear_with_the_first_report() -> None:
+    metrics = Metrics("0")
+    assert "jobd_store_listener_connected" not in families(metrics)
+    metrics.set_listener(False)
+    assert value(metrics, "jobd_store_listener_connected") == 0
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    metrics.set_listener(True, when)
+    assert value(metrics, "jobd_store_listener_connected") == 1
+    assert value(metrics, "jobd_store_listener_last_connect_timestamp_seconds") == when.timestamp()
+    metrics.set_listener(False)
+    assert value(metrics, "jobd_store_listener_connected") == 0
+    assert value(metrics, "jobd_store_listener_last_connect_timestamp_seconds") == when.timestamp()

@@ -41,6 +41,8 @@ EXPECTED_PATHS = {
     "/usr/lib/sysusers.d/jobd.conf",
     "/usr/lib/tmpfiles.d/jobd.conf",
     "/usr/share/doc/jobd/operations.md",
+    "/usr/share/jobd/grafana/jobd.json",
+    "/usr/share/jobd/prometheus/jobd-rules.yml",
 }
 
 
@@ -137,6 +139,8 @@ def test_shipped_files_are_the_repository_files(unpacked: Path) -> None:
         ("etc/jobd/jobd.toml", "etc/jobd.toml"),
         ("usr/lib/sysusers.d/jobd.conf", "packaging/jobd.sysusers"),
         ("usr/lib/tmpfiles.d/jobd.conf", "packaging/jobd.tmpfiles"),
+        ("usr/share/jobd/grafana/jobd.json", "packaging/grafana/jobd.json"),
+        ("usr/share/jobd/prometheus/jobd-rules.yml", "packaging/prometheus/jobd-rules.yml"),
     ):
         assert (unpacked / packaged).read_text() == (ROOT / source).read_text(), packaged
 

@@ -889,6 +889,60 @@ async def test_count_jobs_per_queue_and_state(store: Store) -> None:
     }
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_job_keeps_its_traceparent_through_its_life(store: Store) -> None:
+    traced = replace(new_job(), traceparent=TRACEPARENT)
+    [inserted] = await store.insert_jobs([traced])
+    assert inserted.job.traceparent == TRACEPARENT
+    assert (await current(store, inserted.job)).traceparent == TRACEPARENT
+    [claimed] = await claim(store)
+    assert claimed.traceparent == TRACEPARENT
+    failed = await finish(store, claimed, Outcome.FAILED, error="boom")
+    assert failed.traceparent == TRACEPARENT
+    assert (await store.retry_job(failed.id, at(1))).traceparent == TRACEPARENT
+    assert (await insert(store)).traceparent is None
+
+
+async def test_oldest_pending_is_the_earliest_ready_time_per_queue(store: Store) -> None:
+    assert await store.oldest_pending(["a", "b"]) == {}
+    await insert(store, queue="a", run_at=at(5), created_at=at(5), priority=9)
+    await insert(store, queue="a", run_at=at(2), created_at=at(2))  # lower priority, waiting longer
+    await insert(store, queue="a", run_at=at(3600))  # scheduled: not ready yet
+    await running(store, queue="b")  # nothing pending in b
+    await insert(store, queue="c", run_at=at(7), created_at=at(7))
+    assert await store.oldest_pending(["a", "b", "c"]) == {"a": at(2), "c": at(7)}
+    assert await store.oldest_pending(["c"]) == {"c": at(7)}
+    assert await store.oldest_pending([]) == {}
+
+    [first] = await claim(store, "a", limit=1)  # the higher priority goes first
+    assert first.run_at == at(5)
+    assert await store.oldest_pending(["a"]) == {"a": at(2)}
+    await claim(store, "a", limit=1)
+    assert await store.oldest_pending(["a"]) == {}
+
+
+async def test_oldest_pending_follows_promotion_requeue_and_cancel(store: Store) -> None:
+    due = await insert(store, run_at=at(10))
+    await store.promote_due_jobs(at(20))
+    assert await store.oldest_pending(["default"]) == {"default": at(10)}  # ready since its run_at
+    [job] = await claim(store, now=at(20))
+    assert job.id == due.id
+    await finish(store, job, Outcome.REQUEUED, now=at(30), error="shutdown")
+    assert await store.oldest_pending(["default"]) == {"default": at(30)}
+    await store.cancel_job(job.id, at(31))
+    assert await store.oldest_pending(["default"]) == {}
+
+
+async def test_oldest_pending_stays_on_a_job_that_waits_while_others_come_and_go(store: Store) -> None:
+    await insert(store, run_at=at(1), created_at=at(1), priority=-1)
+    for round in range(3):
+        await store.insert_jobs([new_job(created_at=at(100 + round), priority=5) for _ in range(100)])
+        assert len(await claim(store, limit=100, now=at(200))) == 100
+    assert await store.oldest_pending(["default"]) == {"default": at(1)}
+
+
 async def test_prune_jobs_by_state_cutoff_and_limit(store: Store) -> None:
     async def finished(outcome: Outcome, when: float) -> Job:
         return await finish(store, await running(store), outcome, now=at(when))

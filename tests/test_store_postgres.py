@@ -125,12 +125,9 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
         " WHERE table_schema = 'jobd' AND table_name = 'jobs' ORDER BY ordinal_position",
     )
     names = [row[0] for row in columns]
-    assert names[-4:] == [
-        "schedule",
-        "scheduled_for",
-        "parents",
-        "on_parent_failure",
-    ]  # the view has them too
+    assert names[-5:] == ["schedule", "scheduled_for", "parents", "on_parent_failure", "traceparent"]
+    pending_since = indexes["live_jobs_pending_since"]
+    assert "(queue, run_at)" in pending_since and "WHERE (state = 'pending'::text)" in pending_since
     migrations = query(fresh_postgres_url, "SELECT version, name FROM jobd.migrations ORDER BY version")
     assert migrations == [(migration.version, migration.name) for migration in MIGRATIONS]
     assert migrations[:2] == [(1, "initial"), (2, "live_and_finished")]
@@ -284,7 +281,7 @@ async def test_listener_wakes_on_changes_and_survives_a_killed_backend(fresh_pos
         wake, woken = trio.open_memory_channel[str](1000)
         async with trio.open_nursery() as nursery:
             await nursery.start(listening.listen, wake.send_nowait)
-            await expect_wakes(woken, "jobs", "cancel")  # the look after connecting
+            await expect_wakes(woken, "connected", "jobs", "cancel")  # the look after connecting
             drain(woken)
 
             [inserted] = await other.insert_jobs([new_job()])
@@ -294,7 +291,8 @@ async def test_listener_wakes_on_changes_and_survives_a_killed_backend(fresh_pos
             await expect_wakes(woken, "cancel")
 
             assert terminate_backends(fresh_postgres_url, "query = 'LISTEN jobd'") == 1
-            await expect_wakes(woken, "jobs", "cancel")  # reconnected, and looked again
+            # Lost, reconnected, and looked again.
+            await expect_wakes(woken, "disconnected", "connected", "jobs", "cancel")
             listening_again = "SELECT 1 FROM pg_stat_activity WHERE query = 'LISTEN jobd'"
             await wait_for_database(fresh_postgres_url, listening_again)
             drain(woken)
@@ -431,7 +429,8 @@ async def test_a_database_of_the_previous_schema_gains_schedules_and_keeps_its_j
     async with opened(fresh_postgres_url) as store:
         for job_id in (live, finished):
             job = await store.get_job(job_id)
-            assert job is not None and (job.type, job.schedule, job.scheduled_for) == ("old", None, None)
+            assert job is not None
+            assert (job.type, job.schedule, job.scheduled_for, job.traceparent) == ("old", None, None, None)
         assert await store.sync_schedules({"s": "every 1000000us"}, datetime.now(UTC))
     versions = query(fresh_postgres_url, "SELECT version FROM jobd.migrations ORDER BY 1")
     assert [row[0] for row in versions] == [migration.version for migration in MIGRATIONS]

@@ -208,3 +208,21 @@ async def test_the_returned_id_is_the_jobs(store: PostgresStore, connection: psy
     assert isinstance(job_id, uuid.UUID)
     job = await store.get_job(job_id)
     assert job is not None and job.id == job_id
+
+
+async def test_a_job_submitted_inside_a_span_carries_its_trace(
+    store: PostgresStore, connection: psycopg.Connection[Any]
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    with TracerProvider().get_tracer("app").start_as_current_span("order") as span:
+        traced = submit(connection, "report.build")
+    untraced = submit(connection, "report.build")
+    connection.commit()
+    context = span.get_span_context()
+    flags = int(context.trace_flags)
+    job = await store.get_job(traced)
+    assert job is not None
+    assert job.traceparent == f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
+    job = await store.get_job(untraced)
+    assert job is not None and job.traceparent is None

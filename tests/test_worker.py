@@ -31,6 +31,7 @@ from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
 from jobd.store import CompletedAndClaimed, InsertedAndClaimed, NewJob
 from jobd.store.memory import MemoryStore
+from jobd.tracing import AttemptTracer
 from jobd.worker import WorkerPool
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -65,14 +66,17 @@ def make_registry(*handlers: Handler) -> Registry:
 
 @asynccontextmanager
 async def running_engine(
-    *handlers: Handler, config: dict[str, Any] | None = None, store: MemoryStore | None = None
+    *handlers: Handler,
+    config: dict[str, Any] | None = None,
+    store: MemoryStore | None = None,
+    tracer: AttemptTracer | None = None,
 ) -> AsyncIterator[Engine]:
     raw = {"store": {"url": "memory:"}, "retry": {"jitter": False}, **(config or {})}
     settings = build_settings(parse_config(raw, env={}, uid=1000), make_registry(*handlers))
     live = LiveSettings(settings)
     store = store or MemoryStore()
     metrics = Metrics("test")
-    built = build_engine(store, live, metrics, owner="test-owner", clock=virtual_now)
+    built = build_engine(store, live, metrics, owner="test-owner", clock=virtual_now, tracer=tracer)
     pool, maintenance, service = built.pool, built.maintenance, built.service
     service.mark_store_ready()
     engine = Engine(store, live, pool, service, maintenance, metrics)
@@ -485,6 +489,83 @@ async def test_metrics_move_as_jobs_submit_finish_retry_and_cancel(autojump: obj
     assert value("jobd_jobs", queue="default", state="completed") == 1
     assert value("jobd_jobs", queue="default", state="cancelled") == 1
     assert value("jobd_workers_capacity") == 10
+
+
+def sample_values(engine: Engine) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(engine.service.metrics().body.decode())
+        for sample in family.samples
+    }
+
+
+def metric(engine: Engine, name: str, **labels: str) -> float | None:
+    return sample_values(engine).get((name, tuple(sorted(labels.items()))))
+
+
+async def test_oldest_pending_age_is_the_wait_of_the_queue_s_oldest_ready_job(autojump: object) -> None:
+    async with running_engine(config={"queues": {"slow": {}}}) as engine:
+        await engine.maintenance.refresh_gauges()
+        assert metric(engine, "jobd_oldest_pending_job_age_seconds", queue="default") == 0
+        await engine.service.pause("default")
+        await engine.submit("jobd.noop")
+        await trio.sleep(30)
+        await engine.submit("jobd.noop")
+        await engine.submit("jobd.noop", delay=5)  # scheduled, then pending from its run_at on
+        await trio.sleep(12)
+        await engine.maintenance.refresh_gauges()
+        assert metric(engine, "jobd_oldest_pending_job_age_seconds", queue="default") == pytest.approx(42)
+        assert metric(engine, "jobd_oldest_pending_job_age_seconds", queue="slow") == 0
+        await engine.service.resume("default")
+        await trio.sleep(1)
+        await engine.maintenance.refresh_gauges()
+        assert metric(engine, "jobd_oldest_pending_job_age_seconds", queue="default") == 0
+
+
+async def test_store_calls_are_timed_once_per_call_not_per_job(autojump: object) -> None:
+    async with running_engine() as engine:
+
+        def calls(operation: str) -> float:
+            return metric(engine, "jobd_store_call_duration_seconds_count", operation=operation) or 0
+
+        before = {operation: calls(operation) for operation in ("complete", "insert")}
+        inserted = await engine.service.submit_batch({"jobs": [{"type": "jobd.noop"} for _ in range(50)]})
+        assert calls("insert") == before["insert"] + 1
+        for item in inserted:
+            await engine.wait(item.job)
+        # 50 outcomes recorded in batches: far fewer calls than jobs.
+        assert before["complete"] < calls("complete") < before["complete"] + 50
+
+
+async def test_rescues_and_fenced_outcomes_are_counted(autojump: object) -> None:
+    store = MemoryStore()
+    now = virtual_now()
+    orphan = NewJob(uuid.uuid4(), "jobd.noop", "default", 1, 0, now, 3, None, None, now)
+    await store.insert_jobs([orphan])
+    from jobd.store import QueueSlots
+
+    await store.claim_jobs("dead-daemon", [QueueSlots("default", 10)], 10, now, now + timedelta(hours=1))
+    started, finish = trio.Event(), trio.Event()
+
+    async def waits(job: JobContext) -> None:
+        started.set()
+        await finish.wait()
+
+    async with running_engine(handler_of("t.waits", waits), store=store) as engine:
+        await engine.maintenance.refresh_gauges()
+        assert metric(engine, "jobd_jobs_rescued_total", queue="default") == 1  # the orphan, at start
+        assert metric(engine, "jobd_completions_discarded_total", queue="default") == 0
+        await engine.wait(await engine.service.get(str(orphan.id)))
+        job = await engine.submit("t.waits")
+        await started.wait()
+        # Another daemon takes the job over; the handler ends before this one notices.
+        await engine.store.rescue_jobs(virtual_now(), all_running=True)
+        finish.set()
+        await trio.sleep(1)
+        assert metric(engine, "jobd_completions_discarded_total", queue="default") == 1
+        assert (await engine.service.get(str(job.id))).attempts == 2  # claimed again after its rescue
 
 
 async def test_unstorable_results_and_bad_signals_fail_the_attempt_not_the_daemon(autojump: object) -> None:

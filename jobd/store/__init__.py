@@ -32,7 +32,9 @@ from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure
 from jobd.rates import RateLimit
 
 WakeCallback = Callable[[str], None]
-"""Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"."""
+"""Called by a shared store's listener: "jobs" (new work may be claimable) or "cancel"; and
+of the listener itself: "connected" (after every (re)connect, before a "jobs" and a
+"cancel" that make up for what it missed) or "disconnected" (its connection dropped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class NewJob:
     after: tuple[uuid.UUID, ...] = ()  # parents, each named once
     on_parent_failure: ParentFailure = ParentFailure.CANCEL
     unique_for: float | None = None  # seconds: `key` returns any job it made this recently
+    traceparent: str | None = None
 
     @property
     def state(self) -> JobState:
@@ -83,6 +86,7 @@ class NewJob:
             scheduled_for=self.scheduled_for,
             after=self.after,
             on_parent_failure=self.on_parent_failure,
+            traceparent=self.traceparent,
         )
 
 
@@ -522,6 +526,11 @@ class Store(Protocol):
 
     async def count_jobs(self) -> QueueCounts:
         """Jobs per queue and state."""
+
+    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
+        """For each of `queues` that has pending jobs, the earliest `run_at` among them: when
+        its longest-waiting ready job became ready. An indexed look-up per queue, however
+        many jobs wait or are kept."""
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None: ...
 

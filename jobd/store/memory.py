@@ -61,6 +61,8 @@ class _Indexes:
 
     def __init__(self) -> None:
         self.ready: dict[str, list[tuple[tuple[int, datetime, int], int, _Row]]] = {}
+        # Per queue, the pending rows by run_at alone: the oldest one is the first.
+        self.ready_since: dict[str, list[tuple[datetime, int, _Row]]] = {}
         self.scheduled: list[tuple[datetime, int, _Row]] = []
         self.counts: collections.Counter[tuple[str, JobState]] = collections.Counter()
         self.live_keys: dict[str, _Row] = {}
@@ -75,6 +77,7 @@ class _Indexes:
         if job.state == JobState.PENDING:
             key = row.sort_key()
             heapq.heappush(self.ready.setdefault(job.queue, []), (key, next(_entries), row))
+            self._enter_ready_since(row)
         elif job.state == JobState.SCHEDULED:
             heapq.heappush(self.scheduled, (job.run_at, next(_entries), row))
         elif job.state == JobState.RUNNING:
@@ -84,6 +87,23 @@ class _Indexes:
         if job.key is not None and job.state not in FINISHED_STATES:
             self.live_keys[job.key] = row
 
+    def _enter_ready_since(self, row: _Row) -> None:
+        job = row.job
+        heap = self.ready_since.setdefault(job.queue, [])
+        heapq.heappush(heap, (job.run_at, next(_entries), row))
+        # Claims leave stale entries behind everywhere in this heap, not only at its top
+        # (a job that waits long keeps them below it): rebuild it when they dominate.
+        if len(heap) > 2 * self.counts[(job.queue, JobState.PENDING)] + 64:
+            live = {id(entry[2]): entry for entry in heap if _pending_since(entry)}
+            heap[:] = live.values()
+            heapq.heapify(heap)
+
+    def oldest_pending(self, queue: str) -> datetime | None:
+        heap = self.ready_since.get(queue, [])
+        while heap and not _pending_since(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
     def leave(self, row: _Row) -> None:
         """Undo `enter` where it is cheap; heap entries go stale instead, and their
         readers check them against the row."""
@@ -92,6 +112,12 @@ class _Indexes:
         self.running.pop(job.id, None)
         if job.key is not None and self.live_keys.get(job.key) is row:
             del self.live_keys[job.key]
+
+
+def _pending_since(entry: tuple[datetime, int, _Row]) -> bool:
+    """Whether a `ready_since` entry still stands for its row: pending since that run_at."""
+    run_at, _, row = entry
+    return not row.deleted and row.job.state == JobState.PENDING and row.job.run_at == run_at
 
 
 class _Row:
@@ -531,6 +557,10 @@ class MemoryStore:
                 counts.setdefault(queue, {})[state] = jobs
         return counts
 
+    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
+        found = {queue: self._indexes.oldest_pending(queue) for queue in queues}
+        return {queue: run_at for queue, run_at in found.items() if run_at is not None}
+
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         if paused:
             self._paused.add(queue)
@@ -627,6 +657,7 @@ def _changed(
         job.scheduled_for,
         job.after,
         job.on_parent_failure,
+        job.traceparent,
     )
 
 

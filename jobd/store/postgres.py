@@ -84,7 +84,7 @@ _LIST_FILTERS = ("state", "type", "queue")
 COLUMNS = (
     "id", "type", "queue", "payload", "state", "priority", "attempts", "max_attempts", "timeout",
     "run_at", "created_at", "updated_at", "started_at", "finished_at", "last_error", "result",
-    "progress", "key", "schedule", "scheduled_for", "parents", "on_parent_failure",
+    "progress", "key", "schedule", "scheduled_for", "parents", "on_parent_failure", "traceparent",
 )  # fmt: skip
 
 
@@ -508,6 +508,15 @@ class PostgresStore:
                 counts.setdefault(queue, {})[JobState(state)] = int(count)
         return counts
 
+    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
+        if not queues:
+            return {}
+        params = {"queues": list(queues)}
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["oldest_pending"], params).fetchall(), transaction=False
+        )
+        return {queue: run_at for queue, run_at in rows if run_at is not None}
+
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         name = "pause_queue" if paused else "resume_queue"
         await self._run(lambda conn: conn.execute(QUERIES[name], {"queue": queue}), transaction=False)
@@ -603,6 +612,7 @@ class PostgresStore:
             if not started:
                 task_status.started()
                 started = True
+            wake("connected")
             # Whatever was sent while we were not listening is lost: look once.
             wake("jobs")
             wake("cancel")
@@ -611,6 +621,7 @@ class PostgresStore:
                 await trio.to_thread.run_sync(_receive_notifications, conn, wake, limiter=thread)
             finally:
                 conn.close()  # also when cancelled before the thread started; closing twice is harmless
+            wake("disconnected")
             # A connection that drops at once again and again must not spin: back off
             # unless it lasted.
             if trio.current_time() - listening_since > _LISTEN_BACKOFF_MAX:
@@ -792,6 +803,8 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
         if new.after:
             item["parents"] = [str(parent) for parent in new.after]
             item["on_parent_failure"] = new.on_parent_failure.value
+        if new.traceparent is not None:
+            item["traceparent"] = new.traceparent
     return {"jobs": _json_text(items, jobs)}
 
 
@@ -1022,7 +1035,7 @@ def _job(row: Sequence[Any]) -> Job:
     (
         job_id, job_type, queue, payload, state, priority, attempts, max_attempts, timeout,
         run_at, created_at, updated_at, started_at, finished_at, last_error, result, progress, key,
-        schedule, scheduled_for, parents, on_parent_failure,
+        schedule, scheduled_for, parents, on_parent_failure, traceparent,
     ) = row[: len(COLUMNS)]  # fmt: skip
     return Job(
         id=job_id,
@@ -1047,6 +1060,7 @@ def _job(row: Sequence[Any]) -> Job:
         scheduled_for=scheduled_for,
         after=tuple(parents) if parents else (),
         on_parent_failure=ParentFailure(on_parent_failure) if on_parent_failure else ParentFailure.CANCEL,
+        traceparent=traceparent,
     )
 
 

@@ -141,6 +141,7 @@ def _job(row: sqlite3.Row) -> Job:
         scheduled_for=_optional_time(row["scheduled_for"]),
         after=tuple(uuid.UUID(parent) for parent in _load(row["parents"]) or ()),
         on_parent_failure=ParentFailure(row["on_parent_failure"] or ParentFailure.CANCEL),
+        traceparent=row["traceparent"],
     )
 
 
@@ -225,6 +226,7 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
                 "scheduled_for": None if new.scheduled_for is None else _micros(new.scheduled_for),
                 "parents": json.dumps([str(parent) for parent in job.after]) if job.after else None,
                 "on_parent_failure": new.on_parent_failure.value if job.after else None,
+                "traceparent": new.traceparent,
             }
         )
         positions.append(index)
@@ -991,6 +993,11 @@ class SQLiteStore:
 
     async def count_jobs(self) -> QueueCounts:
         return await self._read(_count_jobs)
+
+    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
+        values = {"queues": json.dumps(list(queues))}
+        rows = await self._read(lambda conn: conn.execute(_Q["oldest_pending"], values).fetchall())
+        return {queue: _time(run_at) for queue, run_at in rows if run_at is not None}
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         await self._write(lambda conn: _set_queue_paused(conn, queue, paused))

@@ -16,17 +16,17 @@ WITH new AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(jobs)s::json) AS (
         id uuid, type text, queue text, payload jsonb, state text, priority int, max_attempts int,
         timeout float8, run_at timestamptz, created_at timestamptz, key text, schedule text,
-        scheduled_for timestamptz, parents uuid[], on_parent_failure text
+        scheduled_for timestamptz, parents uuid[], on_parent_failure text, traceparent text
     )) WITH ORDINALITY
     AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key,
-         schedule, scheduled_for, parents, on_parent_failure, position)
+         schedule, scheduled_for, parents, on_parent_failure, traceparent, position)
 ),
 inserted AS (
     INSERT INTO jobd.live_jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
                                 run_at, created_at, updated_at, key, schedule, scheduled_for,
-                                parents, on_parent_failure)
+                                parents, on_parent_failure, traceparent)
     SELECT id, type, queue, payload, state, priority, max_attempts, timeout,
-           run_at, created_at, created_at, key, schedule, scheduled_for, parents, on_parent_failure
+           run_at, created_at, created_at, key, schedule, scheduled_for, parents, on_parent_failure, traceparent
     FROM new ORDER BY position
     ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id
@@ -100,12 +100,12 @@ archived AS (
     INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                     timeout, run_at, created_at, updated_at, started_at, finished_at,
                                     last_error, result, progress, key, schedule, scheduled_for,
-                                    parents, on_parent_failure)
+                                    parents, on_parent_failure, traceparent)
     SELECT id, seq, type, queue, payload, new_state, priority, attempts, max_attempts,
            timeout, run_at, created_at, %(now)s, started_at, %(now)s,
            CASE WHEN outcome = 'completed' THEN last_error ELSE error END,
            CASE WHEN outcome = 'completed' THEN new_result ELSE result END,
-           progress, key, schedule, scheduled_for, parents, on_parent_failure
+           progress, key, schedule, scheduled_for, parents, on_parent_failure, traceparent
     FROM ended
     RETURNING id
 ),
@@ -224,10 +224,10 @@ WITH ended AS (
 INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                                 timeout, run_at, created_at, updated_at, started_at, finished_at,
                                 last_error, result, progress, key, schedule, scheduled_for,
-                                    parents, on_parent_failure)
+                                    parents, on_parent_failure, traceparent)
 SELECT id, seq, type, queue, payload, %(state)s, priority, attempts, max_attempts,
        timeout, run_at, created_at, %(now)s, started_at, %(now)s, %(error)s, result, progress, key,
-       schedule, scheduled_for, parents, on_parent_failure
+       schedule, scheduled_for, parents, on_parent_failure, traceparent
 FROM ended
 RETURNING {columns};
 
@@ -243,10 +243,10 @@ WITH revived AS (
 INSERT INTO jobd.live_jobs (id, seq, type, queue, payload, state, priority, attempts, max_attempts,
                             timeout, run_at, created_at, updated_at, started_at, finished_at,
                             last_error, result, progress, key, schedule, scheduled_for,
-                                    parents, on_parent_failure)
+                                    parents, on_parent_failure, traceparent)
 SELECT id, seq, type, queue, payload, %(state)s, priority, 0, max_attempts,
        timeout, %(now)s, created_at, %(now)s, NULL, NULL, last_error, NULL, NULL, key,
-       schedule, scheduled_for, parents, on_parent_failure
+       schedule, scheduled_for, parents, on_parent_failure, traceparent
 FROM revived
 RETURNING {columns};
 
@@ -363,6 +363,11 @@ SELECT {columns} FROM jobd.jobs WHERE id = ANY(%(ids)s::uuid[]);
 SELECT queue, state, count(*) FROM jobd.live_jobs GROUP BY queue, state
 UNION ALL
 SELECT queue, state, sum(jobs) FROM jobd.finished_counts GROUP BY queue, state;
+
+-- name: oldest_pending
+-- Each min() reads one entry of live_jobs_pending_since.
+SELECT q.queue, (SELECT min(j.run_at) FROM jobd.live_jobs j WHERE j.state = 'pending' AND j.queue = q.queue)
+FROM unnest(%(queues)s::text[]) AS q(queue);
 
 -- name: pause_queue
 INSERT INTO jobd.paused_queues (queue) VALUES (%(queue)s) ON CONFLICT (queue) DO NOTHING;

@@ -4,9 +4,9 @@
 -- name: insert_job
 -- Run once per job (executemany); the job as stored is known to the caller.
 INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
-                  run_at, created_at, updated_at, key, schedule, scheduled_for, parents, on_parent_failure)
+                  run_at, created_at, updated_at, key, schedule, scheduled_for, parents, on_parent_failure, traceparent)
 VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
-        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for, :parents, :on_parent_failure);
+        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for, :parents, :on_parent_failure, :traceparent);
 
 -- name: live_job_with_key
 SELECT * FROM jobs
@@ -174,6 +174,12 @@ SELECT id, result FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: count_jobs
 SELECT queue, state, jobs FROM job_counts WHERE jobs > 0;
+
+-- name: oldest_pending
+-- :queues is a JSON array of queue names; each min() reads one entry of jobs_pending_since.
+SELECT q.value, (SELECT min(run_at) FROM jobs INDEXED BY jobs_pending_since
+                 WHERE state = 'pending' AND queue = q.value)
+FROM json_each(:queues) AS q;
 
 -- name: pause_queue
 INSERT INTO paused_queues (queue, paused_at) VALUES (:queue, :now) ON CONFLICT (queue) DO NOTHING;
