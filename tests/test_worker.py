@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +20,7 @@ import trio.testing
 
 import jobd
 from jobd import builtins
+from jobd.completer import CANCELLED_AT_SHUTDOWN
 from jobd.config import parse_config
 from jobd.daemon import build_engine
 from jobd.handlers import Handler, JobContext
@@ -29,7 +30,7 @@ from jobd.metrics import Metrics
 from jobd.plugins import Registry
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
-from jobd.store import InsertedAndClaimed, NewJob
+from jobd.store import Completion, InsertedAndClaimed, NewJob, Outcome
 from jobd.store.memory import MemoryStore
 from jobd.worker import WorkerPool
 
@@ -332,6 +333,35 @@ async def test_graceful_shutdown_finishes_short_jobs_and_requeues_long_ones(auto
     assert long_job is not None and long_job.state == JobState.PENDING
     assert long_job.attempts == 0  # the interrupted attempt was given back
     assert "shutdown" in (long_job.last_error or "")
+
+
+class CancelLandsBeforeRequeueStore(MemoryStore):
+    """Another daemon's cancel lands after this one stopped the handler for its shutdown and
+    before the requeue reaches the store."""
+
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
+        for completion in completions:
+            if completion.outcome == Outcome.REQUEUED:
+                await self.cancel_job(completion.job_id, now)
+        return await super().complete_jobs(completions, now)
+
+
+async def test_a_cancel_landing_during_the_shutdown_ends_the_job_cancelled(autojump: object) -> None:
+    store = CancelLandsBeforeRequeueStore()
+
+    async def long(job: JobContext) -> None:
+        await trio.sleep(3600)
+
+    async with running_engine(handler_of("t.long", long), store=store) as engine:
+        job = await engine.submit("t.long")
+        await trio.sleep(0.5)
+        assert engine.pool.busy == 1
+    left = await store.get_job(job.id)
+    assert left is not None
+    assert (left.state, left.last_error) == (JobState.CANCELLED, CANCELLED_AT_SHUTDOWN)
+    assert engine.metrics.registry.get_sample_value(
+        "jobd_jobs_finished_total", {"queue": "default", "type": "t.long", "outcome": "cancelled"}
+    ) == 1
 
 
 async def test_a_handler_exception_never_stops_the_pool(autojump: object) -> None:
