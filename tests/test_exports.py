@@ -8,8 +8,8 @@ import jobd
 PUBLIC = {
     "ApiError", "BadRequest", "Client", "ConfigError", "DaemonUnreachable", "Fail", "Handler",
     "IllegalTransition", "InvalidJob", "Job", "JobContext", "JobNotFound", "JobState", "JobdError",
-    "KeyInUse", "PayloadTooLarge", "PluginError", "Progress", "QueueNotFound", "Retry", "ScheduleNotFound",
-    "ShuttingDown",
+    "KeyInUse", "Overloaded", "PayloadTooLarge", "PluginError", "Progress", "QueueNotFound", "Retry",
+    "ScheduleNotFound", "ShuttingDown",
     "StoreUnavailable", "__version__", "handler", "hookimpl", "parse_duration", "parse_settings", "setting",
     "submit",
 }

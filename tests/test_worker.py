@@ -364,6 +364,34 @@ async def test_a_cancel_landing_during_the_shutdown_ends_the_job_cancelled(autoj
     ) == 1
 
 
+async def test_long_polls_take_at_most_half_the_connections(autojump: object) -> None:
+    async def long(job: JobContext) -> None:
+        await trio.sleep(3600)
+
+    config = {"api": {"max_connections": 5}}  # two long polls at once
+    engine_running = running_engine(handler_of("t.long", long), config=config)
+    async with engine_running as engine, trio.open_nursery() as polls:
+        job = await engine.submit("t.long")
+        done = await engine.wait(await engine.submit("jobd.noop"))
+        answers: list[Job] = []
+
+        async def poll() -> None:
+            answers.append(await engine.wait(job, timeout=60))
+
+        polls.start_soon(poll)
+        polls.start_soon(poll)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(jobd.Overloaded) as caught:
+            await engine.wait(job, timeout=60)
+        assert caught.value.limit == 2
+        assert await engine.wait(done) == done  # a finished job's answer takes no share
+        assert (await engine.wait(job, timeout=0)).state == JobState.RUNNING  # neither does a timeout of 0
+        await engine.service.cancel(str(job.id))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [answer.state for answer in answers] == [JobState.CANCELLED] * 2
+        assert (await engine.wait(job, timeout=60)).state == JobState.CANCELLED
+
+
 async def test_a_handler_exception_never_stops_the_pool(autojump: object) -> None:
     async def explode(job: JobContext) -> None:
         raise ZeroDivisionError("x")
