@@ -192,6 +192,7 @@ async def _accept_loop(
         limits = current()
         if connections.admit(limits.max_connections):
             connection = _Connection(stream, handler, connections)
+            connections.waiting(connection)  # from its first moment, before its task runs
             nursery.start_soon(_run_connection, connection, current)
         else:
             nursery.start_soon(_refuse, _Connection(stream, handler, connections), limits)
@@ -233,7 +234,10 @@ def _peer_of(stream: trio.SocketStream) -> Peer | None:
     sock = stream.socket
     if sock.family != socket.AF_UNIX:
         return None
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:  # gone already; it will find nothing to read either
+        return None
     pid, uid, gid = struct.unpack("3i", raw)
     return Peer(pid, uid, gid)
 
@@ -290,7 +294,9 @@ class _Connection:
         received: Request | Response | None = None
         self._reading = trio.move_on_after(limits.request_timeout)
         with self._reading:
-            self._connections.waiting(self)
+            if self.leaving:  # told to make room before its task began to read
+                self._reading.cancel()
+            self._connections.waiting(self)  # already there, in place, on a first request
             try:
                 received = await self._receive_request(limits)
             finally:

@@ -423,14 +423,17 @@ async def test_past_the_limit_a_new_connection_takes_the_place_of_the_longest_wa
     await start(nursery, path, TWO)
     served = await RawClient.connect(path)
     assert (await served.request("GET", "/one"))[0] == 200  # then idle: waiting since its answer
+    await trio.testing.wait_all_tasks_blocked()  # the server is past its answer too
     silent = await RawClient.connect(path)  # waiting since it connected, later
     newcomer = await RawClient.connect(path)
     assert (await newcomer.request("GET", "/two"))[0] == 200
     assert await closed_quietly(served)
+    await trio.testing.wait_all_tasks_blocked()
     partial_request = await RawClient.connect(path)  # takes the silent one's place
     await partial_request.send(b"GET /three HTTP/1.1\r\n")
     assert await closed_quietly(silent)
     assert (await newcomer.request("GET", "/four"))[0] == 200  # waiting anew, since this answer
+    await trio.testing.wait_all_tasks_blocked()
     last = await RawClient.connect(path)  # takes the half-sent request's place
     assert (await last.request("GET", "/five"))[0] == 200
     status, headers, body = await partial_request.response()
