@@ -7,6 +7,7 @@ store, so seconds of back-off and timeouts take microseconds and nothing depends
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -390,6 +391,35 @@ async def test_long_polls_take_at_most_half_the_connections(autojump: object) ->
         await trio.testing.wait_all_tasks_blocked()
         assert [answer.state for answer in answers] == [JobState.CANCELLED] * 2
         assert (await engine.wait(job, timeout=60)).state == JobState.CANCELLED
+
+
+def frames_here() -> frozenset[int]:
+    """The ids of the frames on this thread's stack, as the loop watch reads them."""
+    frame, ids = sys._getframe(), set()
+    while frame is not None:
+        ids.add(id(frame))
+        frame = frame.f_back
+    return frozenset(ids)
+
+
+async def test_the_job_on_the_event_loops_stack_is_found_in_its_tasks_children_too(autojump: object) -> None:
+    found: list[Job | None] = []
+
+    async def nested(job: JobContext) -> None:
+        found.append(pool.job_on_stack(frames_here()))  # in the handler's own task
+        async with trio.open_nursery() as nursery:  # and in a task the handler started
+
+            async def child() -> None:
+                found.append(pool.job_on_stack(frames_here()))
+
+            nursery.start_soon(child)
+
+    async with running_engine(handler_of("t.nested", nested)) as engine:
+        pool = engine.pool
+        job = await engine.submit("t.nested")
+        await engine.wait(job)
+        assert pool.job_on_stack(frames_here()) is None  # the test's own task runs no job
+    assert [each.id if each else None for each in found] == [job.id, job.id]
 
 
 async def test_a_handler_exception_never_stops_the_pool(autojump: object) -> None:
