@@ -21,6 +21,7 @@ from jobd.errors import (
     JobdError,
     JobNotFound,
     KeyInUse,
+    Overloaded,
     PayloadTooLarge,
     QueueNotFound,
     ScheduleNotFound,
@@ -49,6 +50,7 @@ _STATUS_OF_ERROR: tuple[tuple[type[JobdError], int], ...] = (
     (InvalidJob, 422),
     (StoreUnavailable, 503),
     (ShuttingDown, 503),
+    (Overloaded, 503),
 )
 
 

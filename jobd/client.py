@@ -513,6 +513,10 @@ class _ShuttingDown(ApiError, errors.ShuttingDown):
     pass
 
 
+class _Overloaded(ApiError, errors.Overloaded):
+    pass
+
+
 def _specific(status: int, code: str, message: str, details: dict[str, Any], about: _Subject) -> ApiError:
     """The most specific exported error an answer stands for, its data filled in from the
     answer's details and what the request was about; a plain ApiError for anything else."""
@@ -550,4 +554,9 @@ def _specific(status: int, code: str, message: str, details: dict[str, Any], abo
         return _StoreUnavailable(*answer)
     if code == "shutting_down":
         return _ShuttingDown(*answer)
+    if code == "overloaded":
+        overloaded = _Overloaded(*answer)
+        limit = details.get("limit")
+        overloaded.limit = limit if isinstance(limit, int) else None
+        return overloaded
     return ApiError(*answer)

@@ -18,6 +18,8 @@ from jobd.watch import JobWatch
 
 log = logging.getLogger("jobd.worker")
 
+CANCELLED_AT_SHUTDOWN = "cancelled while it was being requeued by a shutdown"
+
 
 @dataclass(frozen=True, slots=True)
 class FinishedAttempt:
@@ -69,6 +71,12 @@ class Completer:
 
     def report(self, batch: Sequence[FinishedAttempt], applied: Sequence[bool]) -> None:
         for attempt, recorded in zip(batch, applied, strict=True):
+            if not recorded and attempt.completion.outcome == Outcome.REQUEUED:
+                # The store refuses a requeue while a cancel is requested (one that landed
+                # during the shutdown): record the attempt cancelled instead. Refused for
+                # a job no longer ours, the cancel is refused by the same fence, and says so.
+                self._waiting.append(_cancelled_instead(attempt))
+                continue
             self._report(attempt, recorded)
 
     def _report(self, attempt: FinishedAttempt, recorded: bool) -> None:
@@ -98,6 +106,13 @@ class Completer:
             message = "job %s %s" + (": %s" if completion.error else "")
             args = (job.id, outcome.value, *((completion.error,) if completion.error else ()))
             log.log(level, message, *args, extra=job_log_fields(job, outcome.value, attempt.duration))
+
+
+def _cancelled_instead(attempt: FinishedAttempt) -> FinishedAttempt:
+    completion = dataclasses.replace(
+        attempt.completion, outcome=Outcome.CANCELLED, error=CANCELLED_AT_SHUTDOWN
+    )
+    return dataclasses.replace(attempt, completion=completion)
 
 
 def _unstorable(attempt: FinishedAttempt, error: InvalidJob) -> FinishedAttempt:

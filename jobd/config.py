@@ -90,7 +90,13 @@ class ApiConfig:
     max_request_bytes: int = count(67_108_864)
     accept_unknown_types: bool = False
     request_timeout: float = duration(30.0)
-    max_connections: int = count(256)
+    max_connections: int = setting(256, minimum=2)  # at least one for a long poll, one for the rest
+
+    @property
+    def max_waiting(self) -> int:
+        """Long polls (`GET /v1/jobs/{id}/wait`) answered at once: half the connections,
+        so that clients waiting for jobs never take every connection from the others."""
+        return self.max_connections // 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,19 +5,29 @@ is open) -> store, with retries for a shared store -> rescue of orphaned jobs ->
 plugins' lifespans -> maintenance, scheduler, store listener, worker pool -> READY=1.
 Shutdown runs it backwards: stop claiming, drain the pool, exit the lifespans, stop
 serving, close the store.
+
+A shutdown ends within `shutdown_timeout` + `SHUTDOWN_MARGIN` of the stop request,
+whatever the handlers do: a handler that ignores its cancellation, or waits on a thread
+that cannot be interrupted, is abandoned then (its job left to the lease rescue) and the
+process exits with `EXIT_ABANDONED`. If the event loop itself is blocked, a thread exits
+the process `HARD_EXIT_AFTER` seconds later still.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
+from typing import NoReturn
 
 import trio
 
@@ -30,6 +40,7 @@ from jobd.config import Config, load_config
 from jobd.errors import ConfigError, JobdError, PluginError, StoreUnavailable
 from jobd.job import JobState
 from jobd.logs import setup_logging
+from jobd.loopwatch import LoopWatch
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
 from jobd.plugins import Lifespan, PluginHost
@@ -41,9 +52,11 @@ from jobd.store.factory import create_store, describe
 from jobd.tracing import AttemptTracer, open_tracer
 from jobd.version import __version__
 from jobd.watch import JobWatch
-from jobd.worker import WorkerPool
+from jobd.worker import SHUTDOWN_MARGIN, WorkerPool
 
 STATUS_INTERVAL = 5.0
+EXIT_ABANDONED = 70  # sysexits' EX_SOFTWARE: stopped, leaving handlers that would not stop
+HARD_EXIT_AFTER = 5.0  # seconds past the shutdown's deadline a blocked event loop is given
 STORE_WAIT_MARGIN = 30.0
 # The metrics port may be reachable by anyone: scrapes send no body, and few come at once.
 METRICS_LIMITS = http.Limits(
@@ -120,7 +133,12 @@ class Daemon:
         self.maintenance = engine.maintenance
         self.scheduler = engine.scheduler
         self.service = engine.service
+        self.loop_watch = LoopWatch(self.pool.job_on_stack, self.metrics)
         self._signals_seen = 0
+        self._stopping = trio.Event()
+        self._shutdown_deadline = trio.CancelScope()  # its deadline is set by stop()
+        self._hard_exit: threading.Timer | None = None  # a thread's, for a blocked event loop
+        self._hard_exit_at = math.inf  # time.monotonic() of it
         self._cancel_store_wait: trio.CancelScope | None = None
         self._listening_on = ""
         self._socket_file: _SocketFile | None = None  # the socket we bound, if we did
@@ -142,6 +160,8 @@ class Daemon:
                 await self.store.close()
                 if self.tracer is not None:  # the spans still buffered leave now
                     await trio.to_thread.run_sync(self.tracer.shutdown)
+            if self._hard_exit is not None:
+                self._hard_exit.cancel()
         log.info("jobd stopped")
 
     async def _serve(
@@ -157,7 +177,9 @@ class Daemon:
                 await nursery.start(
                     partial(http.serve, metrics_listeners, self._serve_metrics, limits=METRICS_LIMITS)
                 )
+            await nursery.start(self.loop_watch.run)
             await nursery.start(systemd.run_watchdog)
+            nursery.start_soon(self._end_a_stuck_shutdown)
             log.info(
                 "jobd %s listening on %s, store %s",
                 __version__,
@@ -297,13 +319,59 @@ class Daemon:
         if self._signals_seen > 1:
             log.warning("%s again: cancelling the running jobs now", why)
             self.pool.request_stop(immediately=True)
+            self._set_shutdown_deadline(0.0)
             return
         log.info("%s: stopping; running jobs have %gs to finish", why, self.config.daemon.shutdown_timeout)
+        self._set_shutdown_deadline(self.config.daemon.shutdown_timeout)
+        self._stopping.set()
         systemd.notify_stopping()
         self.service.stopping = True
         self.pool.request_stop()
         if self._cancel_store_wait is not None:
             self._cancel_store_wait.cancel()
+
+    # -- a shutdown that cannot end ------------------------------------------------------
+
+    def _set_shutdown_deadline(self, grace: float) -> None:
+        """The shutdown ends `grace` + `SHUTDOWN_MARGIN` seconds from now at the latest (or
+        earlier, if an earlier stop said so); a blocked event loop, `HARD_EXIT_AFTER` later."""
+        scope = self._shutdown_deadline
+        scope.deadline = min(scope.deadline, trio.current_time() + grace + SHUTDOWN_MARGIN)
+        hard_exit_in = grace + SHUTDOWN_MARGIN + HARD_EXIT_AFTER
+        if time.monotonic() + hard_exit_in >= self._hard_exit_at:
+            return
+        if self._hard_exit is not None:
+            self._hard_exit.cancel()
+        self._hard_exit_at = time.monotonic() + hard_exit_in
+        self._hard_exit = threading.Timer(hard_exit_in, self._exit_from_a_blocked_loop)
+        self._hard_exit.daemon = True
+        self._hard_exit.start()
+
+    async def _end_a_stuck_shutdown(self) -> None:
+        """Once stopping: a shutdown still going at its deadline (handlers that ignore their
+        cancellation) ends without them; their jobs are left to the lease rescue."""
+        await self._stopping.wait()
+        with self._shutdown_deadline:
+            await trio.sleep_forever()
+        stuck = self.pool.abandon()
+        self._remove_socket_file()
+        log.error(
+            "jobd stopped without finishing its shutdown: %d job(s) did not stop within %gs of "
+            "being cancelled; exit status %d",
+            len(stuck),
+            SHUTDOWN_MARGIN,
+            EXIT_ABANDONED,
+        )
+        _exit(EXIT_ABANDONED)
+
+    def _exit_from_a_blocked_loop(self) -> None:
+        # A thread: the event loop did not get to end the shutdown, by itself or at its deadline.
+        log.critical(
+            "jobd stopped without finishing its shutdown: the event loop did not end it in time "
+            "(is it blocked?); exit status %d",
+            EXIT_ABANDONED,
+        )
+        _exit(EXIT_ABANDONED)
 
     async def reload(self) -> None:
         """Re-read the config and swap in one new settings generation, plugins' settings
@@ -368,3 +436,11 @@ def run(config: Config, host: PluginHost, config_path: str | None) -> None:
 def _first_leaf(group: BaseExceptionGroup[JobdError]) -> JobdError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _exit(status: int) -> NoReturn:
+    """End the process now, tasks and threads still running included (they cannot be
+    waited for), after writing out the log."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(status)

@@ -13,6 +13,7 @@
     ├── BadRequest               a malformed request: bad JSON, bad query (.field) 400
     ├── StoreUnavailable         the store cannot be reached right now             503
     ├── ShuttingDown             the daemon is stopping                            503
+    ├── Overloaded               no room for the request now: retry later          503
     └── ApiError                 the client side: the daemon answered with an error (.status)
         └── DaemonUnreachable    the client could not reach the daemon at all
 
@@ -158,6 +159,19 @@ class StoreUnavailable(JobdError):
 
 class ShuttingDown(JobdError):
     code = "shutting_down"
+
+
+class Overloaded(JobdError):
+    """Too many connections, or too many long polls, at once; `details` say the limit."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+    def details(self) -> dict[str, Any]:
+        return {} if self.limit is None else {"limit": self.limit}
 
 
 class ApiError(JobdError):

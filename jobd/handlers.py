@@ -1,4 +1,9 @@
-"""What a handler is: `Handler`, the `@handler` decorator, and the `JobContext` it receives."""
+"""What a handler is: `Handler`, the `@handler` decorator, and the `JobContext` it receives.
+
+A handler is an `async def` function, run on the daemon's event loop, or a plain `def`
+function for blocking code, run in a worker thread of its own so that it blocks nothing
+else (see `Handler.__call__`).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,15 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from jobd.durations import parse_duration
 from jobd.errors import InvalidJob
 from jobd.job import JSON, Progress
 
 HandlerFunction = Callable[["JobContext"], Awaitable[JSON]]
+BlockingHandlerFunction = Callable[["JobContext"], JSON]
+"""A plain `def` handler: it runs in a worker thread (see `Handler.__call__`)."""
 PayloadValidator = Callable[[JSON, Any], None]
 """Called with a payload and the handler's plugin's settings; raises to refuse the payload."""
 ProgressSink = Callable[[Progress], Awaitable[None]]
@@ -38,27 +45,62 @@ Anything else that is not an `Exception` (`trio.Cancelled`) passes through.
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """A job type and the coroutine function that runs its jobs.
+    """A job type and the function that runs its jobs: a coroutine function, or a plain
+    function that blocks (`blocking`), run in a worker thread.
 
     `queue`, `timeout` (seconds) and `max_attempts` are defaults: the request and
     `[handlers."TYPE"]` in the config both win over them. `validate(payload, settings)`
     checks a payload at submit: it raises `jobd.InvalidJob` (with `field=`), `ValueError`
-    or `TypeError` to refuse it. The plugin host fills in `plugin`, the distribution's
-    name, and `settings`, what the plugin's `jobd_configure` returned for the config in
-    force: a handler registered by a reload carries that reload's settings.
+    or `TypeError` to refuse it. `abandon_on_cancel` (blocking handlers only) lets a
+    cancelled job end without waiting for its thread. The plugin host fills in `plugin`,
+    the distribution's name, and `settings`, what the plugin's `jobd_configure` returned
+    for the config in force: a handler registered by a reload carries that reload's settings.
     """
 
     type: str
-    function: HandlerFunction
+    function: HandlerFunction | BlockingHandlerFunction
     queue: str | None = None
     timeout: float | None = None
     max_attempts: int | None = None
     validate: PayloadValidator | None = None
     plugin: str = ""
     settings: Any = field(default=None, compare=False, repr=False)
+    abandon_on_cancel: bool = False
+    blocking: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        blocking = not inspect.iscoroutinefunction(self.function)
+        if self.abandon_on_cancel and not blocking:
+            raise ValueError(f"{self.type}: abandon_on_cancel= is for handlers defined with plain def")
+        object.__setattr__(self, "blocking", blocking)  # frozen: set once, here
 
     async def __call__(self, job: JobContext) -> JSON:
-        return await self.function(job)
+        """Run the handler for `job`. A blocking one runs in a worker thread of its own:
+        cancelling the job (its timeout, a cancel, a shutdown) makes
+        `trio.from_thread.check_cancelled()` raise in that thread, and the job waits for
+        the thread to end, unless `abandon_on_cancel`, when it ends at once and the thread
+        runs on unobserved, its result dropped."""
+        if not self.blocking:
+            return await cast(HandlerFunction, self.function)(job)
+        import trio  # here: `jobd`, and so jobd-ctl, import this module, and start without Trio
+
+        return await trio.to_thread.run_sync(
+            self._run_blocking,
+            job,
+            abandon_on_cancel=self.abandon_on_cancel,
+            # Its own limiter: the worker pool bounds the jobs running, and Trio's shared
+            # default (40 threads) must not make a job wait for another's thread.
+            limiter=trio.CapacityLimiter(1),
+            thread_name=f"jobd job {self.type}",
+        )
+
+    def _run_blocking(self, job: JobContext) -> JSON:
+        result = cast(BlockingHandlerFunction, self.function)(job)
+        if inspect.isawaitable(result):  # an async callable `inspect` could not tell apart
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(f"handler {self.type} returned an awaitable from its thread: define it async")
+        return result
 
     def with_plugin(self, plugin: str, settings: Any = None) -> Handler:
         """This handler as registered by `plugin`, whose settings are `settings`."""
@@ -85,11 +127,15 @@ def handler(
     timeout: float | str | None = None,
     max_attempts: int | None = None,
     validate: PayloadValidator | None = None,
-) -> Callable[[HandlerFunction], Handler]:
-    """Declare an async function as the handler of job type `type`.
+    abandon_on_cancel: bool = False,
+) -> Callable[[HandlerFunction | BlockingHandlerFunction], Handler]:
+    """Declare a function as the handler of job type `type`: an `async def` one runs on
+    the event loop, a plain `def` one (blocking code) in a worker thread.
 
     `timeout` takes seconds or a duration string ("5m"); return the function from
-    your plugin's `jobd_handlers` hook to register it.
+    your plugin's `jobd_handlers` hook to register it. `abandon_on_cancel=True` (plain
+    `def` only) lets a cancelled job end without waiting for its thread: only for code
+    that is safe to leave running, since the job may meanwhile run again elsewhere.
     """
     if not _TYPE_NAME.match(type):
         raise ValueError(f"invalid job type {type!r}: use letters, digits and . _ : -")
@@ -99,8 +145,10 @@ def handler(
     if validate is not None:
         _check_validator(validate)
 
-    def decorate(function: HandlerFunction) -> Handler:
-        return Handler(type, function, queue, seconds, max_attempts, validate)
+    def decorate(function: HandlerFunction | BlockingHandlerFunction) -> Handler:
+        return Handler(
+            type, function, queue, seconds, max_attempts, validate, abandon_on_cancel=abandon_on_cancel
+        )
 
     return decorate
 

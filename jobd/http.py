@@ -4,13 +4,19 @@ What it guarantees, whatever the client does:
 - keep-alive, `Content-Length` and chunked request bodies, `Expect: 100-continue`;
 - a body over `Limits.max_body_bytes` is answered 413 without being read;
 - malformed HTTP, or a body cut short, is answered 400 while an answer can still be sent;
-- a request must arrive whole within `Limits.request_timeout` of its first byte (else 408),
-  and an idle keep-alive connection is closed after the same time;
+- a request, head and body, must arrive whole within `Limits.request_timeout` of the moment
+  the connection opened or its previous answer was sent (else 408, or a quiet close when
+  nothing came): one deadline per request, which a byte now and then does not push back;
 - a handler that raises gets a 500 and a logged traceback; the server carries on.
 
-Connections beyond `Limits.max_connections` are not refused: they wait, unaccepted, in the
-listening socket's backlog until a connection ends. A local client of the control socket then
-sees a slow answer rather than an error, and the server's file descriptors stay bounded.
+At most `Limits.max_connections` connections are open at once, and every one is accepted
+and answered. A connection is *busy* from the moment its request has arrived whole until
+its answer is sent, and *waiting* otherwise (idle between requests, or still sending its
+request). A new connection past the limit takes the place of the connection that has been
+waiting longest, which is closed (answered 503 `overloaded` first if it had sent part of a
+request); when every connection is busy, the new one is answered 503 `overloaded` at once
+and closed. So clients that connect and say nothing, or dribble a byte a second, cannot
+lock others out, and none waits unanswered in the listening socket's backlog.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ log = logging.getLogger("jobd.http")
 _RECEIVE_SIZE = 64 * 1024
 _PIPELINE_BUFFER = 1024 * 1024
 _LINGER_SECONDS = 2.0  # after an error answer, how long unread input is drained before closing
+_REFUSAL_LINGER_SECONDS = 0.5  # the same after refusing a connection: its request is short
 _LINGER_BYTES = 1024 * 1024
 _ACCEPT_RETRY_SECONDS = 0.1
 _PROBE_TIMEOUT = 1.0
@@ -91,8 +98,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 1024 * 1024
-    request_timeout: float = 30.0  # to send a whole request, and to stay idle between requests
-    max_connections: int = 512  # beyond it, new connections wait in the backlog
+    request_timeout: float = 30.0  # to send a whole request, from the connection or the last answer
+    max_connections: int = 512  # open at once; see the module's docstring for what happens past it
 
 
 LimitsSource = Limits | Callable[[], Limits]
@@ -124,63 +131,113 @@ async def serve(
 ) -> None:
     """Serve `handler` on every listener until cancelled; report started once accepting."""
     current = limits if callable(limits) else (lambda: limits)
-    slots = trio.CapacityLimiter(current().max_connections)
+    connections = _Connections()
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, current, slots, nursery)
+            nursery.start_soon(_accept_loop, listener, handler, current, connections, nursery)
         task_status.started()
+
+
+class _Connections:
+    """The open connections of one server: how many, and which are waiting for a request
+    of their own, longest-waiting first (those a newcomer may take the place of)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self._leaving = 0  # told to close, not closed yet
+        self._waiting: dict[_Connection, None] = {}  # a dict keeps the order they began to wait
+
+    def admit(self, limit: int) -> bool:
+        """Count in a new connection, making room by closing waiting ones if needed;
+        False when every connection is busy and none can make room."""
+        while self.open - self._leaving >= limit:
+            if not self._waiting:
+                return False
+            longest = next(iter(self._waiting))
+            del self._waiting[longest]
+            longest.make_room()
+            self._leaving += 1
+        self.open += 1
+        return True
+
+    def waiting(self, connection: _Connection) -> None:
+        self._waiting[connection] = None
+
+    def busy(self, connection: _Connection) -> None:
+        self._waiting.pop(connection, None)
+
+    def closed(self, connection: _Connection) -> None:
+        self.open -= 1
+        self._waiting.pop(connection, None)
+        if connection.leaving:
+            self._leaving -= 1
 
 
 async def _accept_loop(
     listener: trio.SocketListener,
     handler: Handler,
     current: Callable[[], Limits],
-    slots: trio.CapacityLimiter,
+    connections: _Connections,
     nursery: trio.Nursery,
 ) -> None:
     while True:
-        slots.total_tokens = current().max_connections
-        token = object()  # the connection's task, not this loop, gives the slot back
-        await slots.acquire_on_behalf_of(token)
-        accepted = False
         try:
             stream = await listener.accept()
-            accepted = True
         except OSError as error:
             if error.errno not in _ACCEPT_TRANSIENT:
                 raise
             log.warning("cannot accept a connection for now: %s", error)
             await trio.sleep(_ACCEPT_RETRY_SECONDS)
-        finally:
-            if not accepted:
-                slots.release_on_behalf_of(token)
-        if accepted:
-            nursery.start_soon(_run_connection, stream, handler, current, slots, token)
+            continue
+        limits = current()
+        if connections.admit(limits.max_connections):
+            connection = _Connection(stream, handler, connections)
+            connections.waiting(connection)  # from its first moment, before its task runs
+            nursery.start_soon(_run_connection, connection, current)
+        else:
+            nursery.start_soon(_refuse, _Connection(stream, handler, connections), limits)
 
 
-async def _run_connection(
-    stream: trio.SocketStream,
-    handler: Handler,
-    current: Callable[[], Limits],
-    slots: trio.CapacityLimiter,
-    token: object,
-) -> None:
+async def _run_connection(connection: _Connection, current: Callable[[], Limits]) -> None:
     try:
-        async with stream:
-            await _Connection(stream, handler).run(current)
+        async with connection.stream:
+            await connection.run(current)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away; nothing left to answer
     except Exception:
         log.exception("connection failed")  # a bug here must not take the server down
     finally:
-        slots.release_on_behalf_of(token)
+        connection.closed()
+
+
+async def _refuse(connection: _Connection, limits: Limits) -> None:
+    """Answer a connection there is no room for with 503, without reading its request."""
+    log.debug("refused a connection: all %d are busy", limits.max_connections)
+    try:
+        async with connection.stream:
+            await connection.refuse(limits)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def _overloaded(limits: Limits) -> Response:
+    return error_response(
+        503,
+        "overloaded",
+        f"the server is busy: all {limits.max_connections} connections are in use; try again",
+        {"limit": limits.max_connections},
+        headers=(("retry-after", "1"),),
+    )
 
 
 def _peer_of(stream: trio.SocketStream) -> Peer | None:
     sock = stream.socket
     if sock.family != socket.AF_UNIX:
         return None
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:  # gone already; it will find nothing to read either
+        return None
     pid, uid, gid = struct.unpack("3i", raw)
     return Peer(pid, uid, gid)
 
@@ -188,30 +245,39 @@ def _peer_of(stream: trio.SocketStream) -> Peer | None:
 class _Connection:
     """One client connection: a loop of request → handler → response."""
 
-    def __init__(self, stream: trio.SocketStream, handler: Handler) -> None:
-        self._stream = stream
+    def __init__(self, stream: trio.SocketStream, handler: Handler, connections: _Connections) -> None:
+        self.stream = stream
         self._handler = handler
+        self._connections = connections
         self._conn = h11.Connection(h11.SERVER)
         self._peer = _peer_of(stream)
         self._head = False  # the current request is a HEAD: its answer carries no body
+        self._reading = trio.CancelScope()  # the wait for the next request
+        self.leaving = False  # told to make room for a new connection
+
+    def make_room(self) -> None:
+        """Stop waiting for a request: the server needs this connection's place."""
+        self.leaving = True
+        self._reading.cancel()
+
+    def closed(self) -> None:
+        self._connections.closed(self)
+
+    async def refuse(self, limits: Limits) -> None:
+        """Answer 503 without reading a request: the connection was never counted in."""
+        await self._send(_overloaded(limits), limits, close=True)
+        await self._linger(_REFUSAL_LINGER_SECONDS)
 
     async def run(self, current: Callable[[], Limits]) -> None:
         while True:
             limits = current()
-            if not await self._wait_for_request(limits.request_timeout):
-                return
-            received: Request | Response | None
-            with trio.move_on_after(limits.request_timeout) as scope:
-                received = await self._receive_request(limits)
-            if scope.cancelled_caught:
-                received = error_response(
-                    408, "request_timeout", f"the request did not arrive within {limits.request_timeout:g} s"
-                )
+            received = await self._next_request(limits)
             if received is None:
                 return
             if isinstance(received, Response):  # the request could not be read whole: answer, then close
                 await self._send(received, limits, close=True)
-                await self._linger()
+                if not self.leaving:
+                    await self._linger(_LINGER_SECONDS)
                 return
             response = await self._call(received)
             if response is None:  # the client hung up while waiting for its answer
@@ -222,14 +288,28 @@ class _Connection:
                 return  # either side asked to close
             self._conn.start_next_cycle()
 
-    async def _wait_for_request(self, timeout: float) -> bool:
-        """Wait while idle for a request's first bytes; False when it is time to close."""
-        if self._conn.trailing_data[0]:
-            return True  # a pipelined request is already buffered
-        with trio.move_on_after(timeout):
-            self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
-            return True
-        return False
+    async def _next_request(self, limits: Limits) -> Request | Response | None:
+        """The next request, whole, within the request timeout; else the error to answer,
+        or None to close without one (the client closed, or it sent nothing at all)."""
+        received: Request | Response | None = None
+        self._reading = trio.move_on_after(limits.request_timeout)
+        with self._reading:
+            if self.leaving:  # told to make room before its task began to read
+                self._reading.cancel()
+            self._connections.waiting(self)  # already there, in place, on a first request
+            try:
+                received = await self._receive_request(limits)
+            finally:
+                self._connections.busy(self)
+        if not self._reading.cancelled_caught:
+            return received
+        if self._conn.their_state is h11.IDLE and not self._conn.trailing_data[0]:
+            return None  # not a byte of a request: close quietly
+        if self.leaving:
+            return _overloaded(limits)
+        return error_response(
+            408, "request_timeout", f"the request did not arrive within {limits.request_timeout:g} s"
+        )
 
     async def _receive_request(self, limits: Limits) -> Request | Response | None:
         """The whole request; or the error to answer; or None when the client closed between requests."""
@@ -296,7 +376,7 @@ class _Connection:
         # What arrives meanwhile is a pipelined request: h11 keeps it for the next cycle,
         # up to a bound; past it, stop reading (and watching) until the answer is sent.
         while len(self._conn.trailing_data[0]) < _PIPELINE_BUFFER:
-            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
             if not data:
                 scope.cancel()
                 return
@@ -307,12 +387,12 @@ class _Connection:
             event = self._conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+            self._conn.receive_data(await self.stream.receive_some(_RECEIVE_SIZE))
 
     async def _send_event(self, event: Any) -> None:
         data = self._conn.send(event)
         if data:
-            await self._stream.send_all(data)
+            await self.stream.send_all(data)
 
     async def _send(self, response: Response, limits: Limits, *, close: bool) -> bool:
         """Send `response` whole within the request timeout; False when it could not be."""
@@ -332,17 +412,17 @@ class _Connection:
             return True
         return False
 
-    async def _linger(self) -> None:
+    async def _linger(self, seconds: float) -> None:
         """Close our side, then drain what the client still sends for a while.
 
         Closing with unread input makes the kernel reset the connection, and a TCP
         client may then lose the answer it has not read yet.
         """
-        with trio.move_on_after(_LINGER_SECONDS):
-            await self._stream.send_eof()
+        with trio.move_on_after(seconds):
+            await self.stream.send_eof()
             drained = 0
             while drained < _LINGER_BYTES:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
                 if not data:
                     return
                 drained += len(data)

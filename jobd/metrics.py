@@ -209,6 +209,20 @@ class Metrics:
             registry=None,
         )
         self._listener_registered = False
+        self._loop_blocked = Counter(
+            "jobd_event_loop_blocked",
+            "Times the event loop was blocked for 0.5 s or more, by the type of the job that "
+            "blocked it (empty: no job did).",
+            ["type"],
+            registry=self.registry,
+        )
+        self._loop_blocked_seconds = Counter(
+            "jobd_event_loop_blocked_seconds",
+            "Seconds the event loop spent blocked (blocks of 0.5 s or more), by the type of the "
+            "job that blocked it (empty: no job did).",
+            ["type"],
+            registry=self.registry,
+        )
         self._queues_seen: set[str] = set()
         # Each labelled child, looked up once: `labels()` costs more than the update itself.
         self._submitted_by: dict[tuple[str, ...], Counter] = {}
@@ -293,6 +307,11 @@ class Metrics:
         else:
             with contextlib.suppress(KeyError):  # it had no next run
                 self._schedule_next_run.remove(schedule)
+
+    def loop_blocked(self, job_type: str, seconds: float) -> None:
+        """Something (a job of `job_type`, or "" for none) blocked the event loop for `seconds`."""
+        self._loop_blocked.labels(type=job_type).inc()
+        self._loop_blocked_seconds.labels(type=job_type).inc(seconds)
 
     def set_workers(self, busy: int, capacity: int) -> None:
         self._busy.set(busy)

@@ -8,9 +8,10 @@ type, the queue, the payload's size and the handler's validation). A bad field i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from jobd.errors import (
     BadRequest,
     InvalidJob,
     JobNotFound,
+    Overloaded,
     QueueNotFound,
     ScheduleNotFound,
     ShuttingDown,
@@ -93,6 +95,7 @@ class JobService:
         self._watch = watch
         self._clock = clock
         self.stopping = False
+        self._waits = 0  # long polls waiting now
         self._store_ready = trio.Event()  # the daemon opens the store after it starts listening
 
     def mark_store_ready(self) -> None:
@@ -234,24 +237,43 @@ class JobService:
             raise BadRequest(str(error), field="after") from None
 
     async def wait(self, job_id: str, timeout: str | None) -> Job:
+        """The job once finished, or as it stands at the timeout. A long poll beyond
+        `api.max_waiting` at once is refused (`Overloaded`) rather than let waiting
+        clients take every connection from the others."""
         seconds = MAX_WAIT if timeout is None else _parse_wait(timeout)
         parsed = _parse_id(job_id)
         deadline = trio.current_time() + seconds
         store = await self._ready_store()
-        while True:
-            with self._watch.watching(parsed) as changed:
-                job = await store.get_job(parsed)
-                if job is None:
-                    raise JobNotFound(job_id)
-                remaining = deadline - trio.current_time()
-                if job.state in FINISHED_STATES or remaining <= 0:
-                    return job
-                # Jobs run by another daemon sharing the store finish without a local
-                # signal, and so does a waiting job the store settles with its parent.
-                settled_elsewhere = store.shared or job.state == JobState.WAITING
-                poll = REMOTE_WAIT_POLL if settled_elsewhere else remaining
-                with trio.move_on_after(min(remaining, poll)):
-                    await changed.wait()
+        with contextlib.ExitStack() as share:
+            counted = False  # only a poll that does wait takes a share
+            while True:
+                with self._watch.watching(parsed) as changed:
+                    job = await store.get_job(parsed)
+                    if job is None:
+                        raise JobNotFound(job_id)
+                    remaining = deadline - trio.current_time()
+                    if job.state in FINISHED_STATES or remaining <= 0:
+                        return job
+                    if not counted:
+                        share.enter_context(self._waiting())
+                        counted = True
+                    # Jobs run by another daemon sharing the store finish without a local
+                    # signal, and so does a waiting job the store settles with its parent.
+                    settled_elsewhere = store.shared or job.state == JobState.WAITING
+                    poll = REMOTE_WAIT_POLL if settled_elsewhere else remaining
+                    with trio.move_on_after(min(remaining, poll)):
+                        await changed.wait()
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        limit = self._live.current.config.api.max_waiting
+        if self._waits >= limit:
+            raise Overloaded(f"{limit} clients are waiting for jobs already; try again later", limit=limit)
+        self._waits += 1
+        try:
+            yield
+        finally:
+            self._waits -= 1
 
     # -- changing -----------------------------------------------------------------------
 

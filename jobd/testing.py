@@ -117,7 +117,10 @@ async def run_handler(
     `scheduled_for` stand for a job a schedule's tick made (`job.schedule`,
     `job.scheduled_for`). `parents` stands for a job submitted with `after`: the
     handler reads it as `job.parents` (each parent's id and result). Cancelling the
-    caller cancels the handler, as cancelling the job would.
+    caller cancels the handler, as cancelling the job would. A handler defined with
+    plain `def` runs in a worker thread, as in the daemon: past the timeout,
+    `trio.from_thread.check_cancelled()` raises in it, and a result it returns after
+    the timeout still makes the outcome `TIMED_OUT`.
     """
     if not 1 <= attempt <= max_attempts:
         raise ValueError(f"attempt must be from 1 to max_attempts ({max_attempts}), got {attempt}")
@@ -152,6 +155,8 @@ async def run_handler(
     with trio.move_on_after(math.inf if limit is None else limit) as scope:
         try:
             result = check_result(await handler(job))
+            if scope.cancel_called:  # returned past the deadline (a thread that ran on): as the worker says
+                return ended(OutcomeKind.TIMED_OUT, reason=f"timed out after {limit:g}s")
         except Retry as signal:
             reason = f"retry requested: {signal.reason}" if signal.reason else "retry requested"
             return ended(OutcomeKind.RETRY, delay=signal.delay, reason=reason, error=signal)

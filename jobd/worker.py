@@ -38,7 +38,9 @@ from jobd.watch import JobWatch
 
 COMPLETION_BATCH = 500
 MAX_RETRY_DELAY = 365 * 86400.0  # a longer back-off is a mistake: cap it
-DRAIN_GIVE_UP = 10.0  # seconds past the grace period a shutdown keeps trying to record outcomes
+# Seconds past the grace period a shutdown keeps trying to record outcomes, and waits for
+# handlers that ignore their cancellation: then the daemon exits without them.
+SHUTDOWN_MARGIN = 10.0
 CANCEL_POLL_INTERVAL = 0.5
 LANES = 2  # store calls of the dispatcher in flight at once; each claims at most its share
 
@@ -58,6 +60,7 @@ class _Running:
     job: Job
     scope: trio.CancelScope
     stop_reason: StopReason | None = None
+    task: trio.lowlevel.Task | None = None  # once it runs
 
     def stop(self, reason: StopReason) -> None:
         # A user's cancel wins over a shutdown: the job must not come back as pending.
@@ -165,6 +168,31 @@ class WorkerPool:
                 self._start(self._jobs, job, now)
         return result.inserted
 
+    def job_on_stack(self, frame_ids: frozenset[int]) -> Job | None:
+        """The running job whose task, or a task it started, has a frame among `frame_ids`
+        (the event loop thread's stack). Called from another thread while the loop is
+        blocked, so it only reads."""
+        for running in list(self._running.values()):
+            if running.task is not None and _runs_on(running.task, frame_ids):
+                return running.job
+        return None
+
+    def abandon(self) -> list[Job]:
+        """The end of a shutdown that could not wait any longer: log each job whose handler
+        still runs although it was cancelled (it stays `running` in the store, for the
+        lease rescue) and give up on outcomes not yet recorded. Returns those jobs."""
+        stuck = [running.job for running in self._running.values()]
+        for job in stuck:
+            log.error(
+                "job %s (%s) did not stop when cancelled by the shutdown; it is left running in the "
+                "store, and the lease rescue requeues it once its lease expires",
+                job.id,
+                job.type,
+                extra=job_log_fields(job, "abandoned", None),
+            )
+        self._give_up()
+        return stuck
+
     def request_stop(self, *, immediately: bool = False) -> None:
         """Stop claiming; `run` then lets running jobs finish for the grace period,
         or, `immediately`, cancels and requeues them now."""
@@ -249,7 +277,7 @@ class WorkerPool:
         """While stopping: fix the deadline once, and at it stop whatever still runs."""
         if self._drain_deadline == math.inf:
             self._drain_deadline = trio.current_time() + grace()
-            self._give_up_at = self._drain_deadline + DRAIN_GIVE_UP
+            self._give_up_at = self._drain_deadline + SHUTDOWN_MARGIN
         if self._immediately:
             self._drain_deadline = self._give_up_at = min(self._give_up_at, trio.current_time())
         if trio.current_time() >= self._drain_deadline:
@@ -353,6 +381,7 @@ class WorkerPool:
 
     async def _run_job(self, running: _Running) -> None:
         job = running.job
+        running.task = trio.lowlevel.current_task()
         started = trio.current_time()
         span = None if self._tracer is None else self._tracer.start(job)
         end = _LOST
@@ -495,3 +524,12 @@ class WorkerPool:
                 continue
             for job_id in requested:
                 self.cancel_running(job_id)
+
+
+def _runs_on(task: trio.lowlevel.Task, frame_ids: frozenset[int]) -> bool:
+    """Whether `task` or a task it started has its coroutine's frame among `frame_ids`."""
+    frame = getattr(task.coro, "cr_frame", None)
+    if frame is not None and id(frame) in frame_ids:
+        return True
+    children = (child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return any(_runs_on(child, frame_ids) for child in children)

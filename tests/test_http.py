@@ -383,18 +383,117 @@ async def test_handler_exception_is_500_and_logged(
     assert status == 200
 
 
-async def test_connections_over_the_limit_wait_for_a_free_slot(
+TWO = Limits(max_body_bytes=1000, request_timeout=10.0, max_connections=2)
+
+
+async def closed_quietly(client: RawClient) -> bool:
+    """Whether the server closed the connection without another answer."""
+    return await client.receive_until_closed() == b""
+
+
+@pytest.mark.parametrize("sends", [b"", b"GET /slow HTTP/1.1\r\nHost: x\r\n"])
+async def test_a_request_must_arrive_within_the_timeout_of_the_connection_opening(
+    nursery: trio.Nursery, socket_dir: Path, autojump_clock: trio.testing.MockClock, sends: bytes
+) -> None:
+    """Sending nothing, or a byte a second after a pause: the deadline is not pushed back."""
+    path = socket_dir / "s"
+    await start(nursery, path)
+    client = await RawClient.connect(path)
+    opened = trio.current_time()
+    await trio.sleep(5)
+
+    async def dribble() -> None:
+        for byte in sends:
+            await client.send(bytes([byte]))
+            await trio.sleep(1)
+
+    nursery.start_soon(dribble)
+    if sends:
+        status, headers, body = await client.response()
+        assert (status, error_of(body)["code"], headers["connection"]) == (408, "request_timeout", "close")
+    else:
+        assert await closed_quietly(client)
+    assert trio.current_time() - opened == pytest.approx(SMALL.request_timeout)
+
+
+async def test_past_the_limit_a_new_connection_takes_the_place_of_the_longest_waiting(
+    nursery: trio.Nursery, socket_dir: Path
+) -> None:
+    path = socket_dir / "s"
+    await start(nursery, path, TWO)
+    served = await RawClient.connect(path)
+    assert (await served.request("GET", "/one"))[0] == 200  # then idle: waiting since its answer
+    await trio.testing.wait_all_tasks_blocked()  # the server is past its answer too
+    silent = await RawClient.connect(path)  # waiting since it connected, later
+    newcomer = await RawClient.connect(path)
+    assert (await newcomer.request("GET", "/two"))[0] == 200
+    assert await closed_quietly(served)
+    await trio.testing.wait_all_tasks_blocked()
+    partial_request = await RawClient.connect(path)  # takes the silent one's place
+    await partial_request.send(b"GET /three HTTP/1.1\r\n")
+    assert await closed_quietly(silent)
+    assert (await newcomer.request("GET", "/four"))[0] == 200  # waiting anew, since this answer
+    await trio.testing.wait_all_tasks_blocked()
+    last = await RawClient.connect(path)  # takes the half-sent request's place
+    assert (await last.request("GET", "/five"))[0] == 200
+    status, headers, body = await partial_request.response()
+    assert (status, error_of(body)["code"], headers["retry-after"]) == (503, "overloaded", "1")
+    assert error_of(body)["details"] == {"limit": 2}
+    assert await closed_quietly(partial_request)
+
+
+async def test_when_every_connection_is_busy_a_new_one_gets_503_at_once(
     nursery: trio.Nursery, socket_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     path = socket_dir / "s"
-    await start(nursery, path, Limits(max_body_bytes=1000, request_timeout=10.0, max_connections=1))
-    first = await RawClient.connect(path)
-    assert (await first.request("GET", "/one"))[0] == 200
-    second = await RawClient.connect(path)  # queued in the backlog, not accepted yet
-    started = trio.current_time()
-    assert (await second.request("GET", "/two"))[0] == 200
-    # the second is served only once the first, idle, has timed out and freed the slot
-    assert trio.current_time() - started == pytest.approx(10.0)
+    release = trio.Event()
+
+    async def slow(request: Request) -> Response:
+        await release.wait()
+        return await echo(request)
+
+    listener = bind_unix_socket(str(path), 0o600, "")
+    await nursery.start(partial(serve, [listener], slow, limits=TWO))
+    answers: list[int] = []
+
+    async def busy_request() -> None:
+        client = await RawClient.connect(path)
+        answers.append((await client.request("POST", "/busy"))[0])
+
+    for _ in range(2):
+        nursery.start_soon(busy_request)
+    await trio.testing.wait_all_tasks_blocked()
+    refused = await RawClient.connect(path)
+    before = trio.current_time()
+    status, headers, body = await refused.response()  # before it even sends a request
+    assert (status, error_of(body)["code"], headers["connection"]) == (503, "overloaded", "close")
+    assert trio.current_time() == before
+    await refused.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # read and dropped while it lingers
+    assert await refused.receive_until_closed() == b""
+    release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert answers == [200, 200]
+    assert (await (await RawClient.connect(path)).request("GET", "/after"))[0] == 200
+
+
+async def test_hundreds_of_silent_connections_do_not_keep_out_a_client_with_a_request(
+    nursery: trio.Nursery, socket_dir: Path
+) -> None:
+    path = socket_dir / "s"
+    await start(nursery, path, Limits(max_body_bytes=1000, request_timeout=3600.0, max_connections=16))
+    silent = []
+    for index in range(100):  # every other one starts a request and says no more
+        silent.append(client := await RawClient.connect(path))
+        await client.send(b"POST /jobs HTTP/1.1\r\n" if index % 2 else b"")
+
+    def talk() -> int:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://jobd") as client:
+            return client.get("/ok", timeout=30).status_code
+
+    with trio.fail_after(30):
+        assert await trio.to_thread.run_sync(talk) == 200
+        for client in silent[:84]:  # the 84 that waited longest made room; the last 16 stay
+            await client.receive_until_closed()
 
 
 async def test_limits_may_be_read_at_each_request(nursery: trio.Nursery, socket_dir: Path) -> None:

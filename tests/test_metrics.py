@@ -42,6 +42,7 @@ def test_every_contract_metric_is_exposed_with_its_type() -> None:
     metrics.schedule_fired("nightly", 1, 1)
     metrics.set_schedule_next_run("nightly", datetime(2030, 1, 1, tzinfo=UTC))
     metrics.queue_rate_limited("webhooks")
+    metrics.loop_blocked("echo", 0.75)
     exposed = {name: kind for name, kind in families(metrics).items() if not name.endswith("_created")}
     assert exposed == {
         "jobd_jobs_submitted": "counter",
@@ -60,7 +61,10 @@ def test_every_contract_metric_is_exposed_with_its_type() -> None:
         "jobd_jobs_rescued": "counter",
         "jobd_completions_discarded": "counter",
         "jobd_store_call_duration_seconds": "histogram",
+        "jobd_event_loop_blocked": "counter",
+        "jobd_event_loop_blocked_seconds": "counter",
     }
+    assert value(metrics, "jobd_event_loop_blocked_seconds_total", type="echo") == 0.75
 
 
 def test_schedule_counters_start_at_zero_and_the_next_run_gauge_comes_and_goes() -> None:

@@ -731,12 +731,28 @@ async def test_cancel_running_job_is_requested_then_finished_by_its_owner(store:
     assert (await current(store, other)).state == JobState.RUNNING
 
 
-async def test_cancel_request_does_not_survive_into_the_next_attempt(store: Store) -> None:
+async def test_a_requeue_is_refused_while_a_cancel_is_requested(store: Store) -> None:
+    job = await running(store)
+    other = await running(store)
+    await store.cancel_job(job.id, at(1))  # e.g. through another daemon, during this one's shutdown
+    both = [completion(job, Outcome.REQUEUED), completion(other, Outcome.REQUEUED)]
+    assert await store.complete_jobs(both, at(2)) == [False, True]
+    refused = await current(store, job)
+    assert (refused.state, refused.attempts) == (JobState.RUNNING, 1)
+    assert await store.cancel_requests("daemon-1") == {job.id}
+    assert await claim(store, now=at(3)) == [await current(store, other)]  # only the requeued one
+    done = await finish(store, job, Outcome.CANCELLED, now=at(4), error="cancelled")
+    assert (done.state, done.finished_at) == (JobState.CANCELLED, at(4))
+    assert await store.cancel_requests("daemon-1") == set()
+
+
+async def test_a_requeue_is_refused_while_a_cancel_is_requested_in_a_claiming_call(store: Store) -> None:
     job = await running(store)
     await store.cancel_job(job.id, at(1))
-    await finish(store, job, Outcome.REQUEUED, now=at(2))
-    await claim(store, now=at(3))
-    assert await store.cancel_requests("daemon-1") == set()
+    claim_request = ClaimRequest("daemon-1", [QueueSlots("default", 10)], 10, at(32))
+    exchange = await store.complete_and_claim_jobs([completion(job, Outcome.REQUEUED)], claim_request, at(2))
+    assert (exchange.applied, exchange.claimed) == ([False], [])
+    assert (await current(store, job)).state == JobState.RUNNING
 
 
 @pytest.mark.parametrize("state", [JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 import types
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -302,3 +304,83 @@ async def test_a_handler_sees_the_schedule_and_tick_that_made_its_job() -> None:
     assert made.result == {"schedule": "nightly", "scheduled_for": "2030-01-01 02:30:00+00:00"}
     plain = await run_handler(tick, None)
     assert plain.result == {"schedule": None, "scheduled_for": None}
+
+
+# -- blocking handlers: plain `def`, run in a worker thread ------------------------------------
+
+
+@handler("kit.blocking")
+def blocking(job: JobContext) -> Any:
+    """Blocking code, in its own thread: reports progress through the event loop."""
+    trio.from_thread.run(job.progress, 0.5, "half way")
+    if job.payload == "fail":
+        raise Fail("no good")
+    return {"thread": threading.get_ident(), "attempt": job.attempt}
+
+
+async def test_a_plain_def_handler_runs_in_a_worker_thread() -> None:
+    outcome = await run_handler(blocking, None)
+    assert outcome.kind is OutcomeKind.COMPLETED
+    assert outcome.result["thread"] != threading.get_ident()
+    assert outcome.progress == (Progress(0.5, "half way"),)
+    assert blocking.blocking and not echo.blocking
+    failed = await run_handler(blocking, "fail")
+    assert (failed.kind, failed.reason) == (OutcomeKind.FAILED, "failed: no good")
+
+
+async def test_a_blocking_handler_that_checks_for_cancellation_stops_at_its_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    checks: list[int] = []
+
+    @handler("kit.polling", timeout=5)
+    def polling(job: JobContext) -> None:
+        while True:
+            checks.append(1)
+            trio.from_thread.check_cancelled()  # raises Cancelled once the job is cancelled
+            time.sleep(0.001)
+
+    outcome = await run_handler(polling, None)
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.TIMED_OUT, "timed out after 5s")
+    assert checks
+
+
+@pytest.mark.parametrize("abandon", [False, True])
+async def test_a_blocking_handler_past_its_timeout_is_waited_for_unless_abandoned(
+    autojump_clock: trio.testing.MockClock, abandon: bool
+) -> None:
+    release, ended = threading.Event(), threading.Event()
+
+    @handler("kit.stuck", timeout=5, abandon_on_cancel=abandon)
+    def stuck(job: JobContext) -> str:
+        release.wait(30)
+        ended.set()
+        return "late"
+
+    async def release_later() -> None:
+        await trio.sleep(60)  # virtual: well past the timeout
+        release.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release_later)
+        outcome = await run_handler(stuck, None)
+        assert outcome.kind is OutcomeKind.TIMED_OUT
+        assert ended.is_set() is not abandon  # abandoned: the job ended while the thread still ran
+        assert (trio.current_time() >= 60) is not abandon
+
+
+def test_abandon_on_cancel_is_only_for_blocking_handlers() -> None:
+    async def coroutine(job: JobContext) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="plain def"):
+        handler("kit.async", abandon_on_cancel=True)(coroutine)
+
+
+async def test_an_async_callable_that_looks_blocking_is_refused_clearly() -> None:
+    class Sneaky:
+        async def __call__(self, job: JobContext) -> None:
+            pass
+
+    outcome = await run_handler(handler("kit.sneaky")(Sneaky()), None)
+    assert outcome.kind is OutcomeKind.ERROR and "define it async" in outcome.reason

@@ -7,8 +7,9 @@ store, so seconds of back-off and timeouts take microseconds and nothing depends
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ import trio.testing
 
 import jobd
 from jobd import builtins
+from jobd.completer import CANCELLED_AT_SHUTDOWN
 from jobd.config import parse_config
 from jobd.daemon import build_engine
 from jobd.handlers import Handler, JobContext
@@ -29,7 +31,7 @@ from jobd.metrics import Metrics
 from jobd.plugins import Registry
 from jobd.service import JobService
 from jobd.settings import LiveSettings, build_settings
-from jobd.store import CompletedAndClaimed, InsertedAndClaimed, NewJob
+from jobd.store import CompletedAndClaimed, Completion, InsertedAndClaimed, NewJob, Outcome
 from jobd.store.memory import MemoryStore
 from jobd.tracing import AttemptTracer
 from jobd.worker import WorkerPool
@@ -336,6 +338,92 @@ async def test_graceful_shutdown_finishes_short_jobs_and_requeues_long_ones(auto
     assert long_job is not None and long_job.state == JobState.PENDING
     assert long_job.attempts == 0  # the interrupted attempt was given back
     assert "shutdown" in (long_job.last_error or "")
+
+
+class CancelLandsBeforeRequeueStore(MemoryStore):
+    """Another daemon's cancel lands after this one stopped the handler for its shutdown and
+    before the requeue reaches the store."""
+
+    async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
+        for completion in completions:
+            if completion.outcome == Outcome.REQUEUED:
+                await self.cancel_job(completion.job_id, now)
+        return await super().complete_jobs(completions, now)
+
+
+async def test_a_cancel_landing_during_the_shutdown_ends_the_job_cancelled(autojump: object) -> None:
+    store = CancelLandsBeforeRequeueStore()
+
+    async def long(job: JobContext) -> None:
+        await trio.sleep(3600)
+
+    async with running_engine(handler_of("t.long", long), store=store) as engine:
+        job = await engine.submit("t.long")
+        await trio.sleep(0.5)
+        assert engine.pool.busy == 1
+    left = await store.get_job(job.id)
+    assert left is not None
+    assert (left.state, left.last_error) == (JobState.CANCELLED, CANCELLED_AT_SHUTDOWN)
+    assert engine.metrics.registry.get_sample_value(
+        "jobd_jobs_finished_total", {"queue": "default", "type": "t.long", "outcome": "cancelled"}
+    ) == 1
+
+
+async def test_long_polls_take_at_most_half_the_connections(autojump: object) -> None:
+    async def long(job: JobContext) -> None:
+        await trio.sleep(3600)
+
+    config = {"api": {"max_connections": 5}}  # two long polls at once
+    engine_running = running_engine(handler_of("t.long", long), config=config)
+    async with engine_running as engine, trio.open_nursery() as polls:
+        job = await engine.submit("t.long")
+        done = await engine.wait(await engine.submit("jobd.noop"))
+        answers: list[Job] = []
+
+        async def poll() -> None:
+            answers.append(await engine.wait(job, timeout=60))
+
+        polls.start_soon(poll)
+        polls.start_soon(poll)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(jobd.Overloaded) as caught:
+            await engine.wait(job, timeout=60)
+        assert caught.value.limit == 2
+        assert await engine.wait(done) == done  # a finished job's answer takes no share
+        assert (await engine.wait(job, timeout=0)).state == JobState.RUNNING  # neither does a timeout of 0
+        await engine.service.cancel(str(job.id))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [answer.state for answer in answers] == [JobState.CANCELLED] * 2
+        assert (await engine.wait(job, timeout=60)).state == JobState.CANCELLED
+
+
+def frames_here() -> frozenset[int]:
+    """The ids of the frames on this thread's stack, as the loop watch reads them."""
+    frame, ids = sys._getframe(), set()
+    while frame is not None:
+        ids.add(id(frame))
+        frame = frame.f_back
+    return frozenset(ids)
+
+
+async def test_the_job_on_the_event_loops_stack_is_found_in_its_tasks_children_too(autojump: object) -> None:
+    found: list[Job | None] = []
+
+    async def nested(job: JobContext) -> None:
+        found.append(pool.job_on_stack(frames_here()))  # in the handler's own task
+        async with trio.open_nursery() as nursery:  # and in a task the handler started
+
+            async def child() -> None:
+                found.append(pool.job_on_stack(frames_here()))
+
+            nursery.start_soon(child)
+
+    async with running_engine(handler_of("t.nested", nested)) as engine:
+        pool = engine.pool
+        job = await engine.submit("t.nested")
+        await engine.wait(job)
+        assert pool.job_on_stack(frames_here()) is None  # the test's own task runs no job
+    assert [each.id if each else None for each in found] == [job.id, job.id]
 
 
 async def test_a_handler_exception_never_stops_the_pool(autojump: object) -> None:

@@ -475,7 +475,11 @@ class Store(Protocol):
 
     async def complete_jobs(self, completions: Sequence[Completion], now: datetime) -> list[bool]:
         """Apply each completion that is still fenced-in; False for one that was not
-        (the job was rescued, re-claimed or is gone). Sets finished_at on final states."""
+        (the job was rescued, re-claimed or is gone). Sets finished_at on final states.
+
+        A `REQUEUED` completion is also refused while a cancel is requested on the job:
+        a cancel that lands during a shutdown must not send the job back to `pending`.
+        The owner then records the attempt `CANCELLED` (see `jobd.completer`)."""
 
     async def complete_and_claim_jobs(
         self, completions: Sequence[Completion], claim: ClaimRequest, now: datetime

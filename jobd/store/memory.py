@@ -384,7 +384,7 @@ class MemoryStore:
 
     def _complete(self, completion: Completion, now: datetime) -> bool:
         row = self._fenced(completion.job_id, completion.owner, completion.attempt)
-        if row is None:
+        if row is None or (completion.outcome == Outcome.REQUEUED and row.cancel_requested):
             return False
         job = row.job
         state = next_state(job.id, job.state, completion.outcome.action)

@@ -1,5 +1,6 @@
 """Handlers for jobd's process-level tests, loaded through the `jobd` entry-point group."""
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,41 @@ async def gather(job: jobd.JobContext) -> dict[str, Any]:
     }
 
 
+@jobd.handler("testplugin.deaf")
+async def deaf(job: jobd.JobContext) -> str:
+    """Misbehaves on purpose: catches its cancellation and carries on for an hour."""
+    try:
+        await trio.sleep_forever()
+    except trio.Cancelled:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(3600)
+    return "never"
+
+
+@jobd.handler("testplugin.thread_bound")
+async def thread_bound(job: jobd.JobContext) -> str:
+    """Waits on a thread that cannot be interrupted (Trio waits for it, whatever the cancel)."""
+    await trio.to_thread.run_sync(time.sleep, 3600)
+    return "never"
+
+
+@jobd.handler("testplugin.block_loop")
+async def block_loop(job: jobd.JobContext) -> str:
+    """Misbehaves on purpose: blocks the event loop for `payload.seconds`."""
+    time.sleep(job.payload["seconds"])  # noqa: ASYNC251 - the very fault under test
+    return "blocked"
+
+
+@jobd.handler("testplugin.blocking")
+def blocking(job: jobd.JobContext) -> float:
+    """Blocking code done right: a plain def, run in a thread, checking for cancellation."""
+    deadline = time.monotonic() + job.payload["seconds"]
+    while time.monotonic() < deadline:
+        trio.from_thread.check_cancelled()
+        time.sleep(0.01)
+    return float(job.payload["seconds"])
+
+
 @jobd.hookimpl
 def jobd_configure(config: Mapping[str, Any]) -> Settings:
     return jobd.parse_settings(Settings, config)
@@ -59,4 +95,4 @@ def jobd_configure(config: Mapping[str, Any]) -> Settings:
 
 @jobd.hookimpl
 def jobd_handlers() -> list[jobd.Handler]:
-    return [echo, flaky, stubborn, gather]
+    return [echo, flaky, stubborn, gather, deaf, thread_bound, block_loop, blocking]

@@ -73,7 +73,8 @@ SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(queue)s));
 --   done:      the completions, one row each (no job twice: see PostgresStore);
 --   archived:  the final ones move to finished_jobs, only while still fenced in (the
 --              job is running under the claim's owner and attempt);
---   continued: retried and requeued ones stay live, under the same fence;
+--   continued: retried and requeued ones stay live, under the same fence (and a requeue
+--              not while a cancel is requested: see `Store.complete_jobs`);
 --   claimed:   pending jobs of the given queues, within the slots, global limits and
 --              the tokens of rate-limited queues;
 --   spent:     the buckets of rate-limited queues that started jobs, less their tokens;
@@ -117,6 +118,7 @@ continued AS (
         owner = NULL, lease_until = NULL, cancel_requested = false
     FROM done c
     WHERE NOT c.final AND j.id = c.id AND j.owner = c.owner AND j.attempts = c.attempt AND j.state = 'running'
+      AND (c.outcome <> 'requeued' OR NOT j.cancel_requested)
     -- A job back to pending or scheduled is work for any daemon (folded to one per commit).
     RETURNING j.id, pg_notify('jobd', 'jobs')
 ),

@@ -49,7 +49,8 @@ ON CONFLICT (queue) DO UPDATE SET level = excluded.level, updated_at = excluded.
 
 -- name: complete_jobs
 -- :batch is a JSON array of completions: one statement for the whole batch. A row is
--- changed only while it is still running under the claim that produced the completion.
+-- changed only while it is still running under the claim that produced the completion,
+-- and a requeue not while a cancel is requested (see `Store.complete_jobs`).
 UPDATE jobs
 SET state = c.state,
     updated_at = :now,
@@ -73,6 +74,7 @@ FROM (
 ) AS c
 -- "+jobs.state" keeps SQLite off the state index: each completion finds its row by id.
 WHERE jobs.id = c.id AND +jobs.state = 'running' AND jobs.owner = c.owner AND jobs.attempts = c.attempt
+  AND (c.outcome <> 'requeued' OR jobs.cancel_requested = 0)
 RETURNING id;
 
 -- name: renew_lease
