@@ -75,7 +75,16 @@ def postgres_pids() -> list[int]:
 
 
 class Daemon:
-    def __init__(self, directory: Path, store_url: str, concurrency: int, name: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        store_url: str,
+        concurrency: int,
+        name: str,
+        sections: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """`jobd run` on a socket in `directory`; `sections` adds whole config sections
+        (bench/soak.py sets [retention])."""
         self.socket = str(directory / f"{name}.sock")
         config = {
             "store": {"url": store_url},
@@ -84,6 +93,7 @@ class Daemon:
             "daemon": {"log_level": "warning"},
             "workers": {"concurrency": concurrency},
             "queues": {"default": {"concurrency": concurrency}},
+            **(sections or {}),
         }
         self.config = directory / f"{name}.toml"
         self.config.write_text(tomli_w.dumps(config))
