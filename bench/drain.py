@@ -82,8 +82,11 @@ class Daemon:
         concurrency: int,
         name: str,
         queue: dict[str, Any] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """`queue`: more keys of [queues.default] (bench/rate_limit.py gives it a rate)."""
+        """`jobd run` on a socket in `directory`. `queue` adds keys of [queues.default]
+        (bench/rate_limit.py gives it a rate); `sections` adds whole config sections
+        (bench/soak.py sets [retention])."""
         self.socket = str(directory / f"{name}.sock")
         config = {
             "store": {"url": store_url},
@@ -92,6 +95,7 @@ class Daemon:
             "daemon": {"log_level": "warning"},
             "workers": {"concurrency": concurrency},
             "queues": {"default": {"concurrency": concurrency, **(queue or {})}},
+            **(sections or {}),
         }
         self.config = directory / f"{name}.toml"
         self.config.write_text(tomli_w.dumps(config))

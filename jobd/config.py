@@ -79,6 +79,12 @@ class StoreConfig:
     sqlite_synchronous: Literal["full", "normal"] = "full"
     pool_size: int = count(4)
     connect_timeout: float = duration(5.0)
+    # PostgreSQL: the session LISTEN runs on; "" means `url`. Needed when `url` goes
+    # through a pooler in transaction mode, which cannot keep a LISTEN.
+    listen_url: str = ""
+    # PostgreSQL: `url` is a pooler in transaction mode (PgBouncer): no session settings,
+    # no prepared statements.
+    transaction_pooling: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +343,7 @@ def parse_config(
     if not sections["api"].socket:
         sections["api"] = dataclasses.replace(sections["api"], socket=default_socket(env, uid))
     _check_store_url(sections["store"].url, origin.get("store.url", where))
+    _check_store_listening(sections["store"], origin, where)
     _check_socket_mode(sections["api"].socket_mode, origin.get("api.socket_mode", where))
     _check_listen(sections["metrics"].listen, origin.get("metrics.listen", where))
 
@@ -665,6 +672,34 @@ def _check_store_url(url: str, where: str) -> None:
         parse_store_url(url)
     except ValueError as error:
         raise ConfigError(str(error), key="store.url", file=where) from None
+
+
+def _check_store_listening(store: StoreConfig, origin: Mapping[str, str], where: str) -> None:
+    """`listen_url` and `transaction_pooling` are PostgreSQL's, and pooling needs `listen_url`:
+    LISTEN needs a session of its own."""
+
+    def refuse(key: str, message: str) -> ConfigError:
+        return ConfigError(message, key=f"store.{key}", file=origin.get(f"store.{key}", where))
+
+    postgres = parse_store_url(store.url).kind == "postgresql"
+    if store.transaction_pooling and not postgres:
+        raise refuse("transaction_pooling", "only for a PostgreSQL store (store.url = 'postgresql://...')")
+    if not store.listen_url:
+        if store.transaction_pooling:
+            message = (
+                "LISTEN needs a session of its own, which a pooler in transaction mode does not keep: "
+                "set store.listen_url to a direct connection to PostgreSQL"
+            )
+            raise refuse("listen_url", message)
+        return
+    if not postgres:
+        raise refuse("listen_url", "only for a PostgreSQL store (store.url = 'postgresql://...')")
+    try:
+        listening = parse_store_url(store.listen_url).kind
+    except ValueError:
+        listening = None
+    if listening != "postgresql":
+        raise refuse("listen_url", "must be a postgresql://... URL, or '' to LISTEN through store.url")
 
 
 def _check_socket_mode(mode: str, where: str) -> None:

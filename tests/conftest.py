@@ -23,6 +23,7 @@ import pytest
 import tomli_w
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def with_database(url: str, name: str) -> str:
@@ -137,6 +138,24 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def built_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package packaging/build-deb.sh makes, built once for the session (a minute or two)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(
+        [str(ROOT / "packaging" / "build-deb.sh")],
+        env={**os.environ, "JOBD_DEB_OUT": str(out)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [package] = out.glob("*.deb")
+    return package
 
 
 @pytest.fixture(autouse=True)

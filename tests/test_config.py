@@ -243,6 +243,52 @@ def test_intervals_that_would_spin_are_refused(tmp_path: Path, key: str, value: 
 # -- one home for the store URL and HOST:PORT rules -------------------------------------
 
 
+def test_listen_url_and_transaction_pooling_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    pooled = "postgresql://jobd@pgbouncer:6432/jobd"
+    direct = "postgresql://jobd@db:5432/jobd"
+    text = f'[store]\nurl = "{pooled}"\ntransaction_pooling = true\nlisten_url = "{direct}"\n'
+    config = load_config(write(tmp_path, text), env={}, uid=1000)
+    store = config.store
+    assert (store.url, store.listen_url, store.transaction_pooling) == (pooled, direct, True)
+    env = {
+        "JOBD_STORE_URL": pooled,
+        "JOBD_STORE_LISTEN_URL": direct,
+        "JOBD_STORE_TRANSACTION_POOLING": "true",
+    }
+    from_env = load_config(None, env=env, uid=1000)
+    assert (from_env.store.listen_url, from_env.store.transaction_pooling) == (direct, True)
+    assert parse_config({}, env={}, uid=1000).store.listen_url == ""
+
+
+@pytest.mark.parametrize(
+    ("store", "key", "reason"),
+    [
+        ({"url": "postgresql://db/jobd", "transaction_pooling": True}, "listen_url", "LISTEN needs"),
+        ({"url": "sqlite:///x/jobd.db", "transaction_pooling": True}, "transaction_pooling", "PostgreSQL"),
+        ({"url": "sqlite:///x/jobd.db", "listen_url": "postgresql://db/jobd"}, "listen_url", "PostgreSQL"),
+        ({"url": "postgresql://db/jobd", "listen_url": "sqlite:///x/jobd.db"}, "listen_url", "postgresql://"),
+        ({"url": "postgresql://db/jobd", "listen_url": "db:5432"}, "listen_url", "postgresql://"),
+        ({"url": "postgresql://db/jobd", "listen_url": 5432}, "listen_url", "string"),
+    ],
+)
+def test_bad_listening_settings_are_refused_naming_the_key(
+    store: dict[str, Any], key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"store": store}, source="jobd.toml", env={}, uid=1000)
+    assert caught.value.key == f"store.{key}"
+    assert caught.value.file == "jobd.toml"
+    assert reason in str(caught.value)
+
+
+def test_listen_url_is_checked_without_echoing_a_password() -> None:
+    store = {"url": "postgresql://db/jobd", "listen_url": "postgresqll://jobd:s3cret@db/jobd"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"store": store}, env={"JOBD_STORE_LISTEN_URL": store["listen_url"]}, uid=1000)
+    assert caught.value.key == "store.listen_url" and caught.value.file == "$JOBD_STORE_LISTEN_URL"
+    assert "s3cret" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("url", "location"),
     [

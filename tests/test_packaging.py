@@ -1,7 +1,7 @@
 """packaging/build-deb.sh: build the Debian package, inspect it, unpack it and run what it installs.
 
-Building takes a minute (a fresh virtual environment and a pip install), so the package is
-built once for the module.
+Building takes a minute or two (a fresh virtual environment and a pip install), so the
+package is built once for the session (`conftest.built_deb`, shared with test_install.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_SCRIPT = ROOT / "packaging" / "build-deb.sh"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 pytestmark = [
@@ -65,12 +64,8 @@ def run(
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    result = run(BUILD_SCRIPT, env={**os.environ, "JOBD_DEB_OUT": str(out)}, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    [package] = out.glob("*.deb")
-    return package
+def deb(built_deb: Path) -> Path:
+    return built_deb
 
 
 @pytest.fixture(scope="module")

@@ -304,6 +304,21 @@ async def test_listener_wakes_on_changes_and_survives_a_killed_backend(fresh_pos
         assert time.monotonic() - started < 5
 
 
+async def test_a_listener_hands_on_no_other_listeners_check(fresh_postgres_url: str) -> None:
+    """Each listener sends itself a NOTIFY through the pool when it connects (to find a
+    pooler that loses its LISTEN); the other daemons hear it too, and wake for nothing."""
+    async with opened(fresh_postgres_url) as first, opened(fresh_postgres_url) as second:
+        wake, woken = trio.open_memory_channel[str](1000)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.listen, wake.send_nowait)
+            await expect_wakes(woken, "jobs", "cancel")
+            drain(woken)
+            await nursery.start(second.listen, lambda _: None)  # its check was heard, so it was sent
+            await second.insert_jobs([new_job()])  # a NOTIFY after the check: one connection keeps order
+            assert await woken.receive() == "jobs"
+            nursery.cancel_scope.cancel()
+
+
 async def test_killed_pool_connections_are_replaced(fresh_postgres_url: str) -> None:
     async with opened(fresh_postgres_url, pool_size=2) as store:
         await store.insert_jobs([new_job()])

@@ -26,7 +26,13 @@ def create_store(config: StoreConfig) -> Store:
     # Imported here: a SQLite or memory daemon never loads the PostgreSQL driver.
     from jobd.store.postgres import PostgresStore
 
-    return PostgresStore(location.target, pool_size=config.pool_size, connect_timeout=config.connect_timeout)
+    return PostgresStore(
+        location.target,
+        pool_size=config.pool_size,
+        connect_timeout=config.connect_timeout,
+        listen_url=config.listen_url or None,
+        transaction_pooling=config.transaction_pooling,
+    )
 
 
 def describe(url: str) -> str:

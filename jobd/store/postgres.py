@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import select
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +37,8 @@ from outcome import Value as CapturedValue
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
+from jobd.backoff import StoreOutage
+from jobd.errors import ConfigError, InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure, Progress, next_state
 from jobd.store import (
     TOKEN,
@@ -66,11 +69,13 @@ from jobd.store.sqlfiles import load_migrations, load_queries
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
+log = logging.getLogger("jobd.store")
 
 NOTIFY_CHANNEL = "jobd"
 LOCK_NAMESPACE = 0x6A6F6264  # "jobd": the first key of every advisory lock jobd takes
 _MIGRATION_LOCK = 0  # second key of the migration lock; queue locks use hashtext(queue)
 _LISTEN_BACKOFF_MAX = 5.0
+_PROBE = "probe "  # a NOTIFY payload for no one: the listener's check that it hears what is sent
 # Whatever the database's default: the claim of a globally limited queue counts the
 # running jobs after taking the queue's lock, which needs a snapshot per statement.
 _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
@@ -130,10 +135,14 @@ class PostgresStore:
         pool_size: int = 4,
         connect_timeout: float = 5.0,
         statement_timeout: float = 30.0,
+        listen_url: str | None = None,
+        transaction_pooling: bool = False,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self._url = url
+        self._listen_url = listen_url
+        self._transaction_pooling = transaction_pooling
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._idle: list[Connection] = []
@@ -142,15 +151,26 @@ class PostgresStore:
 
     # -- connections and the one thread hop per call -------------------------------------
 
-    def _connect(self) -> Connection:
+    def _connect(self, *, listener: bool = False) -> Connection:
+        """A connection for the pool, to `store.url`; or for LISTEN, to `store.listen_url`
+        when set. LISTEN needs no session settings: the listener sends none, so that a
+        listen_url that goes through a pooler is found by `_hears_notify`, not refused."""
+        session: dict[str, Any] = {}
+        if self._transaction_pooling:
+            # Each transaction may run in another server session: a statement prepared in
+            # one is missing in the next, and PgBouncer refuses session settings (`options`).
+            session = {"prepare_threshold": None}
+        elif not listener:
+            # A backstop for a query nothing cancels, and times read back in UTC.
+            timeout_ms = int(self._statement_timeout * 1000)
+            session = {"options": f"-c statement_timeout={timeout_ms} -c timezone=UTC"}
         try:
             return psycopg.connect(
-                self._url,
+                (self._listen_url or self._url) if listener else self._url,
                 autocommit=True,  # a lone statement is its own transaction; others say BEGIN
                 connect_timeout=max(1, math.ceil(self._connect_timeout)),
                 application_name="jobd",
-                # A backstop for a query nothing cancels, and times read back in UTC.
-                options=f"-c statement_timeout={int(self._statement_timeout * 1000)} -c timezone=UTC",
+                **session,
                 # Notice a server that vanished without closing the socket.
                 keepalives=1,
                 keepalives_idle=10,
@@ -161,7 +181,10 @@ class PostgresStore:
                 tcp_user_timeout=int((self._connect_timeout + self._statement_timeout) * 1000),
             )
         except psycopg.Error as error:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_reason(error)}") from error
+            reason = _reason(error)
+            if "unsupported startup parameter" in reason:  # PgBouncer's answer to `options`
+                reason += " (a pooler in transaction mode? set store.transaction_pooling = true)"
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {reason}") from error
 
     async def _run(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
         """Run `work` on a pooled connection, in one thread hop: inside BEGIN … COMMIT, or,
@@ -601,24 +624,39 @@ class PostgresStore:
     ) -> None:
         delay = 0.1
         started = False
+        outage = StoreOutage(log, "LISTEN for wake-ups from other daemons")
         thread = trio.CapacityLimiter(1)  # this listener's own: it holds a thread for as long as it runs
         while True:
             try:
                 conn = await trio.to_thread.run_sync(self._connect_listener, limiter=thread)
-            except StoreUnavailable:
-                await trio.sleep(delay)
-                delay = min(delay * 2, _LISTEN_BACKOFF_MAX)
+            except StoreUnavailable as error:
+                await trio.sleep(outage.failed(error))
                 continue
-            if not started:
-                task_status.started()
-                started = True
-            wake("connected")
-            # Whatever was sent while we were not listening is lost: look once.
-            wake("jobs")
-            wake("cancel")
             listening_since = trio.current_time()
             try:
+                if not await self._hears_notify(conn, wake, thread):
+                    deaf = ConfigError(
+                        f"LISTEN on {'store.listen_url' if self._listen_url else 'store.url'} heard no "
+                        f"NOTIFY within {self._connect_timeout:g}s: that connection goes through a pooler in "
+                        "transaction mode (such as PgBouncer), which lends its server session to other "
+                        "clients; set store.listen_url to a direct connection to PostgreSQL",
+                        key="store.listen_url",
+                    )
+                    if not started:
+                        raise deaf
+                    raise StoreUnavailable(str(deaf))
+                outage.succeeded()
+                if not started:
+                    task_status.started()
+                    started = True
+                wake("connected")
+                # Whatever was sent while we were not listening is lost: look once.
+                wake("jobs")
+                wake("cancel")
                 await trio.to_thread.run_sync(_receive_notifications, conn, wake, limiter=thread)
+            except StoreUnavailable as error:
+                await trio.sleep(outage.failed(error))
+                continue
             finally:
                 conn.close()  # also when cancelled before the thread started; closing twice is harmless
             wake("disconnected")
@@ -630,8 +668,18 @@ class PostgresStore:
                 await trio.sleep(delay)
                 delay = min(delay * 2, _LISTEN_BACKOFF_MAX)
 
+    async def _hears_notify(self, conn: Connection, wake: WakeCallback, thread: trio.CapacityLimiter) -> bool:
+        """Whether `conn` hears a NOTIFY sent through the pool. Through a pooler in
+        transaction mode LISTEN runs in a server session the pooler then lends to other
+        clients: it is accepted, and nothing is ever heard."""
+        probe = f"{_PROBE}{uuid.uuid4().hex}"
+        await self._run(lambda pooled: _notify(pooled, probe), transaction=False)
+        return await trio.to_thread.run_sync(
+            _await_probe, conn, probe, self._connect_timeout, wake, limiter=thread
+        )
+
     def _connect_listener(self) -> Connection:
-        conn = self._connect()
+        conn = self._connect(listener=True)
         try:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         except psycopg.Error as error:
@@ -646,12 +694,31 @@ def _receive_notifications(conn: Connection, wake: WakeCallback) -> None:
     try:
         while True:
             for notification in conn.notifies(timeout=0.5):
-                trio.from_thread.run_sync(wake, notification.payload)
+                if not notification.payload.startswith(_PROBE):  # another daemon's check
+                    trio.from_thread.run_sync(wake, notification.payload)
             trio.from_thread.check_cancelled()
     except psycopg.Error:
         return
     finally:
         conn.close()
+
+
+def _await_probe(conn: Connection, probe: str, timeout: float, wake: WakeCallback) -> bool:
+    """Whether `probe` arrives on `conn` within `timeout` seconds; notifications arriving
+    meanwhile are handed on. A dropped connection raises `StoreUnavailable`, a cancelled
+    listening task `Cancelled`."""
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            for notification in conn.notifies(timeout=min(left, 0.5)):
+                if notification.payload == probe:
+                    return True
+                if not notification.payload.startswith(_PROBE):
+                    trio.from_thread.run_sync(wake, notification.payload)
+            trio.from_thread.check_cancelled()
+        return False
+    except psycopg.Error as error:
+        raise _translate(error) from error
 
 
 # -- work run in the worker thread ------------------------------------------------------------

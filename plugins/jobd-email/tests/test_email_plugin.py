@@ -1,10 +1,12 @@
-"""jobd-email against a real SMTP server on loopback (a small sink on socketserver)."""
+"""jobd-email against a real SMTP server on loopback (a small sink on socketserver), in
+plain text, with STARTTLS and with implicit TLS (certificates made by trustme)."""
 
 from __future__ import annotations
 
 import base64
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,9 +18,11 @@ from typing import Any
 
 import jobd_email
 import pytest
+import trustme
 from jobd_email import Settings
 
 from jobd.errors import ConfigError, InvalidJob
+from jobd.job import JobState
 from jobd.testing import (
     Outcome,
     OutcomeKind,
@@ -34,6 +38,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    encrypted: bool  # the message came over TLS
 
     @property
     def message(self) -> EmailMessage:
@@ -49,6 +54,9 @@ class Sink:
     replies: dict[str, str] = field(default_factory=dict)  # by command (or "GREETING") -> reply
     recipient_replies: dict[str, str] = field(default_factory=dict)
     silent: bool = False  # accept connections but never greet
+    tls: ssl.SSLContext | None = None  # offers STARTTLS with it, or with implicit_tls speaks TLS at once
+    implicit_tls: bool = False
+    connections: int = 0
     received: list[Received] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
@@ -58,13 +66,34 @@ class Sink:
 class SmtpSession(socketserver.StreamRequestHandler):
     sink: Sink
 
+    encrypted = False
+
     def reply(self, line: str) -> None:
-        self.wfile.write(line.encode() + b"\r\n")
+        self.connection.sendall(line.encode() + b"\r\n")
+
+    def secure(self) -> bool:
+        """Speak TLS from here on; False when the client gave up on the handshake."""
+        assert self.sink.tls is not None
+        try:
+            self.connection = self.sink.tls.wrap_socket(self.connection, server_side=True)
+        except (ssl.SSLError, OSError):  # the client refused our certificate
+            return False
+        self.rfile = self.connection.makefile("rb")
+        self.encrypted = True
+        return True
+
+    def finish(self) -> None:
+        super().finish()
+        if self.encrypted:  # the server closes the plain socket it accepted, now detached
+            self.connection.close()
 
     def handle(self) -> None:
         sink = self.sink
+        sink.connections += 1
         if sink.silent:
             sink.release.wait(60)
+            return
+        if sink.implicit_tls and not self.secure():
             return
         self.reply(sink.replies.get("GREETING", "220 sink ESMTP"))
         sender = ""
@@ -73,7 +102,12 @@ class SmtpSession(socketserver.StreamRequestHandler):
             command, _, argument = line.decode().rstrip("\r\n").partition(" ")
             verb = command.upper()
             if verb in ("EHLO", "HELO"):
-                self.reply("250-sink\r\n250-AUTH PLAIN\r\n250 8BITMIME")
+                starttls = "250-STARTTLS\r\n" if sink.tls and not self.encrypted else ""
+                self.reply(f"250-sink\r\n{starttls}250-AUTH PLAIN\r\n250 8BITMIME")
+            elif verb == "STARTTLS" and sink.tls and not self.encrypted:
+                self.reply("220 go ahead")
+                if not self.secure():
+                    return
             elif verb == "AUTH":
                 _, user, password = base64.b64decode(argument.split()[1]).decode().split("\0")
                 sink.logins.append((user, password))
@@ -95,7 +129,7 @@ class SmtpSession(socketserver.StreamRequestHandler):
                     lines.append(data[1:] if data.startswith(b"..") else data)
                 answer = sink.replies.get("DATA", "250 queued")
                 if answer.startswith("250"):
-                    sink.received.append(Received(sender, recipients, b"".join(lines)))
+                    sink.received.append(Received(sender, recipients, b"".join(lines), self.encrypted))
                 self.reply(answer)
             elif verb == "QUIT":
                 self.reply(sink.replies.get("QUIT", "221 bye"))
@@ -131,8 +165,8 @@ def configure(sink: Sink, **table: Any) -> None:
     sink.settings = plugin_settings(jobd_email, table)
 
 
-async def send(sink: Sink, payload: Any) -> Outcome:
-    return await run_handler(jobd_email.send, payload, settings=sink.settings)
+async def send(sink: Sink, payload: Any, **options: Any) -> Outcome:
+    return await run_handler(jobd_email.send, payload, settings=sink.settings, **options)
 
 
 async def test_a_text_message_arrives_with_its_headers_and_envelope(sink: Sink) -> None:
@@ -305,6 +339,78 @@ async def test_starttls_against_a_server_without_it_fails(sink: Sink) -> None:
     assert sink.received == []
 
 
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def serve_tls(
+    sink: Sink,
+    tmp_path: Path,
+    signer: trustme.CA,
+    *,
+    trusted: trustme.CA | None,
+    implicit: bool,
+    names: tuple[str, ...],
+) -> None:
+    """Make `sink` speak TLS with a certificate `signer` issued for `names`, and send to it
+    with `[plugins.email]` trusting only `trusted` (its certificate as `ca_file`; None:
+    no `ca_file`, the system's CAs)."""
+    sink.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    signer.issue_cert(*names).configure_cert(sink.tls)
+    sink.implicit_tls = implicit
+    table: dict[str, Any] = {"tls" if implicit else "starttls": True}
+    if trusted is not None:
+        trusted.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        table["ca_file"] = str(tmp_path / "ca.pem")
+    configure(sink, **table)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+async def test_a_server_certificate_from_the_configured_ca_is_trusted(
+    sink: Sink, tmp_path: Path, ca: trustme.CA, implicit: bool
+) -> None:
+    serve_tls(sink, tmp_path, ca, trusted=ca, implicit=implicit, names=("127.0.0.1", "localhost"))
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "over TLS"})
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    [received] = sink.received
+    assert received.encrypted
+    assert received.message.get_content() == "over TLS\n"
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+async def test_a_certificate_from_another_ca_fails_for_good(
+    sink: Sink, tmp_path: Path, ca: trustme.CA, implicit: bool
+) -> None:
+    serve_tls(sink, tmp_path, trustme.CA(), trusted=ca, implicit=implicit, names=("127.0.0.1",))
+    payload = {"to": "a@example.org", "subject": "s", "text": "t"}
+    outcome = await send(sink, payload, attempt=1, max_attempts=5)
+    assert outcome.kind is OutcomeKind.FAILED  # not retried: the next attempt would meet the same certificate
+    assert outcome.state is JobState.FAILED
+    assert f"127.0.0.1:{sink.port}: the server's certificate was refused" in outcome.reason
+    assert "unable to get local issuer certificate" in outcome.reason
+    assert sink.received == [] and sink.connections == 1
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+async def test_a_certificate_for_another_host_fails_for_good(
+    sink: Sink, tmp_path: Path, ca: trustme.CA, implicit: bool
+) -> None:
+    serve_tls(sink, tmp_path, ca, trusted=ca, implicit=implicit, names=("mail.example.org",))
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "the server's certificate was refused: IP address mismatch" in outcome.reason
+    assert sink.received == []
+
+
+async def test_without_a_ca_file_the_system_cas_decide(sink: Sink, tmp_path: Path, ca: trustme.CA) -> None:
+    # trustme's CA is no system CA
+    serve_tls(sink, tmp_path, ca, trusted=None, implicit=True, names=("127.0.0.1",))
+    outcome = await send(sink, {"to": "a@example.org", "subject": "s", "text": "t"})
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "certificate was refused" in outcome.reason
+
+
 def test_defaults_are_localhost_port_25_without_tls() -> None:
     current = plugin_settings(jobd_email, {})
     assert (current.host, current.port, current.tls, current.starttls) == ("localhost", 25, False, False)
@@ -350,9 +456,28 @@ def test_bad_payloads_are_refused_naming_the_field(payload: Any, field: str) -> 
         ({"username": "u"}, "plugins.email.username"),
         ({"username": "u", "password_file": "/nonexistent/password"}, "plugins.email.password_file"),
         ({"timeout": "forever"}, "plugins.email.timeout"),
+        ({"ca_file": "/nonexistent/ca.pem", "tls": True}, "plugins.email.ca_file"),
+        ({"ca_file": 5, "tls": True}, "plugins.email.ca_file"),
     ],
 )
 def test_a_bad_config_table_is_refused_naming_the_key(table: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as refused:
         configure_plugin(jobd_email, table)
     assert refused.value.key == key
+
+
+@pytest.mark.parametrize(
+    "content", ["", "not a certificate\n", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]
+)
+def test_a_ca_file_without_a_certificate_is_refused(tmp_path: Path, content: str) -> None:
+    (tmp_path / "ca.pem").write_text(content)
+    with pytest.raises(ConfigError, match="holds no PEM certificate") as refused:
+        configure_plugin(jobd_email, {"ca_file": str(tmp_path / "ca.pem"), "starttls": True})
+    assert refused.value.key == "plugins.email.ca_file"
+
+
+def test_a_ca_file_without_tls_is_refused(tmp_path: Path, ca: trustme.CA) -> None:
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    with pytest.raises(ConfigError, match="set tls or starttls") as refused:
+        configure_plugin(jobd_email, {"ca_file": str(tmp_path / "ca.pem")})
+    assert refused.value.key == "plugins.email.ca_file"

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jobd_http
 import pytest
+import trustme
 from jobd_http import Settings
 
 from jobd.errors import ConfigError, InvalidJob
@@ -76,20 +78,50 @@ class PeerServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-@pytest.fixture
-def server() -> Iterator[str]:
+@contextlib.contextmanager
+def serving(tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    """A `Peer` on loopback, speaking TLS with `tls` when given; yields its base URL."""
     release = threading.Event()
     handler = type("BoundPeer", (Peer,), {"release": release})
     httpd = PeerServer(("127.0.0.1", 0), handler)
+    if tls is not None:  # the handshake runs at accept; one that fails drops that connection only
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
     finally:
         release.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    with serving() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@contextlib.contextmanager
+def serving_tls(signer: trustme.CA, *names: str) -> Iterator[str]:
+    """A `Peer` over TLS with a certificate `signer` issued for `names`."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    signer.issue_cert(*names).configure_cert(tls)
+    with serving(tls) as url:
+        yield url
+
+
+def trusting(ca: trustme.CA, tmp_path: Path) -> dict[str, Any]:
+    """`[plugins.http]` trusting only `ca`, named in a CA file."""
+    path = tmp_path / f"ca-{id(ca)}.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return {"ca_file": str(path)}
 
 
 @pytest.fixture
@@ -262,13 +294,67 @@ async def test_the_signing_header_is_configurable(server: str, tmp_path: Path) -
 async def test_the_client_is_shared_and_closed_with_the_lifespan(server: str) -> None:
     payload = {"method": "GET", "url": f"{server}/echo"}
     async with open_plugin(jobd_http, {}):
-        client = jobd_http._client
-        assert client is not None
+        assert jobd_http._clients is not None
+        [client] = jobd_http._clients.values()
         await run_handler(jobd_http.request, payload, settings=Settings())
-        assert jobd_http._client is client
-    assert client.is_closed and jobd_http._client is None
+        assert list(jobd_http._clients.values()) == [client]
+    assert client.is_closed and jobd_http._clients is None
     outcome = await run_handler(jobd_http.request, payload, settings=Settings())
     assert outcome.kind is OutcomeKind.ERROR and "lifespan" in outcome.reason
+
+
+async def test_https_with_a_certificate_from_the_configured_ca_completes(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    with serving_tls(ca, "127.0.0.1", "localhost") as url:
+        payload = {"method": "POST", "url": f"{url}/echo", "body": "secret"}
+        outcome = await run(payload, trusting(ca, tmp_path))
+    assert outcome.kind is OutcomeKind.COMPLETED, outcome.reason
+    assert json.loads(outcome.result["body"])["body"] == "secret"
+
+
+async def test_https_with_a_certificate_from_another_ca_fails_for_good(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    with serving_tls(trustme.CA(), "127.0.0.1") as url:
+        payload = {"method": "GET", "url": f"{url}/echo"}
+        outcome = await run(payload, trusting(ca, tmp_path), attempt=1, max_attempts=5)
+    assert outcome.kind is OutcomeKind.FAILED  # not retried: the next attempt would meet the same certificate
+    assert outcome.state is JobState.FAILED
+    assert outcome.reason == (
+        f"failed: GET {url}/echo: the server's certificate was refused: "
+        "unable to get local issuer certificate"
+    )
+
+
+async def test_https_with_a_certificate_for_another_host_fails_for_good(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    with serving_tls(ca, "api.example.org") as url:
+        outcome = await run({"method": "GET", "url": f"{url}/echo"}, trusting(ca, tmp_path))
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "the server's certificate was refused: IP address mismatch" in outcome.reason
+
+
+async def test_without_a_ca_file_the_system_cas_decide(ca: trustme.CA) -> None:
+    with serving_tls(ca, "127.0.0.1") as url:
+        outcome = await run({"method": "GET", "url": f"{url}/echo"})  # trustme's CA is no system CA
+    assert outcome.kind is OutcomeKind.FAILED
+    assert "certificate was refused" in outcome.reason
+
+
+async def test_each_job_trusts_the_ca_of_its_own_settings(ca: trustme.CA, tmp_path: Path) -> None:
+    """A reload that names another CA file applies to the next job: each set of CAs has its client."""
+    first, second = plugin_settings(jobd_http, trusting(ca, tmp_path)), plugin_settings(jobd_http, {})
+    with serving_tls(ca, "127.0.0.1") as url:
+        payload = {"method": "GET", "url": f"{url}/echo"}
+        async with open_plugin(jobd_http, trusting(ca, tmp_path)):
+            kinds = [
+                (await run_handler(jobd_http.request, payload, settings=settings)).kind
+                for settings in (first, second, first)
+            ]
+            assert jobd_http._clients is not None and len(jobd_http._clients) == 2
+    assert kinds == [OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.COMPLETED]
 
 
 @pytest.mark.parametrize(
@@ -314,6 +400,8 @@ def test_bad_payloads_are_refused_naming_the_field(payload: Any, field: str) -> 
         ({"signing_header": "Bad Header"}, "plugins.http.signing_header"),
         ({"timeout": "0s"}, "plugins.http.timeout"),
         ({"timeout": "later"}, "plugins.http.timeout"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "plugins.http.ca_file"),
+        ({"ca_file": ["ca.pem"]}, "plugins.http.ca_file"),
     ],
 )
 async def test_a_bad_config_table_is_refused_naming_the_key(table: dict[str, Any], key: str) -> None:
@@ -335,3 +423,11 @@ def test_the_secret_is_read_into_the_settings_and_never_shown(tmp_path: Path) ->
     settings = plugin_settings(jobd_http, {"signing_secret_file": str(tmp_path / "secret"), "timeout": "5s"})
     assert settings.signing_secret == b"hush" and settings.timeout == 5.0
     assert "hush" not in repr(settings)
+
+
+@pytest.mark.parametrize("content", ["", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])
+async def test_a_ca_file_without_a_certificate_is_refused(tmp_path: Path, content: str) -> None:
+    (tmp_path / "ca.pem").write_text(content)
+    with pytest.raises(ConfigError, match="holds no PEM certificate") as refused:
+        plugin_settings(jobd_http, {"ca_file": str(tmp_path / "ca.pem")})
+    assert refused.value.key == "plugins.http.ca_file"

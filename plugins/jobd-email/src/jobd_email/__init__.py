@@ -3,8 +3,8 @@
 The server, the From address and the credentials come from `[plugins.email]` (the
 password from `password_file` or `$JOBD_SMTP_PASSWORD`), never from a payload. smtplib
 blocks, so each message is sent from a worker thread, at most `CONNECTIONS` at once.
-Temporary refusals (4xx replies) and network errors are retried; permanent ones (5xx)
-fail the job.
+Temporary refusals (4xx replies) and network errors are retried; permanent ones (5xx),
+and a server certificate that does not verify, fail the job.
 """
 
 from __future__ import annotations
@@ -51,10 +51,18 @@ class Settings:
     username: str = ""
     password_file: str = ""
     timeout: float = jobd.setting(30.0, duration=True, minimum=0.001)
+    ca_file: str = ""
     password: str = jobd.setting("", from_config=False)
+    # The PEM text of `ca_file`, read when the table is accepted; None trusts the system's CAs.
+    ca_certificates: str | None = jobd.setting(None, from_config=False)
 
     def __repr__(self) -> str:  # never print the password
         return f"Settings(host={self.host!r}, port={self.port}, sender={self.sender!r}, tls={self.tls})"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """What the server's certificate is verified with: the host name, and a chain to
+        the CAs of `ca_file`, or to the system's when there is none."""
+        return ssl.create_default_context(cadata=self.ca_certificates)
 
 
 @jobd.hookimpl
@@ -71,8 +79,11 @@ def jobd_configure(config: Mapping[str, Any]) -> Settings:
     if settings.username and not password:
         message = f"a username needs a password: set password_file or ${PASSWORD_VARIABLE}"
         raise jobd.ConfigError(message, key="username")
+    if settings.ca_file and not (settings.tls or settings.starttls):
+        raise jobd.ConfigError("a CA file verifies TLS: set tls or starttls too", key="ca_file")
     port = SMTPS_PORT if settings.tls and "port" not in config else settings.port
-    return dataclasses.replace(settings, port=port, password=password)
+    certificates = _read_ca_file(settings.ca_file)
+    return dataclasses.replace(settings, port=port, password=password, ca_certificates=certificates)
 
 
 def _read_password(path: str) -> str:
@@ -88,6 +99,23 @@ def _read_password(path: str) -> str:
     if not password:
         raise jobd.ConfigError(f"{path} is empty", key="password_file")
     return password
+
+
+def _read_ca_file(path: str) -> str | None:
+    """The CA certificates of `path` as PEM text, checked to load; None without a file."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not text"
+        raise jobd.ConfigError(f"cannot read {path}: {reason}", key="ca_file") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with contextlib.suppress(ssl.SSLError, ValueError):  # an empty file or garbage loads nothing
+        context.load_verify_locations(cadata=text)
+    if not context.cert_store_stats()["x509"]:
+        raise jobd.ConfigError(f"{path} holds no PEM certificate", key="ca_file")
+    return text
 
 
 def _address(text: str) -> str | None:
@@ -188,6 +216,8 @@ async def send(job: jobd.JobContext) -> dict[str, Any]:
         raise jobd.Retry(reason=reason) from None
     except smtplib.SMTPNotSupportedError as error:
         raise jobd.Fail(f"{where}: {error}") from None
+    except ssl.SSLCertVerificationError as error:  # the same certificate will be refused next time too
+        raise jobd.Fail(f"{where}: the server's certificate was refused: {error.verify_message}") from None
     except (smtplib.SMTPException, OSError) as error:  # disconnected, refused, timed out, TLS
         raise jobd.Retry(reason=f"{where}: {type(error).__name__}: {error}") from None
     if refused:
@@ -203,7 +233,7 @@ def _deliver(
     settings: Settings, message: EmailMessage, recipients: list[str]
 ) -> dict[str, tuple[int, bytes]]:
     """One SMTP conversation (in a worker thread); returns the recipients the server refused."""
-    context = ssl.create_default_context()
+    context = settings.tls_context()
     smtp: smtplib.SMTP
     if settings.tls:
         smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout, context=context)

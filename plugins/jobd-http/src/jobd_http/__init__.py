@@ -1,21 +1,24 @@
 """jobd-http: the `http.request` job type makes one HTTP request.
 
-All jobs share one `httpx.AsyncClient` (one connection pool), opened by `jobd_lifespan`
-when the daemon starts and closed when it stops. A 2xx answer (or the one the payload
-expects) completes the job; 408, 429, 5xx and network errors are retried, honouring
-`Retry-After`; any other answer fails the job at once. With `signing_secret_file`
+All jobs share one `httpx.AsyncClient` (one connection pool) per set of trusted CAs (the
+system's, or those of `ca_file`), held by `jobd_lifespan` from the daemon's start to its
+stop. A 2xx answer (or the one the payload expects) completes the job; 408, 429, 5xx and
+network errors are retried, honouring `Retry-After`; a server certificate that does not
+verify, and any other answer, fail the job at once. With `signing_secret_file`
 configured, every request carries an HMAC-SHA256 signature of its body so a webhook
 receiver can tell it came from this daemon.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import json
 import math
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -61,17 +64,22 @@ class Settings:
     signing_secret_file: str = ""
     signing_header: str = "X-Jobd-Signature"
     timeout: float = jobd.setting(30.0, duration=True, minimum=0.001)  # when the payload gives none
+    ca_file: str = ""
     signing_secret: bytes | None = jobd.setting(None, from_config=False)
+    # The PEM text of `ca_file`, read when the table is accepted; None trusts the system's CAs.
+    ca_certificates: str | None = jobd.setting(None, from_config=False)
 
     def __repr__(self) -> str:  # never print the secret
         return (
             f"Settings(max_body_bytes={self.max_body_bytes}, "
             f"signing_secret_file={self.signing_secret_file!r}, "
-            f"signing_header={self.signing_header!r}, timeout={self.timeout})"
+            f"signing_header={self.signing_header!r}, timeout={self.timeout}, ca_file={self.ca_file!r})"
         )
 
 
-_client: httpx.AsyncClient | None = None
+# While the lifespan is open: the shared clients, by the PEM text of the CAs they trust
+# (None: the system's). A reload that names another CA file gets a client of its own.
+_clients: dict[str | None, httpx.AsyncClient] | None = None
 
 
 @jobd.hookimpl
@@ -79,25 +87,45 @@ def jobd_configure(config: Mapping[str, Any]) -> Settings:
     settings = jobd.parse_settings(Settings, config)
     if not _TOKEN.match(settings.signing_header):
         raise jobd.ConfigError("must be an HTTP header name", key="signing_header")
-    return dataclasses.replace(settings, signing_secret=_read_secret(settings.signing_secret_file))
+    return dataclasses.replace(
+        settings,
+        signing_secret=_read_secret(settings.signing_secret_file),
+        ca_certificates=_read_ca_file(settings.ca_file),
+    )
 
 
 @jobd.hookimpl
-def jobd_lifespan() -> AbstractAsyncContextManager[None]:
-    return _shared_client()
+def jobd_lifespan(settings: Settings) -> AbstractAsyncContextManager[None]:
+    return _shared_clients(settings)
 
 
 @asynccontextmanager
-async def _shared_client() -> AsyncIterator[None]:
-    """One client, one connection pool, for every `http.request` job of this daemon."""
-    global _client
-    user_agent = f"jobd-http/{version('jobd-http')}"
-    async with httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": user_agent}) as client:
-        _client = client
-        try:
-            yield
-        finally:
-            _client = None
+async def _shared_clients(settings: Settings) -> AsyncIterator[None]:
+    """The clients of every `http.request` job of this daemon, closed when it stops; the one
+    the settings in force at start need is opened now, others on first use."""
+    global _clients
+    _clients = {}
+    try:
+        _client(settings)
+        yield
+    finally:
+        clients, _clients = _clients, None
+        for client in clients.values():
+            await client.aclose()
+
+
+def _client(settings: Settings) -> httpx.AsyncClient:
+    """The shared client that trusts the CAs `settings` name."""
+    if _clients is None:
+        raise RuntimeError("jobd-http's clients are closed: its jobd_lifespan is not open")
+    client = _clients.get(settings.ca_certificates)
+    if client is None:
+        user_agent = f"jobd-http/{version('jobd-http')}"
+        # The host name and a chain to the CAs are verified; ca_file replaces the system's CAs.
+        verify = ssl.create_default_context(cadata=settings.ca_certificates)
+        client = httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": user_agent}, verify=verify)
+        _clients[settings.ca_certificates] = client
+    return client
 
 
 def _read_secret(path: str) -> bytes | None:
@@ -111,6 +139,23 @@ def _read_secret(path: str) -> bytes | None:
     if not secret:
         raise jobd.ConfigError(f"{path} is empty", key="signing_secret_file")
     return secret
+
+
+def _read_ca_file(path: str) -> str | None:
+    """The CA certificates of `path` as PEM text, checked to load; None without a file."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not text"
+        raise jobd.ConfigError(f"cannot read {path}: {reason}", key="ca_file") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with contextlib.suppress(ssl.SSLError, ValueError):  # an empty file or garbage loads nothing
+        context.load_verify_locations(cadata=text)
+    if not context.cert_store_stats()["x509"]:
+        raise jobd.ConfigError(f"{path} holds no PEM certificate", key="ca_file")
+    return text
 
 
 def signature(secret: bytes, timestamp: str, job_id: str, body: bytes) -> str:
@@ -189,9 +234,8 @@ def _positive_number(value: Any) -> bool:
 @jobd.handler("http.request", validate=validate)
 async def request(job: jobd.JobContext) -> dict[str, Any]:
     """Make the request; the answer's status decides between completed, retried and failed."""
-    if _client is None:
-        raise RuntimeError("jobd-http's client is closed: its jobd_lifespan is not open")
     settings: Settings = job.settings
+    client = _client(settings)
     payload = job.payload
     method = _method(payload)
     url: str = payload["url"]
@@ -203,12 +247,15 @@ async def request(job: jobd.JobContext) -> dict[str, Any]:
         headers[settings.signing_header] = signature(settings.signing_secret, timestamp, str(job.id), content)
     timeout = payload.get("timeout") or settings.timeout  # null counts as absent
     try:
-        async with _client.stream(method, url, content=content, headers=headers, timeout=timeout) as response:
+        async with client.stream(method, url, content=content, headers=headers, timeout=timeout) as response:
             body, truncated = await _read_body(response, settings.max_body_bytes)
     except httpx.TimeoutException as error:
         reason = f"{method} {url}: no answer within {timeout:g}s ({type(error).__name__})"
         raise jobd.Retry(reason=reason) from None
     except httpx.RequestError as error:  # refused, reset, DNS, TLS, a broken answer: all may pass
+        refused = _refused_certificate(error)
+        if refused is not None:  # but the same certificate will be refused next time too
+            raise jobd.Fail(f"{method} {url}: the server's certificate was refused: {refused}") from None
         raise jobd.Retry(reason=f"{method} {url}: {type(error).__name__}: {error}") from None
     status = response.status_code
     expected = _expected_statuses(payload["expect_status"]) if "expect_status" in payload else None
@@ -218,6 +265,17 @@ async def request(job: jobd.JobContext) -> dict[str, Any]:
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise jobd.Retry(delay=retry_after(response.headers.get("Retry-After")), reason=reason)
     raise jobd.Fail(reason)
+
+
+def _refused_certificate(error: BaseException) -> str | None:
+    """Why the TLS handshake refused the server's certificate, if that is what `error`
+    comes from (httpx wraps it, under Trio in a BrokenResourceError too); None otherwise."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return str(cause.verify_message)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _method(payload: Mapping[str, Any]) -> str:
