@@ -877,6 +877,45 @@ async def test_count_jobs_per_queue_and_state(store: Store) -> None:
     }
 
 
+async def test_queue_activity_finds_the_earliest_run_at_across_priorities(store: Store) -> None:
+    for priority, seconds in [(5, 3), (0, 1), (0, 2), (-3, 5), (-3, 4), (7, 6)]:
+        await insert(store, queue="a", priority=priority, run_at=at(seconds), created_at=at(seconds))
+    await insert(store, queue="b", run_at=at(100))  # scheduled: not pending
+    await running(store, queue="c")
+    activity = await store.queue_activity(["a", "b", "c", "nowhere"], at(10))
+    assert {name: found.oldest_pending for name, found in activity.items()} == {
+        "a": at(1), "b": None, "c": None, "nowhere": None,
+    }
+    await claim(store, "a", limit=3)  # priorities 7, 5 and the earlier of the two 0s
+    assert (await store.queue_activity(["a"], at(10)))["a"].oldest_pending == at(2)
+
+
+async def test_queue_activity_counts_attempt_ends_of_the_ten_whole_seconds_before_now(store: Store) -> None:
+    now = at(0)  # 12:30:15.123456: the window is 12:30:05 up to 12:30:15
+    ends = [
+        (Outcome.COMPLETED, at(-1)), (Outcome.COMPLETED, at(-10)), (Outcome.COMPLETED, at(-11)),
+        (Outcome.COMPLETED, at(0.5)), (Outcome.FAILED, at(-2)), (Outcome.RETRIED, at(-3)),
+        (Outcome.RETRIED, at(-3)), (Outcome.CANCELLED, at(-2)), (Outcome.REQUEUED, at(-2)),
+    ]
+    for outcome, when in ends:
+        await finish(store, await running(store, queue="q"), outcome, when, run_at=when)
+    rescued = await running(store, queue="q", max_attempts=1, now=at(-40))
+    await store.rescue_jobs(at(-5))  # its last attempt: the job fails
+    assert (await current(store, rescued)).state == JobState.FAILED
+    other = await running(store, queue="other")
+    await finish(store, other, Outcome.COMPLETED, at(-1))
+    activity = await store.queue_activity(["q", "quiet"], now)
+    assert dict(activity["q"].ended) == {Outcome.COMPLETED: 2, Outcome.FAILED: 2, Outcome.RETRIED: 2}
+    assert sum(activity["quiet"].ended.values()) == 0
+
+
+async def test_queue_activity_keeps_sixteen_seconds_in_a_ring(store: Store) -> None:
+    for when in (at(-20), at(-20), at(-4), at(-20)):  # :55 and :11 share a slot; the late :55 is dropped
+        await finish(store, await running(store), Outcome.COMPLETED, when)
+    assert (await store.queue_activity(["default"], at(0)))["default"].ended[Outcome.COMPLETED] == 1
+    assert (await store.queue_activity(["default"], at(-10)))["default"].ended[Outcome.COMPLETED] == 0
+
+
 async def test_prune_jobs_by_state_cutoff_and_limit(store: Store) -> None:
     async def finished(outcome: Outcome, when: float) -> Job:
         return await finish(store, await running(store), outcome, now=at(when))

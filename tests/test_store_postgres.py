@@ -101,6 +101,7 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
         "paused_queues",
         "migrations",
         "schedules",
+        "recent_outcomes",
     }
     views = query(fresh_postgres_url, "SELECT viewname FROM pg_views WHERE schemaname = 'jobd'")
     assert views == [("jobs",)]
@@ -411,4 +412,4 @@ async def test_a_database_of_the_previous_schema_gains_schedules_and_keeps_its_j
             assert job is not None and (job.type, job.schedule, job.scheduled_for) == ("old", None, None)
         assert await store.sync_schedules({"s": "every 1000000us"}, datetime.now(UTC))
     versions = query(fresh_postgres_url, "SELECT version FROM jobd.migrations ORDER BY 1")
-    assert [row[0] for row in versions] == [1, 2, 3]
+    assert [row[0] for row in versions] == [migration.version for migration in MIGRATIONS]

@@ -120,9 +120,10 @@ async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
     assert [row[:2] for row in rows(db_path, "SELECT version, name FROM schema_migrations")] == [
         (1, "initial"),
         (2, "schedules"),
+        (4, "top"),
     ]
     assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
-    assert rows(db_path, "PRAGMA user_version") == [(2,)]
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
 
 
 async def test_a_schema_newer_than_this_jobd_is_refused(db_path: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -32,6 +33,7 @@ from jobd.store import (
     JobPage,
     NewJob,
     Outcome,
+    QueueActivity,
     QueueCounts,
     QueueSlots,
     Rescued,
@@ -41,11 +43,16 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    queue_activities,
+    rate_window,
     rescue_decision,
     synced_record,
 )
 
 _entries = itertools.count()  # ties between heap entries never compare rows
+_RING = 16  # one-second slots kept per queue and outcome, as the SQL stores keep them
+_ENDED_AS = {JobState.COMPLETED: Outcome.COMPLETED, JobState.FAILED: Outcome.FAILED,
+             JobState.SCHEDULED: Outcome.RETRIED}  # a running job's next state -> its outcome
 
 
 class _Indexes:
@@ -60,6 +67,9 @@ class _Indexes:
         self.finished: dict[JobState, list[tuple[datetime, int, _Row]]] = {
             state: [] for state in FINISHED_STATES
         }
+        self.pending_since: dict[str, list[tuple[datetime, int, _Row]]] = {}  # by run_at
+        # (queue, outcome, slot) -> (the second the slot counts, attempts ended in it)
+        self.ended: dict[tuple[str, Outcome, int], tuple[int, int]] = {}
 
     def enter(self, row: _Row) -> None:
         job = row.job
@@ -67,6 +77,7 @@ class _Indexes:
         if job.state == JobState.PENDING:
             key = row.sort_key()
             heapq.heappush(self.ready.setdefault(job.queue, []), (key, next(_entries), row))
+            heapq.heappush(self.pending_since.setdefault(job.queue, []), (job.run_at, next(_entries), row))
         elif job.state == JobState.SCHEDULED:
             heapq.heappush(self.scheduled, (job.run_at, next(_entries), row))
         elif job.state == JobState.RUNNING:
@@ -75,6 +86,26 @@ class _Indexes:
             heapq.heappush(self.finished[job.state], (job.finished_at, next(_entries), row))
         if job.key is not None and job.state not in FINISHED_STATES:
             self.live_keys[job.key] = row
+
+    def count_end(self, before: Job, after: Job) -> None:
+        """Count an attempt that ended, in the ring slot of its second (see 0004_top.sql)."""
+        outcome = _ENDED_AS.get(after.state)
+        if before.state != JobState.RUNNING or outcome is None:
+            return
+        second = math.floor(after.updated_at.timestamp())
+        slot = (after.queue, outcome, second % _RING)
+        held, jobs = self.ended.get(slot, (second, 0))
+        if held <= second:
+            self.ended[slot] = (second, jobs + 1 if held == second else 1)
+
+    def oldest_pending(self, queue: str) -> datetime | None:
+        heap = self.pending_since.get(queue, [])
+        while heap:
+            run_at, _, row = heap[0]
+            if not row.deleted and row.job.state == JobState.PENDING and row.job.run_at == run_at:
+                return run_at
+            heapq.heappop(heap)  # stale: the row changed since
+        return None
 
     def leave(self, row: _Row) -> None:
         """Undo `enter` where it is cheap; heap entries go stale instead, and their
@@ -107,9 +138,11 @@ class _Row:
 
     @job.setter
     def job(self, job: Job) -> None:
+        before = self._job
         self._indexes.leave(self)
         self._job = job
         self._indexes.enter(self)
+        self._indexes.count_end(before, job)
 
     def sort_key(self) -> tuple[int, datetime, int]:
         return (-self._job.priority, self._job.run_at, self.sequence)
@@ -405,6 +438,15 @@ class MemoryStore:
             if jobs:
                 counts.setdefault(queue, {})[state] = jobs
         return counts
+
+    async def queue_activity(self, queues: Sequence[str], now: datetime) -> dict[str, QueueActivity]:
+        first, last = rate_window(now)
+        ended: dict[tuple[str, Outcome], int] = collections.Counter()
+        for (queue, outcome, _), (second, jobs) in self._indexes.ended.items():
+            if first <= second < last:
+                ended[(queue, outcome)] += jobs
+        oldest = {queue: self._indexes.oldest_pending(queue) for queue in queues}
+        return queue_activities(queues, {queue: at for queue, at in oldest.items() if at is not None}, ended)
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         if paused:

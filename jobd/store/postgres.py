@@ -48,6 +48,7 @@ from jobd.store import (
     JobPage,
     NewJob,
     Outcome,
+    QueueActivity,
     QueueCounts,
     QueueSlots,
     Rescued,
@@ -57,6 +58,8 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    queue_activities,
+    rate_window,
     rescue_decision,
     synced_record,
 )
@@ -285,7 +288,10 @@ class PostgresStore:
             if value is not None:
                 params[name] = str(value)
                 terms.append(f"AND {name} = %({name})s")
-        query = QUERIES["list_jobs"].replace("{filters}", " ".join(terms))
+        name = "list_jobs"
+        if wanted.state is not None:
+            name = "list_finished_jobs" if wanted.state.finished else "list_live_jobs"
+        query = QUERIES[name].replace("{filters}", " ".join(terms))
         rows = await self._run(lambda conn: conn.execute(query, params).fetchall(), transaction=False)
         page = [_job(row) for row in rows[:limit]]
         more = len(rows) > limit and page
@@ -486,6 +492,21 @@ class PostgresStore:
             if count:
                 counts.setdefault(queue, {})[JobState(state)] = int(count)
         return counts
+
+    async def queue_activity(self, queues: Sequence[str], now: datetime) -> dict[str, QueueActivity]:
+        first, last = rate_window(now)
+        params = {"queues": list(queues), "first": first, "last": last}
+        rows = await self._run(
+            lambda conn: conn.execute(QUERIES["queue_activity"], params).fetchall(), transaction=False
+        )
+        oldest: dict[str, datetime] = {}
+        ended: dict[tuple[str, Outcome], int] = {}
+        for queue, outcome, jobs, run_at in rows:
+            if outcome is None:
+                oldest[queue] = run_at
+            else:
+                ended[(queue, Outcome(outcome))] = int(jobs)
+        return queue_activities(queues, oldest, ended)
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         name = "pause_queue" if paused else "resume_queue"

@@ -45,6 +45,8 @@ from jobd.store import (
     JobFilter,
     JobPage,
     NewJob,
+    Outcome,
+    QueueActivity,
     QueueCounts,
     QueueSlots,
     Rescued,
@@ -54,6 +56,8 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    queue_activities,
+    rate_window,
     rescue_decision,
     synced_record,
 )
@@ -383,6 +387,21 @@ def _count_jobs(conn: sqlite3.Connection) -> QueueCounts:
     for queue_name, state, jobs in conn.execute(_Q["count_jobs"]):
         counts.setdefault(queue_name, {})[JobState(state)] = jobs
     return counts
+
+
+def _queue_activity(
+    conn: sqlite3.Connection, queues: Sequence[str], now: datetime
+) -> dict[str, QueueActivity]:
+    first, last = rate_window(now)
+    oldest: dict[str, datetime] = {}
+    ended: dict[tuple[str, Outcome], int] = {}
+    values = {"queues": json.dumps(list(queues)), "first": first, "last": last}
+    for queue_name, outcome, jobs, run_at in conn.execute(_Q["queue_activity"], values):
+        if outcome is None:
+            oldest[queue_name] = _time(run_at)
+        else:
+            ended[(queue_name, Outcome(outcome))] = jobs
+    return queue_activities(queues, oldest, ended)
 
 
 def _set_queue_paused(conn: sqlite3.Connection, queue_name: str, paused: bool) -> None:
@@ -793,6 +812,9 @@ class SQLiteStore:
 
     async def count_jobs(self) -> QueueCounts:
         return await self._read(_count_jobs)
+
+    async def queue_activity(self, queues: Sequence[str], now: datetime) -> dict[str, QueueActivity]:
+        return await self._read(lambda conn: _queue_activity(conn, queues, now))
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         await self._write(lambda conn: _set_queue_paused(conn, queue, paused))
