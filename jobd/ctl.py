@@ -406,7 +406,10 @@ def _top(args: argparse.Namespace) -> int:
         if args.once or args.json or not top.is_interactive():
             top.print_once(client, as_json=args.json)
         else:
-            top.run_interactive(client, args.interval)
+            try:
+                top.run_interactive(client, args.interval)
+            except top.TerminalUnusable as error:
+                raise UsageError(f"{error}\nUse --once for one plain snapshot.") from None
     return EXIT_OK
 
 

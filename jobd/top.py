@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from jobd.client import Client
-from jobd.errors import ApiError, DaemonUnreachable
+from jobd.errors import ApiError, DaemonUnreachable, StoreUnavailable
 from jobd.job import Job
 from jobd.topview import (
     Cancel,
@@ -84,11 +86,26 @@ def print_once(client: Client, *, as_json: bool) -> None:
     print("\n".join(render_plain(client.socket, snapshot, shutil.get_terminal_size().columns)))
 
 
+class TerminalUnusable(Exception):
+    """curses cannot drive this terminal (an unknown $TERM, say)."""
+
+
 def run_interactive(client: Client, interval: float) -> None:
-    """The live view until `q` (or Ctrl-C, which raises KeyboardInterrupt as usual)."""
+    """The live view until `q`; Ctrl-C raises KeyboardInterrupt as usual, and SIGTERM
+    SystemExit, both once the terminal is given back."""
     import curses
 
-    curses.wrapper(lambda window: _Shell(window, client, interval).loop())
+    def stop(signum: int, frame: object) -> None:
+        sys.exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        curses.wrapper(lambda window: _Shell(window, client, interval).loop())
+    except curses.error as error:
+        terminal = os.environ.get("TERM", "")
+        raise TerminalUnusable(f"cannot drive this terminal (TERM={terminal!r}): {error}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def is_interactive() -> bool:
@@ -96,10 +113,13 @@ def is_interactive() -> bool:
 
 
 def refresh(client: Client, screen: Screen) -> Screen:
+    """The screen with the daemon's new answer, or with why there is none."""
     try:
         return screen.refreshed(ask(client).snapshot(datetime.now(UTC)))
     except DaemonUnreachable as error:
         return screen.failed(f"DAEMON UNREACHABLE: {error.reason}")
+    except StoreUnavailable as error:
+        return screen.failed(f"STORE UNAVAILABLE: {error.message}")
     except ApiError as error:
         return screen.failed(f"THE DAEMON ANSWERS, BUT: {error.message}")
 

@@ -113,8 +113,9 @@ def top_command(daemon: DaemonProcess) -> str:
 
 
 def assert_restored(terminal: Terminal, status: int) -> None:
-    lines = terminal.wait_for(rf"^EXIT={status}$", f"top's exit status {status}")
-    modes = " ".join(lines[[line.startswith("EXIT=") for line in lines].index(True) :])
+    terminal.wait_for(rf"^EXIT={status}$", f"top's exit status {status}")
+    lines = terminal.wait_for(r"icanon", "the terminal's modes, from stty")
+    modes = " ".join(lines[lines.index(f"EXIT={status}") :])
     assert re.search(r"(^|\s)icanon\s", modes) and re.search(r"\secho\s", modes), modes  # cooked again
     assert not terminal.alternate_screen()
 
@@ -165,7 +166,10 @@ def test_top_says_when_the_daemon_is_unreachable_and_comes_back_with_it(
     start_daemon: StartDaemon, terminal: Terminal
 ) -> None:
     daemon = start_daemon(config=CONFIG)
-    terminal.run(top_command(daemon))
+    terminal.run(f"TERM=nonesuch {top_command(daemon)}")
+    terminal.wait_for(r"^jobd-ctl: cannot drive this terminal \(TERM='nonesuch'\)", "the complaint")
+    assert_restored(terminal, 2)
+    terminal.run(f"clear; {top_command(daemon)}")
     terminal.wait_for(r"^store ok  workers 0 of 4 busy", "the first answer")
     daemon.kill()
     screen = terminal.wait_for(r"^DAEMON UNREACHABLE: ", "the daemon gone")
