@@ -476,7 +476,7 @@ def _widths(columns: Sequence[_Column], width: int) -> list[int]:
 def _row(columns: Sequence[_Column], cells: Sequence[str], width: int, selected: bool) -> str:
     parts = []
     for column, cell, size in zip(columns, cells, _widths(columns, width), strict=True):
-        text = _clip(_clean(cell), size)
+        text = _clip(cell, size)
         parts.append(text.rjust(size) if column.right else text.ljust(size))
     return _clip((_MARK if selected else " " * len(_MARK)) + " ".join(parts), width)
 
@@ -506,8 +506,10 @@ def _clean(text: str) -> str:
 
 
 def _clip(text: str, width: int) -> str:
+    """`text` on one line of at most `width` characters; `~` ends one cut short."""
     if width <= 0:
         return ""
+    text = _clean(text)
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
