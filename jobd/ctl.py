@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from jobd.client import Client, JobPage, os_errno
+from jobd import top
+from jobd.client import DEFAULT_TIMEOUT, Client, JobPage, os_errno
 from jobd.durations import format_duration, parse_duration
 from jobd.errors import ApiError, ConfigError, DaemonUnreachable
 from jobd.job import JSON, Job, JobState
@@ -29,6 +30,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
+MIN_INTERVAL = 0.1  # `top` refreshing faster would load the daemon for no one's eyes
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -157,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     resume = _command(commands, "resume", _resume, "start jobs of a paused queue again")
     resume.add_argument("queue", metavar="QUEUE")
 
+    watch = _command(
+        commands,
+        "top",
+        _top,
+        "watch the queues, the running jobs and the latest failures, live",
+        epilog=(
+            "Per queue: jobs scheduled, pending and running; its concurrency here and its\n"
+            "global limit; jobs completed, failed and retried per second over the last 10 s;\n"
+            "how long the oldest pending job has waited; whether it is paused.\n"
+            "Keys: up/down select a queue or a running job; p pauses or resumes the selected\n"
+            "queue; c cancels the selected job (y confirms); q quits.\n"
+            "With --once, --json, or when standard output is not a terminal, it prints one\n"
+            "snapshot and exits."
+        ),
+    )
+    watch.add_argument(
+        "--interval",
+        metavar="DUR",
+        type=_interval,
+        default=1.0,
+        help="refresh every DUR (default 1s, at least 100ms)",
+    )
+    watch.add_argument("--once", action="store_true", help="print one snapshot and exit")
+
     _command(commands, "schedules", _schedules, "list the schedules with their next and last run")
     schedule = _command(
         commands,
@@ -203,6 +229,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _interval(text: str) -> float:
+    seconds = _duration(text)
+    if seconds < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(f"must be at least {format_duration(MIN_INTERVAL)}, got {text!r}")
+    return seconds
+
+
 def _time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
@@ -225,9 +258,9 @@ def _job_id(text: str) -> str:
 # -- commands -----------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _client(args: argparse.Namespace, timeout: float = DEFAULT_TIMEOUT) -> Client:
     try:
-        return Client(args.socket)
+        return Client(args.socket, timeout=timeout)
     except ConfigError as error:
         raise UsageError(
             f"cannot tell where jobd's socket is: {error}\nPass --socket PATH or set JOBD_SOCKET."
@@ -408,6 +441,18 @@ def _pause(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_queue(args, client.resume(args.queue))
+    return EXIT_OK
+
+
+def _top(args: argparse.Namespace) -> int:
+    with _client(args, timeout=top.REQUEST_TIMEOUT) as client:
+        if args.once or args.json or not top.is_interactive():
+            top.print_once(client, as_json=args.json)
+        else:
+            try:
+                top.run_interactive(client, args.interval)
+            except top.TerminalUnusable as error:
+                raise UsageError(f"{error}\nUse --once for one plain snapshot.") from None
     return EXIT_OK
 
 

@@ -193,6 +193,7 @@ class DaemonUnreachable(ApiError):
     def __init__(self, socket: str, reason: str) -> None:
         super().__init__(0, "unreachable", f"cannot reach jobd at {socket}: {reason}")
         self.socket = socket
+        self.reason = reason
 
 
 class HandlerSignal(Exception):

@@ -93,8 +93,11 @@ class LoopWatch:
 
     def _ended(self, block: Block) -> None:
         self._metrics.loop_blocked(block.job.type if block.job else "", block.seconds)
-        _warn(block, "the event loop was blocked for %.1fs", "a handler must not block: define blocking code "
-              "with plain def, to run in a thread")
+        _warn(
+            block,
+            "the event loop was blocked for %.1fs",
+            "a handler must not block: define blocking code with plain def, to run in a thread",
+        )
 
     def _goes_on(self, block: Block) -> None:
         _warn(block, "the event loop has been blocked for %.0fs so far", "")
@@ -114,8 +117,13 @@ def _warn(block: Block, what: str, advice: str) -> None:
         log.warning(what + ", outside any job", block.seconds, extra=fields)
         return
     fields.update(job_id=str(job.id), type=job.type, queue=job.queue)
-    log.warning(what + " by job %s (%s)" + (f": {advice}" if advice else ""), block.seconds, job.id, job.type,
-                extra=fields)
+    log.warning(
+        what + " by job %s (%s)" + (f": {advice}" if advice else ""),
+        block.seconds,
+        job.id,
+        job.type,
+        extra=fields,
+    )
 
 
 def _stack(frame: FrameType | None) -> Iterator[FrameType]:

@@ -170,9 +170,13 @@ class Maintenance:
         for queue, states in self.counts.items():
             per_queue[queue] = {state.value: n for state, n in states.items()}
         waiting = sorted(queue for queue, states in self.counts.items() if states.get(JobState.PENDING))
-        oldest = await self._store.oldest_pending(waiting) if waiting else {}
         now = self._clock()
+        activity = await self._store.queue_activity(waiting, now) if waiting else {}
         self._metrics.set_queue_counts(per_queue)  # every served queue, so an empty one reads 0
         self._metrics.set_oldest_pending(
-            {queue: (now - since).total_seconds() for queue, since in oldest.items()}
+            {
+                queue: (now - flow.oldest_pending).total_seconds()
+                for queue, flow in activity.items()
+                if flow.oldest_pending is not None
+            }
         )

@@ -36,7 +36,7 @@ from jobd.metrics import Exposition, Metrics
 from jobd.scheduler import Scheduler, tick_job
 from jobd.schedules import Schedule, ScheduleStatus
 from jobd.settings import LiveSettings, Settings
-from jobd.store import Inserted, JobFilter, JobPage, NewJob, ScheduleRecord, Store
+from jobd.store import RATE_WINDOW, Inserted, JobFilter, JobPage, NewJob, ScheduleRecord, Store
 from jobd.submission import check_submission, storable
 from jobd.version import __version__
 from jobd.watch import JobWatch
@@ -364,16 +364,23 @@ class JobService:
         counts = await store.count_jobs()
         paused = await store.paused_queues()
         settings = self._live.current
+        names = sorted(set(settings.queues) | set(counts))
+        now = self._clock()
+        activity = await store.queue_activity(names, now)
         queues: dict[str, Any] = {}
-        for name in sorted(set(settings.queues) | set(counts)):
+        for name in names:
             per_state = counts.get(name, {})
             limits = settings.queues.get(name)
+            flow = activity[name]
             queues[name] = {
                 **{state.value: per_state.get(state, 0) for state in JobState},
                 "paused": name in paused,
                 "concurrency": limits.concurrency if limits else 0,
                 "rate": limits.rate.text if limits and limits.rate else None,
                 "burst": limits.rate.burst if limits and limits.rate else None,
+                "global_concurrency": limits.global_concurrency if limits else None,
+                "oldest_pending_age": _waited(flow.oldest_pending, now),
+                "rates": {outcome.value: jobs / RATE_WINDOW for outcome, jobs in flow.ended.items()},
             }
         return {"queues": queues, "workers": {"busy": self._pool.busy, "capacity": self._pool.capacity}}
 
@@ -414,6 +421,12 @@ class JobService:
     def metrics(self) -> Exposition:
         self._metrics.set_workers(self._pool.busy, self._pool.capacity)
         return self._metrics.render()
+
+
+def _waited(since: datetime | None, now: datetime) -> float | None:
+    """Seconds a pending job has waited since its run_at (milliseconds kept), None for none.
+    Another daemon's clock may be a little ahead of ours: never below 0."""
+    return None if since is None else round(max(0.0, (now - since).total_seconds()), 3)
 
 
 def _status(schedule: Schedule, record: ScheduleRecord | None, now: datetime) -> ScheduleStatus:

@@ -443,8 +443,16 @@ def test_an_unknown_job_raises_not_found(fake: FakeDaemon, client: Client) -> No
         ),
         ("stats", "GET", "/v1/stats", 503, "store_unavailable", {}, jobd.StoreUnavailable, {}),
         ("submit", "POST", "/v1/jobs", 503, "shutting_down", {}, jobd.ShuttingDown, {}),
-        ("wait", "GET", f"/v1/jobs/{JOB_ID}/wait", 503, "overloaded", {"limit": 128}, jobd.Overloaded,
-         {"limit": 128}),
+        (
+            "wait",
+            "GET",
+            f"/v1/jobs/{JOB_ID}/wait",
+            503,
+            "overloaded",
+            {"limit": 128},
+            jobd.Overloaded,
+            {"limit": 128},
+        ),
     ],
 )
 def test_an_error_answer_raises_the_specific_exported_error(

@@ -7,16 +7,19 @@ import io
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_client_unit import JOB_ID, FakeDaemon, dead_socket, error_json, fake, job_json, short_tmp_dir
 
+from jobd import top
 from jobd.client import Client
 from jobd.ctl import main
 from jobd.errors import DaemonUnreachable
 from jobd.job import Job
+from jobd.topview import Cancel, Screen, SetPaused
 
 __all__ = ["dead_socket", "fake"]  # fixtures shared with test_client_unit
 
@@ -523,3 +526,68 @@ def test_an_unknown_schedule_is_exit_1(fake: FakeDaemon, capsys: pytest.CaptureF
     assert run(fake, "schedule", "pause", "nope") == 1
     assert "no schedule named 'nope'" in capsys.readouterr().err
     assert run(fake, "schedule", "explode", "nope") == 2
+
+
+# -- top ----------------------------------------------------------------------------------------
+
+TOP_STATS = {
+    "queues": {"email": {**QUEUE, "paused": False, "concurrency": 4}},
+    "workers": {"busy": 1, "capacity": 4},
+}
+
+
+def answer_top(fake: FakeDaemon) -> None:
+    fake.answer("GET", "/v1/health", 200, {"status": "ok", "version": "9.9", "store": "ok"})
+    fake.answer("GET", "/v1/stats", 200, TOP_STATS)
+    running = job_json(state="running", started_at="2030-01-31T09:00:00Z")
+    fake.answer("GET", "/v1/jobs", 200, {"jobs": [running], "next": None})
+
+
+def test_top_asks_for_health_stats_running_and_failed_jobs(fake: FakeDaemon) -> None:
+    answer_top(fake)
+    with Client(fake.socket) as client:
+        screen = top.refresh(client, Screen(fake.socket, 1.0))
+    assert [(request.path, request.query) for request in fake.requests] == [
+        ("/v1/health", {}),
+        ("/v1/stats", {}),
+        ("/v1/jobs", {"state": "running", "limit": "1000"}),
+        ("/v1/jobs", {"state": "failed", "limit": "20"}),
+    ]
+    assert screen.problem is None and screen.snapshot is not None
+    assert [queue.name for queue in screen.snapshot.queues] == ["email"]
+
+
+def test_top_says_why_a_refresh_failed(fake: FakeDaemon, dead_socket: str) -> None:
+    fake.answer("GET", "/v1/health", 503, {"status": "degraded", "store": "unavailable"})
+    fake.answer("GET", "/v1/stats", 503, error_json("store_unavailable", "cannot connect to PostgreSQL"))
+    fake.answer("GET", "/v1/stats", 503, error_json("shutting_down", "jobd is shutting down"))
+    with Client(fake.socket) as client:
+        assert top.refresh(client, Screen(fake.socket, 1.0)).problem == (
+            "STORE UNAVAILABLE: cannot connect to PostgreSQL"
+        )
+        assert top.refresh(client, Screen(fake.socket, 1.0)).problem == (
+            "THE DAEMON ANSWERS, BUT: jobd is shutting down"
+        )
+    with Client(dead_socket) as client:
+        assert top.refresh(client, Screen(dead_socket, 1.0)).problem == (
+            "DAEMON UNREACHABLE: connection refused: nothing listens on the socket"
+        )
+
+
+def test_top_sends_what_a_key_asked_and_says_what_came_of_it(fake: FakeDaemon) -> None:
+    screen = Screen(fake.socket, 1.0)
+    fake.answer("POST", "/v1/queues/email/pause", 200, {"queue": "email", **QUEUE, "paused": True})
+    fake.answer("POST", "/v1/queues/email/resume", 404, error_json("not_found", "no queue 'email'"))
+    fake.answer("POST", f"/v1/jobs/{JOB_ID}/cancel", 200, job_json(state="cancelled"))
+    with Client(fake.socket) as client:
+        paused = top.carry_out(client, screen, SetPaused("email", True))
+        resumed = top.carry_out(client, screen, SetPaused("email", False))
+        cancelled = top.carry_out(client, screen, Cancel(uuid.UUID(JOB_ID)))
+    assert paused.message == "queue email paused: it starts no job until resumed (p)"
+    assert resumed.message == "not done: no queue 'email'"
+    assert cancelled.message == f"job {JOB_ID[-8:]} cancelled"
+    assert [request.path for request in fake.requests] == [
+        "/v1/queues/email/pause",
+        "/v1/queues/email/resume",
+        f"/v1/jobs/{JOB_ID}/cancel",
+    ]

@@ -328,4 +328,3 @@ def test_install_run_upgrade_and_purge(built_deb: Path, machine: Snapshot, tmp_p
     assert after["paths"] == machine["paths"]
     assert (after["dpkg"], after["dpkg_info"]) == (machine["dpkg"], machine["dpkg_info"])
     assert after["user"] and after["group"]
-

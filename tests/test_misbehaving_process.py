@@ -30,8 +30,9 @@ StartDaemon = Callable[..., DaemonProcess]
 
 
 @contextmanager
-def raw_connections(daemon: DaemonProcess, count: int, first_bytes: Callable[[int], bytes]) -> Iterator[
-        list[socket.socket]]:
+def raw_connections(
+    daemon: DaemonProcess, count: int, first_bytes: Callable[[int], bytes]
+) -> Iterator[list[socket.socket]]:
     """`count` connections to the daemon, the i-th having sent `first_bytes(i)` and nothing more."""
     opened: list[socket.socket] = []
     try:
@@ -140,15 +141,19 @@ def test_a_shutdown_leaves_handlers_that_will_not_stop_to_the_lease_rescue(start
     thread_bound = submitted(daemon, "testplugin.thread_bound")
     polite = submitted(daemon, "jobd.sleep", {"seconds": 600})
     stuck = [deaf, thread_bound]
-    wait_until(lambda: all(job_state(daemon, job["id"])["state"] == "running" for job in [*stuck, polite]),
-               what="the three jobs to run")
+    wait_until(
+        lambda: all(job_state(daemon, job["id"])["state"] == "running" for job in [*stuck, polite]),
+        what="the three jobs to run",
+    )
     daemon.signal(signal.SIGTERM)
     # Within shutdown_timeout + SHUTDOWN_MARGIN; the thread's hard exit would come 5 s later.
     assert daemon.wait_exit(timeout=1 + SHUTDOWN_MARGIN + HARD_EXIT_AFTER - 1) == EXIT_ABANDONED
     messages = [entry["message"] for entry in log_entries(daemon)]
     for job in stuck:
-        assert (f"job {job['id']} ({job['type']}) did not stop when cancelled by the shutdown; it is left "
-                "running in the store, and the lease rescue requeues it once its lease expires") in messages
+        assert (
+            f"job {job['id']} ({job['type']}) did not stop when cancelled by the shutdown; it is left "
+            "running in the store, and the lease rescue requeues it once its lease expires"
+        ) in messages
     assert f"job {polite['id']} requeued by shutdown" in messages
     assert not any(entry["level"] == "critical" for entry in log_entries(daemon))
     assert not Path(daemon.socket).exists()
@@ -182,7 +187,8 @@ class NotifyRecorder:
 
 
 def test_a_handler_blocking_the_event_loop_is_named_counted_and_stops_the_watchdog(
-        start_daemon: StartDaemon, short_dir: Path) -> None:
+    start_daemon: StartDaemon, short_dir: Path
+) -> None:
     notify = NotifyRecorder(short_dir / "notify")
     daemon = start_daemon(env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"})
     threaded = daemon.ctl("--json", "submit", "testplugin.blocking", '{"seconds": 1}', "--wait")
@@ -192,12 +198,16 @@ def test_a_handler_blocking_the_event_loop_is_named_counted_and_stops_the_watchd
     assert blocked.returncode == 0, blocked.stderr
     job = json.loads(blocked.stdout)
     before = len(notify.pings())
-    pings = wait_until(lambda: notify.pings() if len(notify.pings()) > before + 5 else None,
-                       what="the pings to resume")
+    pings = wait_until(
+        lambda: notify.pings() if len(notify.pings()) > before + 5 else None, what="the pings to resume"
+    )
     # Pinged from the event loop only: none came while the handler held it.
     assert max(later - earlier for earlier, later in itertools.pairwise(pings)) >= 1.5
-    [warning] = [entry for entry in log_entries(daemon) if entry.get("logger") == "jobd.loopwatch"
-                 and entry.get("type") == "testplugin.block_loop"]
+    [warning] = [
+        entry
+        for entry in log_entries(daemon)
+        if entry.get("logger") == "jobd.loopwatch" and entry.get("type") == "testplugin.block_loop"
+    ]
     assert warning["level"] == "warning" and warning["job_id"] == job["id"]
     assert warning["message"].startswith("the event loop was blocked for ")
     assert 1.5 <= warning["blocked_seconds"] <= 60

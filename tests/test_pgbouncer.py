@@ -176,8 +176,10 @@ def test_jobs_claims_global_limits_and_migrations_go_through_pgbouncer(
         with psycopg.connect(bouncer.direct_url) as app:
             job_id = jobd.submit(app, "jobd.noop", {"woken": True})
         wait_until(
-            lambda: conn.execute("SELECT state FROM jobd.jobs WHERE id = %s", (job_id,)).fetchone()
-            == {"state": "completed"},
+            lambda: (
+                conn.execute("SELECT state FROM jobd.jobs WHERE id = %s", (job_id,)).fetchone()
+                == {"state": "completed"}
+            ),
             timeout=10,
             what="the application's job to run",
         )

@@ -440,7 +440,8 @@ def test_cancel_through_one_daemon_stops_a_job_running_on_another(
 
 
 def test_a_cancel_through_another_daemon_during_a_shutdown_ends_the_job_cancelled(
-        start_jobd: StartDaemon, fresh_postgres_url: str) -> None:
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
     """The cancel is recorded after the runner stopped the handler for its shutdown and
     before its requeue reaches the store: the test holds the job's row locked while the
     other daemon's cancel, then the runner's requeue, queue up behind it, in that order."""
@@ -448,19 +449,28 @@ def test_a_cancel_through_another_daemon_during_a_shutdown_ends_the_job_cancelle
     runner = start_jobd(config={**config, "daemon": {"shutdown_timeout": "0.5s"}}, name="runner")
     other = start_jobd(config=config, name="other")
     job = submit(runner, {"type": "testplugin.stubborn"})
-    waiting_on_the_row = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                          " AND wait_event_type = 'Lock' AND query LIKE %s")
-    with (connect(fresh_postgres_url) as watcher, connect(fresh_postgres_url) as holder,
-          ThreadPoolExecutor(1) as background):
+    waiting_on_the_row = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE %s"
+    )
+    with (
+        connect(fresh_postgres_url) as watcher,
+        connect(fresh_postgres_url) as holder,
+        ThreadPoolExecutor(1) as background,
+    ):
         wait_until(lambda: job_row(watcher, job["id"])["state"] == "running", what="the job to run")
         with holder.transaction():
             holder.execute("SELECT 1 FROM jobd.live_jobs WHERE id = %s FOR UPDATE", (job["id"],))
             cancelled = background.submit(other.ctl, "cancel", job["id"])
-            wait_until(lambda: scalar(watcher, waiting_on_the_row, ("%FOR UPDATE%",)) >= 1,
-                       what="the other daemon's cancel to wait for the row")
+            wait_until(
+                lambda: scalar(watcher, waiting_on_the_row, ("%FOR UPDATE%",)) >= 1,
+                what="the other daemon's cancel to wait for the row",
+            )
             runner.signal(signal.SIGTERM)
-            wait_until(lambda: scalar(watcher, waiting_on_the_row, ("%json_to_recordset%",)) >= 1,
-                       what="the runner's requeue to wait for the row")
+            wait_until(
+                lambda: scalar(watcher, waiting_on_the_row, ("%json_to_recordset%",)) >= 1,
+                what="the runner's requeue to wait for the row",
+            )
         assert cancelled.result().returncode == 0, cancelled.result().stderr
         assert runner.wait_exit() == 0
         final = job_row(watcher, job["id"])

@@ -921,34 +921,40 @@ async def test_a_job_keeps_its_traceparent_through_its_life(store: Store) -> Non
     assert (await insert(store)).traceparent is None
 
 
+async def oldest_pending(store: Store, queues: list[str]) -> dict[str, datetime]:
+    """The oldest pending job's run_at of each queue that has one (`queue_activity`)."""
+    activity = await store.queue_activity(queues, at(10_000))
+    return {queue: flow.oldest_pending for queue, flow in activity.items() if flow.oldest_pending is not None}
+
+
 async def test_oldest_pending_is_the_earliest_ready_time_per_queue(store: Store) -> None:
-    assert await store.oldest_pending(["a", "b"]) == {}
+    assert await oldest_pending(store, ["a", "b"]) == {}
     await insert(store, queue="a", run_at=at(5), created_at=at(5), priority=9)
     await insert(store, queue="a", run_at=at(2), created_at=at(2))  # lower priority, waiting longer
     await insert(store, queue="a", run_at=at(3600))  # scheduled: not ready yet
     await running(store, queue="b")  # nothing pending in b
     await insert(store, queue="c", run_at=at(7), created_at=at(7))
-    assert await store.oldest_pending(["a", "b", "c"]) == {"a": at(2), "c": at(7)}
-    assert await store.oldest_pending(["c"]) == {"c": at(7)}
-    assert await store.oldest_pending([]) == {}
+    assert await oldest_pending(store, ["a", "b", "c"]) == {"a": at(2), "c": at(7)}
+    assert await oldest_pending(store, ["c"]) == {"c": at(7)}
+    assert await oldest_pending(store, []) == {}
 
     [first] = await claim(store, "a", limit=1)  # the higher priority goes first
     assert first.run_at == at(5)
-    assert await store.oldest_pending(["a"]) == {"a": at(2)}
+    assert await oldest_pending(store, ["a"]) == {"a": at(2)}
     await claim(store, "a", limit=1)
-    assert await store.oldest_pending(["a"]) == {}
+    assert await oldest_pending(store, ["a"]) == {}
 
 
 async def test_oldest_pending_follows_promotion_requeue_and_cancel(store: Store) -> None:
     due = await insert(store, run_at=at(10))
     await store.promote_due_jobs(at(20))
-    assert await store.oldest_pending(["default"]) == {"default": at(10)}  # ready since its run_at
+    assert await oldest_pending(store, ["default"]) == {"default": at(10)}  # ready since its run_at
     [job] = await claim(store, now=at(20))
     assert job.id == due.id
     await finish(store, job, Outcome.REQUEUED, now=at(30), error="shutdown")
-    assert await store.oldest_pending(["default"]) == {"default": at(30)}
+    assert await oldest_pending(store, ["default"]) == {"default": at(30)}
     await store.cancel_job(job.id, at(31))
-    assert await store.oldest_pending(["default"]) == {}
+    assert await oldest_pending(store, ["default"]) == {}
 
 
 async def test_oldest_pending_stays_on_a_job_that_waits_while_others_come_and_go(store: Store) -> None:
@@ -956,7 +962,55 @@ async def test_oldest_pending_stays_on_a_job_that_waits_while_others_come_and_go
     for round in range(3):
         await store.insert_jobs([new_job(created_at=at(100 + round), priority=5) for _ in range(100)])
         assert len(await claim(store, limit=100, now=at(200))) == 100
-    assert await store.oldest_pending(["default"]) == {"default": at(1)}
+    assert await oldest_pending(store, ["default"]) == {"default": at(1)}
+
+
+async def test_queue_activity_finds_the_earliest_run_at_across_priorities(store: Store) -> None:
+    for priority, seconds in [(5, 3), (0, 1), (0, 2), (-3, 5), (-3, 4), (7, 6)]:
+        await insert(store, queue="a", priority=priority, run_at=at(seconds), created_at=at(seconds))
+    await insert(store, queue="b", run_at=at(100))  # scheduled: not pending
+    await running(store, queue="c")
+    activity = await store.queue_activity(["a", "b", "c", "nowhere"], at(10))
+    assert {name: found.oldest_pending for name, found in activity.items()} == {
+        "a": at(1),
+        "b": None,
+        "c": None,
+        "nowhere": None,
+    }
+    await claim(store, "a", limit=3)  # priorities 7, 5 and the earlier of the two 0s
+    assert (await store.queue_activity(["a"], at(10)))["a"].oldest_pending == at(2)
+
+
+async def test_queue_activity_counts_attempt_ends_of_the_ten_whole_seconds_before_now(store: Store) -> None:
+    now = at(0)  # 12:30:15.123456: the window is 12:30:05 up to 12:30:15
+    ends = [
+        (Outcome.COMPLETED, at(-1)),
+        (Outcome.COMPLETED, at(-10)),
+        (Outcome.COMPLETED, at(-11)),
+        (Outcome.COMPLETED, at(0.5)),
+        (Outcome.FAILED, at(-2)),
+        (Outcome.RETRIED, at(-3)),
+        (Outcome.RETRIED, at(-3)),
+        (Outcome.CANCELLED, at(-2)),
+        (Outcome.REQUEUED, at(-2)),
+    ]
+    for outcome, when in ends:
+        await finish(store, await running(store, queue="q"), outcome, when, run_at=when)
+    rescued = await running(store, queue="q", max_attempts=1, now=at(-40))
+    await store.rescue_jobs(at(-5))  # its last attempt: the job fails
+    assert (await current(store, rescued)).state == JobState.FAILED
+    other = await running(store, queue="other")
+    await finish(store, other, Outcome.COMPLETED, at(-1))
+    activity = await store.queue_activity(["q", "quiet"], now)
+    assert dict(activity["q"].ended) == {Outcome.COMPLETED: 2, Outcome.FAILED: 2, Outcome.RETRIED: 2}
+    assert sum(activity["quiet"].ended.values()) == 0
+
+
+async def test_queue_activity_keeps_sixteen_seconds_in_a_ring(store: Store) -> None:
+    for when in (at(-20), at(-20), at(-4), at(-20)):  # :55 and :11 share a slot; the late :55 is dropped
+        await finish(store, await running(store), Outcome.COMPLETED, when)
+    assert (await store.queue_activity(["default"], at(0)))["default"].ended[Outcome.COMPLETED] == 1
+    assert (await store.queue_activity(["default"], at(-10)))["default"].ended[Outcome.COMPLETED] == 0
 
 
 async def test_prune_jobs_by_state_cutoff_and_limit(store: Store) -> None:

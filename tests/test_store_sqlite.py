@@ -122,8 +122,8 @@ async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
         (2, "schedules"),
         (3, "flow_control"),
         (4, "rate_limits"),
-        (5, "oldest_pending"),
-        (6, "traceparent"),
+        (5, "traceparent"),
+        (6, "top"),
     ]
     assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
     assert rows(db_path, "PRAGMA user_version") == [(6,)]

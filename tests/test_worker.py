@@ -364,9 +364,12 @@ async def test_a_cancel_landing_during_the_shutdown_ends_the_job_cancelled(autoj
     left = await store.get_job(job.id)
     assert left is not None
     assert (left.state, left.last_error) == (JobState.CANCELLED, CANCELLED_AT_SHUTDOWN)
-    assert engine.metrics.registry.get_sample_value(
-        "jobd_jobs_finished_total", {"queue": "default", "type": "t.long", "outcome": "cancelled"}
-    ) == 1
+    assert (
+        engine.metrics.registry.get_sample_value(
+            "jobd_jobs_finished_total", {"queue": "default", "type": "t.long", "outcome": "cancelled"}
+        )
+        == 1
+    )
 
 
 async def test_long_polls_take_at_most_half_the_connections(autojump: object) -> None:
@@ -654,6 +657,39 @@ async def test_rescues_and_fenced_outcomes_are_counted(autojump: object) -> None
         await trio.sleep(1)
         assert metric(engine, "jobd_completions_discarded_total", queue="default") == 1
         assert (await engine.service.get(str(job.id))).attempts == 2  # claimed again after its rescue
+
+
+async def test_stats_show_each_queue_s_limits_oldest_pending_job_and_rates(autojump: object) -> None:
+    async def flaky(job: JobContext) -> None:
+        if job.attempt == 1:
+            raise jobd.Retry(delay=0.5)
+
+    async def hopeless(job: JobContext) -> None:
+        raise jobd.Fail("never")
+
+    handlers = (handler_of("t.flaky", flaky), handler_of("t.hopeless", hopeless))
+    config = {"queues": {"email": {"concurrency": 2, "global_concurrency": 4}}}
+    async with running_engine(*handlers, config=config) as engine:
+        await engine.service.pause("email")
+        await engine.submit("jobd.noop", queue="email")
+        first_submitted = trio.current_time()
+        await trio.sleep(3.25)
+        await engine.submit("jobd.noop", queue="email")
+        for job_type in ("jobd.noop", "jobd.noop", "t.flaky", "t.hopeless"):
+            await engine.wait(await engine.submit(job_type))
+        await trio.sleep(1)  # the seconds those jobs ended in are over: inside the window now
+        before = (await engine.service.stats())["queues"]
+        waited = trio.current_time() - first_submitted
+        await trio.sleep(10)
+        after = (await engine.service.stats())["queues"]
+    assert before["email"]["oldest_pending_age"] == pytest.approx(waited, abs=0.001)
+    assert after["email"]["oldest_pending_age"] == pytest.approx(waited + 10, abs=0.001)
+    assert (before["email"]["concurrency"], before["email"]["global_concurrency"]) == (2, 4)
+    assert (before["default"]["concurrency"], before["default"]["global_concurrency"]) == (10, None)
+    assert before["default"]["oldest_pending_age"] is None
+    assert before["default"]["rates"] == {"completed": 0.3, "failed": 0.1, "retried": 0.1}
+    assert before["email"]["rates"] == {"completed": 0.0, "failed": 0.0, "retried": 0.0}
+    assert after["default"]["rates"] == {"completed": 0.0, "failed": 0.0, "retried": 0.0}
 
 
 async def test_unstorable_results_and_bad_signals_fail_the_attempt_not_the_daemon(autojump: object) -> None:

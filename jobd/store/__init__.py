@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -408,6 +409,41 @@ def paused_record(record: ScheduleRecord, paused: bool, now: datetime) -> Schedu
     return record
 
 
+RATE_WINDOW = 10
+"""Seconds: `Store.queue_activity` counts the attempts that ended in the RATE_WINDOW whole
+seconds before the current one."""
+
+RATED_OUTCOMES = (Outcome.COMPLETED, Outcome.FAILED, Outcome.RETRIED)
+"""The ends of attempts that `Store.queue_activity` counts."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueActivity:
+    """How work flows through one queue (see `Store.queue_activity`)."""
+
+    oldest_pending: datetime | None  # the earliest run_at of its pending jobs; None: none pending
+    ended: Mapping[Outcome, int]  # attempts ended per outcome of RATED_OUTCOMES in the window
+
+
+def queue_activities(
+    queues: Sequence[str], oldest: Mapping[str, datetime], ended: Mapping[tuple[str, Outcome], int]
+) -> dict[str, QueueActivity]:
+    """`Store.queue_activity`'s answer: every queue asked, every outcome counted (0 when none)."""
+    return {
+        queue: QueueActivity(
+            oldest.get(queue), {outcome: ended.get((queue, outcome), 0) for outcome in RATED_OUTCOMES}
+        )
+        for queue in queues
+    }
+
+
+def rate_window(now: datetime) -> tuple[int, int]:
+    """The Unix seconds `first <= second < last` whose ends `queue_activity` counts at `now`:
+    the RATE_WINDOW whole seconds before now's, so a partly elapsed second never reads low."""
+    last = math.floor(now.timestamp())
+    return last - RATE_WINDOW, last
+
+
 QueueCounts = Mapping[str, Mapping[JobState, int]]
 """Jobs per queue per state; a queue with no jobs may be absent, a state with none may be 0 or absent."""
 
@@ -531,10 +567,12 @@ class Store(Protocol):
     async def count_jobs(self) -> QueueCounts:
         """Jobs per queue and state."""
 
-    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
-        """For each of `queues` that has pending jobs, the earliest `run_at` among them: when
-        its longest-waiting ready job became ready. An indexed look-up per queue, however
-        many jobs wait or are kept."""
+    async def queue_activity(self, queues: Sequence[str], now: datetime) -> dict[str, QueueActivity]:
+        """For each of `queues`: the earliest `run_at` of its pending jobs, and how many
+        attempts of its jobs ended `completed`, `failed` (a rescue that ends a job too) or
+        `retried` in the seconds of `rate_window(now)`, by every daemon sharing the store, each at the
+        time its daemon recorded it. Read from the claim index and a small ring of
+        per-second counters, never from the finished jobs."""
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None: ...
 

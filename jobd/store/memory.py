@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from jobd.store import (
     JobPage,
     NewJob,
     Outcome,
+    QueueActivity,
     QueueCounts,
     QueueSlots,
     Rescued,
@@ -45,6 +47,8 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    queue_activities,
+    rate_window,
     refill_bucket,
     rescue_decision,
     settle_waiting,
@@ -54,6 +58,12 @@ from jobd.store import (
 )
 
 _entries = itertools.count()  # ties between heap entries never compare rows
+_RING = 16  # one-second slots kept per queue and outcome, as the SQL stores keep them
+_ENDED_AS = {
+    JobState.COMPLETED: Outcome.COMPLETED,
+    JobState.FAILED: Outcome.FAILED,
+    JobState.SCHEDULED: Outcome.RETRIED,
+}  # a running job's next state -> its outcome
 
 
 class _Indexes:
@@ -70,6 +80,8 @@ class _Indexes:
         self.finished: dict[JobState, list[tuple[datetime, int, _Row]]] = {
             state: [] for state in FINISHED_STATES
         }
+        # (queue, outcome, slot) -> (the second the slot counts, attempts ended in it)
+        self.ended: dict[tuple[str, Outcome, int], tuple[int, int]] = {}
 
     def enter(self, row: _Row) -> None:
         job = row.job
@@ -103,6 +115,17 @@ class _Indexes:
         while heap and not _pending_since(heap[0]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
+
+    def count_end(self, before: Job, after: Job) -> None:
+        """Count an attempt that ended, in the ring slot of its second (see sql/sqlite/0006_top.sql)."""
+        outcome = _ENDED_AS.get(after.state)
+        if before.state != JobState.RUNNING or outcome is None:
+            return
+        second = math.floor(after.updated_at.timestamp())
+        slot = (after.queue, outcome, second % _RING)
+        held, jobs = self.ended.get(slot, (second, 0))
+        if held <= second:
+            self.ended[slot] = (second, jobs + 1 if held == second else 1)
 
     def leave(self, row: _Row) -> None:
         """Undo `enter` where it is cheap; heap entries go stale instead, and their
@@ -141,9 +164,11 @@ class _Row:
 
     @job.setter
     def job(self, job: Job) -> None:
+        before = self._job
         self._indexes.leave(self)
         self._job = job
         self._indexes.enter(self)
+        self._indexes.count_end(before, job)
 
     def sort_key(self) -> tuple[int, datetime, int]:
         return (-self._job.priority, self._job.run_at, self.sequence)
@@ -557,9 +582,14 @@ class MemoryStore:
                 counts.setdefault(queue, {})[state] = jobs
         return counts
 
-    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
-        found = {queue: self._indexes.oldest_pending(queue) for queue in queues}
-        return {queue: run_at for queue, run_at in found.items() if run_at is not None}
+    async def queue_activity(self, queues: Sequence[str], now: datetime) -> dict[str, QueueActivity]:
+        first, last = rate_window(now)
+        ended: dict[tuple[str, Outcome], int] = collections.Counter()
+        for (queue, outcome, _), (second, jobs) in self._indexes.ended.items():
+            if first <= second < last:
+                ended[(queue, outcome)] += jobs
+        oldest = {queue: self._indexes.oldest_pending(queue) for queue in queues}
+        return queue_activities(queues, {queue: at for queue, at in oldest.items() if at is not None}, ended)
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         if paused:

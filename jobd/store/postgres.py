@@ -52,6 +52,7 @@ from jobd.store import (
     JobPage,
     NewJob,
     Outcome,
+    QueueActivity,
     QueueCounts,
     QueueSlots,
     Rescued,
@@ -61,6 +62,8 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    queue_activities,
+    rate_window,
     refill_per_microsecond,
     rescue_decision,
     synced_record,
@@ -326,7 +329,10 @@ class PostgresStore:
             if value is not None:
                 params[name] = str(value)
                 terms.append(f"AND {name} = %({name})s")
-        query = QUERIES["list_jobs"].replace("{filters}", " ".join(terms))
+        name = "list_jobs"
+        if wanted.state is not None:
+            name = "list_finished_jobs" if wanted.state.finished else "list_live_jobs"
+        query = QUERIES[name].replace("{filters}", " ".join(terms))
         rows = await self._run(lambda conn: conn.execute(query, params).fetchall(), transaction=False)
         page = [_job(row) for row in rows[:limit]]
         more = len(rows) > limit and page
@@ -531,14 +537,20 @@ class PostgresStore:
                 counts.setdefault(queue, {})[JobState(state)] = int(count)
         return counts
 
-    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
-        if not queues:
-            return {}
-        params = {"queues": list(queues)}
+    async def queue_activity(self, queues: Sequence[str], now: datetime) -> dict[str, QueueActivity]:
+        first, last = rate_window(now)
+        params = {"queues": list(queues), "first": first, "last": last}
         rows = await self._run(
-            lambda conn: conn.execute(QUERIES["oldest_pending"], params).fetchall(), transaction=False
+            lambda conn: conn.execute(QUERIES["queue_activity"], params).fetchall(), transaction=False
         )
-        return {queue: run_at for queue, run_at in rows if run_at is not None}
+        oldest: dict[str, datetime] = {}
+        ended: dict[tuple[str, Outcome], int] = {}
+        for queue, outcome, jobs, run_at in rows:
+            if outcome is None:
+                oldest[queue] = run_at
+            else:
+                ended[(queue, Outcome(outcome))] = int(jobs)
+        return queue_activities(queues, oldest, ended)
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         name = "pause_queue" if paused else "resume_queue"

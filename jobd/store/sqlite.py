@@ -48,6 +48,8 @@ from jobd.store import (
     JobFilter,
     JobPage,
     NewJob,
+    Outcome,
+    QueueActivity,
     QueueCounts,
     QueueSlots,
     Rescued,
@@ -57,6 +59,8 @@ from jobd.store import (
     after_fire,
     paused_record,
     plan_fire,
+    queue_activities,
+    rate_window,
     refill_bucket,
     rescue_decision,
     settle_waiting,
@@ -550,6 +554,21 @@ def _count_jobs(conn: sqlite3.Connection) -> QueueCounts:
     return counts
 
 
+def _queue_activity(
+    conn: sqlite3.Connection, queues: Sequence[str], now: datetime
+) -> dict[str, QueueActivity]:
+    first, last = rate_window(now)
+    oldest: dict[str, datetime] = {}
+    ended: dict[tuple[str, Outcome], int] = {}
+    values = {"queues": json.dumps(list(queues)), "first": first, "last": last}
+    for queue_name, outcome, jobs, run_at in conn.execute(_Q["queue_activity"], values):
+        if outcome is None:
+            oldest[queue_name] = _time(run_at)
+        else:
+            ended[(queue_name, Outcome(outcome))] = jobs
+    return queue_activities(queues, oldest, ended)
+
+
 def _set_queue_paused(conn: sqlite3.Connection, queue_name: str, paused: bool) -> None:
     if paused:
         conn.execute(_Q["pause_queue"], {"queue": queue_name, "now": _micros(datetime.now(UTC))})
@@ -994,10 +1013,8 @@ class SQLiteStore:
     async def count_jobs(self) -> QueueCounts:
         return await self._read(_count_jobs)
 
-    async def oldest_pending(self, queues: Sequence[str]) -> dict[str, datetime]:
-        values = {"queues": json.dumps(list(queues))}
-        rows = await self._read(lambda conn: conn.execute(_Q["oldest_pending"], values).fetchall())
-        return {queue: _time(run_at) for queue, run_at in rows if run_at is not None}
+    async def queue_activity(self, queues: Sequence[str], now: datetime) -> dict[str, QueueActivity]:
+        return await self._read(lambda conn: _queue_activity(conn, queues, now))
 
     async def set_queue_paused(self, queue: str, paused: bool) -> None:
         await self._write(lambda conn: _set_queue_paused(conn, queue, paused))

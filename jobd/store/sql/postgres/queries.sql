@@ -63,6 +63,19 @@ UNION ALL
 ORDER BY seq DESC
 LIMIT %(limit)s;
 
+-- name: list_live_jobs
+-- A listing by one state reads only the table that can hold it: the planner does not
+-- use the tables' CHECKs to skip the other one, and for `failed` it would read every
+-- live job (the live table has no index on state but the partial ones).
+SELECT {columns}, seq FROM jobd.live_jobs
+WHERE seq < %(below)s {filters} ORDER BY seq DESC LIMIT %(limit)s;
+
+-- name: list_finished_jobs
+-- A listing by a finished state reads only the finished table, through its seq index
+-- (completed) or finished_jobs_rare_state (failed, cancelled).
+SELECT {columns}, seq FROM jobd.finished_jobs
+WHERE seq < %(below)s {filters} ORDER BY seq DESC LIMIT %(limit)s;
+
 -- name: lock_queue
 -- Serialises the claims of one globally limited or rate-limited queue across every
 -- daemon; the first key keeps jobd's locks apart from any the application takes.
@@ -366,11 +379,6 @@ SELECT queue, state, count(*) FROM jobd.live_jobs GROUP BY queue, state
 UNION ALL
 SELECT queue, state, sum(jobs) FROM jobd.finished_counts GROUP BY queue, state;
 
--- name: oldest_pending
--- Each min() reads one entry of live_jobs_pending_since.
-SELECT q.queue, (SELECT min(j.run_at) FROM jobd.live_jobs j WHERE j.state = 'pending' AND j.queue = q.queue)
-FROM unnest(%(queues)s::text[]) AS q(queue);
-
 -- name: pause_queue
 INSERT INTO jobd.paused_queues (queue) VALUES (%(queue)s) ON CONFLICT (queue) DO NOTHING;
 
@@ -416,3 +424,33 @@ FROM unnest(%(names)s::text[], %(timings)s::text[], %(since)s::timestamptz[], %(
             %(last_job_ids)s::uuid[], %(paused)s::bool[])
      AS u(name, timing, since, last_tick, last_job_id, paused)
 WHERE s.name = u.name;
+
+-- name: queue_activity
+-- Per queue of %(queues)s: the earliest run_at of its pending jobs, as rows
+-- (queue, NULL, NULL, run_at); then the attempts ended in seconds first <= s < last, every
+-- shard summed, as rows (queue, outcome, jobs, NULL). The earliest run_at is found without
+-- walking the pending jobs: live_jobs_claim orders them by priority first, so "levels"
+-- skips from one priority present in the queue to the next lower one (one index search
+-- each), and the first entry of each priority is its earliest run_at. Its cost grows with
+-- the number of distinct priorities waiting, not of jobs.
+WITH RECURSIVE levels(queue, priority) AS (
+    SELECT q.queue,
+           (SELECT j.priority FROM jobd.live_jobs j WHERE j.state = 'pending' AND j.queue = q.queue
+            ORDER BY j.priority DESC LIMIT 1)
+    FROM unnest(%(queues)s::text[]) AS q(queue)
+    UNION ALL
+    SELECT l.queue,
+           (SELECT j.priority FROM jobd.live_jobs j
+            WHERE j.state = 'pending' AND j.queue = l.queue AND j.priority < l.priority
+            ORDER BY j.priority DESC LIMIT 1)
+    FROM levels l WHERE l.priority IS NOT NULL
+)
+SELECT l.queue, NULL::text, NULL::bigint,
+       min((SELECT j.run_at FROM jobd.live_jobs j
+            WHERE j.state = 'pending' AND j.queue = l.queue AND j.priority = l.priority
+            ORDER BY j.run_at LIMIT 1))
+FROM levels l WHERE l.priority IS NOT NULL GROUP BY l.queue
+UNION ALL
+SELECT queue, outcome, sum(jobs)::bigint, NULL FROM jobd.recent_outcomes
+WHERE second >= %(first)s AND second < %(last)s
+GROUP BY queue, outcome;

@@ -177,12 +177,6 @@ SELECT id, result FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
 -- name: count_jobs
 SELECT queue, state, jobs FROM job_counts WHERE jobs > 0;
 
--- name: oldest_pending
--- :queues is a JSON array of queue names; each min() reads one entry of jobs_pending_since.
-SELECT q.value, (SELECT min(run_at) FROM jobs INDEXED BY jobs_pending_since
-                 WHERE state = 'pending' AND queue = q.value)
-FROM json_each(:queues) AS q;
-
 -- name: pause_queue
 INSERT INTO paused_queues (queue, paused_at) VALUES (:queue, :now) ON CONFLICT (queue) DO NOTHING;
 
@@ -206,3 +200,33 @@ ON CONFLICT (name) DO UPDATE SET
 SELECT 1 FROM jobs INDEXED BY jobs_schedule_live
 WHERE schedule = :schedule AND state IN ('scheduled', 'pending', 'running')
 LIMIT 1;
+
+-- name: queue_activity
+-- Per queue of :queues (a JSON array): the earliest run_at of its pending jobs, as rows
+-- (queue, NULL, NULL, run_at); then the attempts ended in seconds :first <= s < :last, as
+-- rows (queue, outcome, jobs, NULL). The earliest run_at is found without walking the
+-- pending jobs: jobs_claim orders them by priority first, so "levels" skips from one
+-- priority present in the queue to the next lower one (one index search each), and the
+-- first entry of each priority is its earliest run_at. Its cost grows with the number of
+-- distinct priorities waiting, not of jobs.
+WITH RECURSIVE levels(queue, priority) AS (
+    SELECT q.value,
+           (SELECT j.priority FROM jobs j WHERE j.state = 'pending' AND j.queue = q.value
+            ORDER BY j.priority DESC LIMIT 1)
+    FROM json_each(:queues) AS q
+    UNION ALL
+    SELECT l.queue,
+           (SELECT j.priority FROM jobs j
+            WHERE j.state = 'pending' AND j.queue = l.queue AND j.priority < l.priority
+            ORDER BY j.priority DESC LIMIT 1)
+    FROM levels l WHERE l.priority IS NOT NULL
+)
+SELECT l.queue, NULL, NULL,
+       min((SELECT j.run_at FROM jobs j
+            WHERE j.state = 'pending' AND j.queue = l.queue AND j.priority = l.priority
+            ORDER BY j.run_at LIMIT 1))
+FROM levels l WHERE l.priority IS NOT NULL GROUP BY l.queue
+UNION ALL
+SELECT queue, outcome, sum(jobs), NULL FROM recent_outcomes
+WHERE second >= :first AND second < :last
+GROUP BY queue, outcome;
