@@ -176,8 +176,8 @@ class JobService:
     ) -> NewJob:
         if not isinstance(body, dict):
             raise InvalidJob("a job must be a JSON object")
-        unknown = sorted(set(body) - JOB_FIELDS)
-        if unknown:
+        if not JOB_FIELDS.issuperset(body):
+            unknown = sorted(set(body) - JOB_FIELDS)
             raise InvalidJob(
                 f"unknown field {unknown[0]!r} (known: {', '.join(sorted(JOB_FIELDS))})", field=unknown[0]
             )

@@ -48,6 +48,8 @@ class Submission:
 
     def parents(self, earlier: Sequence[uuid.UUID]) -> tuple[uuid.UUID, ...]:
         """`after` as job ids, `earlier` being the ids of the batch's items before this one."""
+        if not self.after:
+            return ()
         return tuple(
             dict.fromkeys(earlier[parent] if isinstance(parent, int) else parent for parent in self.after)
         )

@@ -246,6 +246,8 @@ class MemoryStore:
                 for parent in job.after:
                     self._dependants.setdefault(parent, []).append(job.id)
         waiting = [result.job for result in results if result.created and result.job.after]
+        if not waiting:
+            return results
         for job in waiting:  # in batch order: a parent of the batch settles before its dependants
             self._settle([job.id], job.created_at)
         return [Inserted(self._rows[r.job.id].job, True) if r.job.after and r.created else r for r in results]
