@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drain import Daemon, cpu_seconds, postgres_pids
+from drain import Daemon, cpu_seconds, fresh_store, postgres_pids
 
 
 def shape(name: str, jobs: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -79,16 +79,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="jobd-bench-", dir="/tmp"))
-    if args.store == "memory":
-        url = "memory:"
-    elif args.store == "sqlite":
-        url = f"sqlite://{directory}/jobd.db"
-    else:
-        import psycopg
-
-        url = args.postgres_url
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA IF EXISTS jobd CASCADE")
+    url = fresh_store(args.store, directory, args.postgres_url)
     daemon = Daemon(directory, url, args.concurrency, "d0")
     rng = random.Random(10)
     try:

@@ -124,6 +124,20 @@ class Daemon:
         self.log.close()
 
 
+def fresh_store(store: str, directory: Path, postgres_url: str) -> str:
+    """The URL of an empty store of the given kind: in `directory` for SQLite; for
+    PostgreSQL, `postgres_url` with its jobd schema dropped first."""
+    if store == "memory":
+        return "memory:"
+    if store == "sqlite":
+        return f"sqlite://{directory}/jobd.db"
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS jobd CASCADE")
+    return postgres_url
+
+
 def fill_history(store: str, url: str, jobs: int) -> float:
     """`jobs` completed jobs straight into the store; returns the seconds it took."""
     started = time.perf_counter()
@@ -277,20 +291,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the run directory with the daemons' logs")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="jobd-bench-", dir="/tmp"))
-    if args.store == "memory":
-        if args.daemons != 1 or args.history:
-            raise SystemExit("the memory store serves one daemon only, and keeps no history")
-        url = "memory:"
-    elif args.store == "sqlite":
-        if args.daemons != 1:
-            raise SystemExit("an SQLite store serves one daemon only")
-        url = f"sqlite://{directory}/jobd.db"
-    else:
-        url = args.postgres_url
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:  # start from an empty queue
-            conn.execute("DROP SCHEMA IF EXISTS jobd CASCADE")
+    if args.store == "memory" and (args.daemons != 1 or args.history):
+        raise SystemExit("the memory store serves one daemon only, and keeps no history")
+    if args.store == "sqlite" and args.daemons != 1:
+        raise SystemExit("an SQLite store serves one daemon only")
+    url = fresh_store(args.store, directory, args.postgres_url)
     results: dict[str, Any] = {
         "store": args.store,
         "daemons": args.daemons,

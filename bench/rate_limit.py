@@ -25,19 +25,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from drain import Daemon
+from drain import Daemon, fresh_store
 
 from jobd.rates import RateLimit, parse_rate
-
-
-def fresh_store(store: str, directory: Path, postgres_url: str) -> str:
-    if store == "sqlite":
-        return f"sqlite://{directory}/jobd.db"
-    import psycopg
-
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS jobd CASCADE")
-    return postgres_url
 
 
 def start_times(store: str, url: str) -> list[float]:
