@@ -248,8 +248,8 @@ class MemoryStore:
         waiting = [result.job for result in results if result.created and result.job.after]
         if not waiting:
             return results
-        for job in waiting:  # in batch order: a parent of the batch settles before its dependants
-            self._settle([job.id], job.created_at)
+        # All at once: one that a parent cancels passes the cancel on to its dependants in turn.
+        self._settle([job.id for job in waiting], waiting[0].created_at)
         return [Inserted(self._rows[r.job.id].job, True) if r.job.after and r.created else r for r in results]
 
     def _window_holder(self, new: NewJob) -> Job | None:

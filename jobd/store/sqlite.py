@@ -302,8 +302,8 @@ def _after_insert(
     if not waiting:
         return results
     conn.executemany(_Q["add_dependant"], edges)
-    for job in waiting:  # in batch order: a parent of the batch settles before its dependants
-        _settle(conn, [job.id], job.created_at)
+    # All at once: one that a parent cancels passes the cancel on to its dependants in turn.
+    _settle(conn, [job.id for job in waiting], waiting[0].created_at)
     ids = json.dumps([str(job.id) for job in waiting])
     settled = {job.id: job for job in map(_job, conn.execute(_Q["jobs_by_id"], {"ids": ids}))}
     return [Inserted(settled[item.job.id], True) if item.job.id in settled else item for item in results]

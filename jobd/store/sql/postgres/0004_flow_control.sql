@@ -112,7 +112,10 @@ BEGIN
     IF current_setting('jobd.settling', true) = 'on' THEN
         RETURN NULL;
     END IF;
-    dependants := ARRAY(SELECT DISTINCT d.child_id FROM added a JOIN jobd.job_dependants d ON d.parent_id = a.id);
+    -- An array, not a join with `added`: a transition table has no statistics, and a
+    -- join planned blind reads all of job_dependants on every completion.
+    dependants := ARRAY(SELECT DISTINCT child_id FROM jobd.job_dependants
+                        WHERE parent_id = ANY(ARRAY(SELECT id FROM added)));
     IF cardinality(dependants) > 0 THEN
         PERFORM jobd.settle_waiting(dependants, (SELECT max(finished_at) FROM added));
     END IF;

@@ -157,7 +157,8 @@ INSERT OR IGNORE INTO job_dependants (parent_id, child_id) VALUES (:parent, :chi
 SELECT DISTINCT child_id FROM job_dependants WHERE parent_id IN (SELECT value FROM json_each(:ids));
 
 -- name: waiting_jobs
-SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'waiting';
+-- "+state" keeps SQLite off the state index, which would walk every waiting job.
+SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) AND +state = 'waiting';
 
 -- name: jobs_by_id
 SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids));
