@@ -59,6 +59,7 @@ class StopReason(enum.Enum):
 class _Running:
     job: Job
     scope: trio.CancelScope
+    parents: _ParentResults | None = None  # for a job with parents: where to read their results
     stop_reason: StopReason | None = None
     task: trio.lowlevel.Task | None = None  # once it runs
 
@@ -80,6 +81,31 @@ class AttemptEnd:
 
 
 _LOST = AttemptEnd(None)
+
+
+class _ParentResults:
+    """The results of the parents of the jobs one claim took: read in one store call by
+    whichever of those jobs starts first, and shared with the others."""
+
+    def __init__(self, store: Store, job_ids: Sequence[uuid.UUID]) -> None:
+        self._store = store
+        self._job_ids = job_ids
+        self._read: trio.Event | None = None
+        self._results: dict[uuid.UUID, JSON] | None = None
+
+    async def of(self, job: Job) -> dict[uuid.UUID, JSON]:
+        """Each of `job`'s parents and its result; a parent pruned since it completed has None."""
+        if self._read is None:
+            self._read = trio.Event()
+            try:
+                self._results = await self._store.job_results(self._job_ids)
+            finally:
+                self._read.set()
+        else:
+            await self._read.wait()
+        # The first reader failed or was cancelled: this job reads its own.
+        results = self._results if self._results is not None else await self._store.job_results(job.after)
+        return {parent: results.get(parent) for parent in job.after}
 
 
 class WorkerPool:
@@ -164,8 +190,7 @@ class WorkerPool:
             self.wake()  # a lane may wait for this claim to land, or find more to claim
         self._held_back_by_rate(result.rate_held)
         if self._jobs is not None:
-            for job in result.claimed:
-                self._start(self._jobs, job, now)
+            self._start_all(self._jobs, result.claimed, now)
         return result.inserted
 
     def job_on_stack(self, frame_ids: frozenset[int]) -> Job | None:
@@ -270,8 +295,7 @@ class WorkerPool:
             finally:
                 self._reserve(claim, -1)
             outage.succeeded()
-            for job in claimed:
-                self._start(jobs, job, now)
+            self._start_all(jobs, claimed, now)
 
     def _drain(self, grace: Callable[[], float]) -> None:
         """While stopping: fix the deadline once, and at it stop whatever still runs."""
@@ -370,8 +394,14 @@ class WorkerPool:
                 ", ".join(str(attempt.job.id) for attempt in abandoned),
             )
 
-    def _start(self, jobs: trio.Nursery, job: Job, now: datetime) -> None:
-        running = _Running(job, trio.CancelScope())
+    def _start_all(self, jobs: trio.Nursery, claimed: Sequence[Job], now: datetime) -> None:
+        parents = list(dict.fromkeys(parent for job in claimed for parent in job.after))
+        results = _ParentResults(self._store, parents) if parents else None
+        for job in claimed:
+            self._start(jobs, job, now, results if job.after else None)
+
+    def _start(self, jobs: trio.Nursery, job: Job, now: datetime, parents: _ParentResults | None) -> None:
+        running = _Running(job, trio.CancelScope(), parents)
         self._running[job.id] = running
         self._busy_by_queue[job.queue] += 1
         self._metrics.job_started(job.queue, (now - job.run_at).total_seconds())
@@ -417,7 +447,7 @@ class WorkerPool:
             with scope:
                 if handler is None:
                     raise LookupError(f"no handler for job type {job.type!r} on this daemon")
-                parents = await self._parent_results(job) if job.after else None
+                parents = await running.parents.of(job) if running.parents is not None else None
                 context = JobContext(
                     job_id=job.id,
                     job_type=job.type,
@@ -460,11 +490,6 @@ class WorkerPool:
         if running.stop_reason is None:  # only the deadline cancels without a reason
             return self._after_failure(job, f"timed out after {job.timeout:g}s", None)
         return self._after_stop(running)
-
-    async def _parent_results(self, job: Job) -> dict[uuid.UUID, JSON]:
-        """Each parent's result; a parent pruned since it completed has None."""
-        results = await self._store.job_results(job.after)
-        return {parent: results.get(parent) for parent in job.after}
 
     def _after_stop(self, running: _Running) -> AttemptEnd:
         """The outcome of a handler this daemon stopped, however the handler ended."""

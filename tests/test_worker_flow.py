@@ -4,6 +4,8 @@ a DAG runs."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import trio
 import jobd
 from jobd.handlers import JobContext
 from jobd.job import JobState
+from jobd.store.memory import MemoryStore
 from tests.test_worker import autojump, handler_of, running_engine
 
 __all__ = ["autojump"]
@@ -134,3 +137,34 @@ async def test_a_dag_of_ten_thousand_jobs_runs_in_dependency_order(autojump: obj
         with trio.fail_after(3600):
             await all_done.wait()
     assert early == []
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.result_reads = 0
+
+    async def job_results(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+        self.result_reads += 1
+        return await super().job_results(job_ids)
+
+
+async def test_the_jobs_of_one_claim_read_their_parents_results_in_one_call(autojump: object) -> None:
+    seen: dict[int, Any] = {}
+
+    async def child(job: JobContext) -> None:
+        seen[job.payload] = sorted(job.parents.values())
+
+    store = CountingStore()
+    async with running_engine(handler_of("t.child", child), store=store) as engine:
+        parents = [await engine.submit("jobd.noop", n) for n in range(3)]
+        for parent in parents:
+            await engine.wait(parent)
+        ids = [str(parent.id) for parent in parents]
+        await engine.service.pause("default")  # the children wait, ready, for one claim
+        children = [await engine.submit("t.child", n, after=ids[: n + 1]) for n in range(3)]
+        await engine.service.resume("default")
+        for job in children:
+            assert (await engine.wait(job)).state == JobState.COMPLETED
+    assert seen == {0: [0], 1: [0, 1], 2: [0, 1, 2]}
+    assert store.result_reads == 1  # one claim took the three children
