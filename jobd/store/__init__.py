@@ -109,6 +109,11 @@ class Outcome(enum.StrEnum):
         """What this outcome does to a running job, for `jobd.job.next_state`."""
         return _OUTCOME_ACTIONS[self]
 
+    @property
+    def state(self) -> JobState:
+        """The state a running job is in after this outcome."""
+        return next_state("a running job", JobState.RUNNING, self.action)
+
 
 _OUTCOME_ACTIONS = {
     Outcome.COMPLETED: Action.COMPLETE,

@@ -94,7 +94,6 @@ _REASONS = {
 
 
 _Q = load_queries("sqlite")
-_FINISHING = frozenset({Action.COMPLETE, Action.FAIL, Action.CANCEL})
 
 
 # -- values to and from columns ---------------------------------------------------------
@@ -472,7 +471,7 @@ def _finished(completions: Sequence[Completion], applied: Sequence[bool]) -> lis
     return [
         completion.job_id
         for completion, done in zip(completions, applied, strict=True)
-        if done and completion.outcome.action in _FINISHING
+        if done and completion.outcome.state.finished
     ]
 
 
