@@ -157,6 +157,15 @@ async def test_a_failed_parent_cancels_its_dependants_in_turn(store: Store) -> N
     assert await state_of(store, tolerant) == JobState.PENDING
 
 
+async def test_a_job_its_parent_cancels_keeps_its_trace_context(store: Store) -> None:
+    parent = await running(store)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    child = await submit_one(store, replace(child_of(parent), traceparent=traceparent))
+    await finish(store, parent, Outcome.FAILED, error="boom")
+    cancelled = await current(store, child)
+    assert (cancelled.state, cancelled.traceparent) == (JobState.CANCELLED, traceparent)
+
+
 async def test_run_on_parent_failure_releases_as_if_completed(store: Store) -> None:
     parent = await running(store)
     child = await submit_one(store, child_of(parent, on_parent_failure=ParentFailure.RUN))

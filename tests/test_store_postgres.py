@@ -126,7 +126,7 @@ async def test_open_migrates_an_empty_database(fresh_postgres_url: str) -> None:
         " WHERE table_schema = 'jobd' AND table_name = 'jobs' ORDER BY ordinal_position",
     )
     names = [row[0] for row in columns]
-    assert names[-5:] == ["schedule", "scheduled_for", "parents", "on_parent_failure", "traceparent"]
+    assert names[-5:] == ["schedule", "scheduled_for", "traceparent", "parents", "on_parent_failure"]
     migrations = query(fresh_postgres_url, "SELECT version, name FROM jobd.migrations ORDER BY version")
     assert migrations == [(migration.version, migration.name) for migration in MIGRATIONS]
     assert migrations[:2] == [(1, "initial"), (2, "live_and_finished")]

@@ -78,11 +78,12 @@ BEGIN
             INSERT INTO jobd.finished_jobs (id, seq, type, queue, payload, state, priority, attempts,
                                             max_attempts, timeout, run_at, created_at, updated_at,
                                             started_at, finished_at, last_error, result, progress, key,
-                                            schedule, scheduled_for, parents, on_parent_failure)
+                                            schedule, scheduled_for, traceparent, parents,
+                                            on_parent_failure)
             SELECT id, seq, type, queue, payload, 'cancelled', priority, attempts,
                    max_attempts, timeout, run_at, created_at, now,
                    started_at, now, failure, result, progress, key,
-                   schedule, scheduled_for, parents, on_parent_failure
+                   schedule, scheduled_for, traceparent, parents, on_parent_failure
             FROM cancelled
             RETURNING id
         ),
