@@ -448,3 +448,41 @@ async def test_a_database_of_the_previous_schema_gains_schedules_and_keeps_its_j
         assert await store.sync_schedules({"s": "every 1000000us"}, datetime.now(UTC))
     versions = query(fresh_postgres_url, "SELECT version FROM jobd.migrations ORDER BY 1")
     assert [row[0] for row in versions] == [migration.version for migration in MIGRATIONS]
+
+
+def _plan_nodes(node: dict[str, object]) -> list[dict[str, object]]:
+    children = node.get("Plans", [])
+    assert isinstance(children, list)
+    return [node, *(found for child in children for found in _plan_nodes(child))]
+
+
+async def test_completions_find_their_rows_by_id_not_by_the_running_index(fresh_postgres_url: str) -> None:
+    """Until vacuum, live_jobs_running keeps an entry for every row version that ever ran;
+    a completion or lease renewal that scanned it would cost more with every job run."""
+    from jobd.store.postgres import QUERIES, _exchange_params  # the statements as the store sends them
+
+    async with opened(fresh_postgres_url) as store:
+        for _ in range(4):  # dead versions of running rows, left behind by jobs that ended
+            await store.insert_jobs([new_job() for _ in range(500)])
+            claimed = await store.claim_jobs("a", [QueueSlots("default", 500)], 500, NOW, LEASE)
+            completions = [Completion(job.id, "a", 1, Outcome.COMPLETED) for job in claimed]
+            assert all(await store.complete_jobs(completions, NOW))
+        await store.insert_jobs([new_job() for _ in range(100)])
+        running = await store.claim_jobs("a", [QueueSlots("default", 100)], 100, NOW, LEASE)
+        ended = [Completion(job.id, "a", 1, Outcome.COMPLETED) for job in running[:50]]
+        ended += [Completion(job.id, "a", 1, Outcome.RETRIED, error="x", run_at=LEASE) for job in running[50:]]
+        statements = {
+            "complete_and_claim_jobs": _exchange_params(ended, [QueueSlots("default", 10)], None, NOW),
+            "renew_leases": {"ids": [job.id for job in running], "owner": "a", "lease_until": LEASE},
+        }
+        for analyzed in (False, True):
+            if analyzed:
+                query(fresh_postgres_url, "ANALYZE jobd.live_jobs")
+            for name, params in statements.items():
+                with psycopg.connect(fresh_postgres_url) as conn:  # rolled back: a plan, not a change
+                    [[plan]] = conn.execute("EXPLAIN (FORMAT JSON) " + QUERIES[name], params).fetchall()
+                writes = [node for node in _plan_nodes(plan[0]["Plan"]) if node["Node Type"] == "ModifyTable"]
+                assert writes, name
+                for write in writes:
+                    used = {node.get("Index Name") for node in _plan_nodes(write)}
+                    assert "live_jobs_running" not in used, (name, analyzed, write["Operation"])

@@ -98,8 +98,13 @@ SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(queue)s));
 -- running count still includes the jobs this statement completes: it claims too few,
 -- never too many, and the caller claims again at once. A rate-limited queue's lock,
 -- taken the same way, makes its bucket change one claim at a time.
+-- The fenced rows are found by primary key (`id = ANY`), never through live_jobs_running:
+-- until vacuum, that partial index keeps an entry for every row version that was ever
+-- running (thousands a second), and a completion that scanned it cost more than the rest
+-- of the statement. So the state is compared with a column of `done` (fence_state), where
+-- a constant 'running' would let the planner pick that index.
 WITH done AS (
-    SELECT * FROM json_to_recordset(%(completions)s::json) AS c(
+    SELECT *, 'running' AS fence_state FROM json_to_recordset(%(completions)s::json) AS c(
         id uuid, owner text, attempt int, outcome text, state text, final bool, result jsonb, error text,
         run_at timestamptz
     )
@@ -107,7 +112,8 @@ WITH done AS (
 ended AS (
     DELETE FROM jobd.live_jobs j
     USING done c
-    WHERE c.final AND j.id = c.id AND j.owner = c.owner AND j.attempts = c.attempt AND j.state = 'running'
+    WHERE j.id = ANY(ARRAY(SELECT id FROM done WHERE final))
+      AND c.final AND j.id = c.id AND j.owner = c.owner AND j.attempts = c.attempt AND j.state = c.fence_state
     RETURNING j.*, c.state AS new_state, c.outcome, c.result AS new_result, c.error
 ),
 archived AS (
@@ -130,7 +136,8 @@ continued AS (
         attempts = CASE WHEN c.outcome = 'requeued' THEN j.attempts - 1 ELSE j.attempts END,
         owner = NULL, lease_until = NULL, cancel_requested = false
     FROM done c
-    WHERE NOT c.final AND j.id = c.id AND j.owner = c.owner AND j.attempts = c.attempt AND j.state = 'running'
+    WHERE j.id = ANY(ARRAY(SELECT id FROM done WHERE NOT final))
+      AND NOT c.final AND j.id = c.id AND j.owner = c.owner AND j.attempts = c.attempt AND j.state = c.fence_state
       AND (c.outcome <> 'requeued' OR NOT j.cancel_requested)
     -- A job back to pending or scheduled is work for any daemon (folded to one per commit).
     RETURNING j.id, pg_notify('jobd', 'jobs')
@@ -219,8 +226,10 @@ UNION ALL
 SELECT NULL, {held_columns}, NULL FROM held;
 
 -- name: renew_leases
+-- By primary key: `(state = 'running') IS TRUE` keeps the planner off live_jobs_running
+-- (see complete_and_claim_jobs).
 UPDATE jobd.live_jobs SET lease_until = %(lease_until)s
-WHERE id = ANY(%(ids)s::uuid[]) AND owner = %(owner)s AND state = 'running'
+WHERE id = ANY(%(ids)s::uuid[]) AND owner = %(owner)s AND (state = 'running') IS TRUE
 RETURNING id;
 
 -- name: set_progress
