@@ -470,7 +470,9 @@ async def test_completions_find_their_rows_by_id_not_by_the_running_index(fresh_
         await store.insert_jobs([new_job() for _ in range(100)])
         running = await store.claim_jobs("a", [QueueSlots("default", 100)], 100, NOW, LEASE)
         ended = [Completion(job.id, "a", 1, Outcome.COMPLETED) for job in running[:50]]
-        ended += [Completion(job.id, "a", 1, Outcome.RETRIED, error="x", run_at=LEASE) for job in running[50:]]
+        ended += [
+            Completion(job.id, "a", 1, Outcome.RETRIED, error="x", run_at=LEASE) for job in running[50:]
+        ]
         statements = {
             "complete_and_claim_jobs": _exchange_params(ended, [QueueSlots("default", 10)], None, NOW),
             "renew_leases": {"ids": [job.id for job in running], "owner": "a", "lease_until": LEASE},

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import select
 import threading
 import time
@@ -112,6 +113,34 @@ def _expand(query: str) -> str:
 
 QUERIES = {name: _expand(query) for name, query in load_queries("postgres").items()}
 MIGRATIONS = load_migrations("postgres")
+
+
+@dataclass(frozen=True, slots=True)
+class _Positional:
+    """A named query in PostgreSQL's own `$n` placeholders, run through a RawCursor.
+    psycopg parses a query's `%(name)s` placeholders again on every call once its text
+    is over 4 kB (past its cache): 0.17 ms of the GIL for complete_and_claim_jobs, the
+    statement of every dispatcher round."""
+
+    text: str
+    names: tuple[str, ...]  # the parameter of each `$n`, in order
+
+    @classmethod
+    def of(cls, query: str) -> _Positional:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        return cls(re.sub(r"%\((\w+)\)s", number, query).replace("%%", "%"), tuple(names))
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> psycopg.Cursor[tuple[Any, ...]]:
+        return psycopg.RawCursor(conn).execute(self.text, [params[name] for name in self.names])
+
+
+_COMPLETE_AND_CLAIM = _Positional.of(QUERIES["complete_and_claim_jobs"])
 
 
 @dataclass(slots=True)
@@ -393,7 +422,7 @@ class PostgresStore:
 
         def exchange(conn: Connection) -> list[list[tuple[Any, ...]]]:
             if insert is None and not limited and len(statements) == 1:
-                return [conn.execute(QUERIES["complete_and_claim_jobs"], statements[0]).fetchall()]
+                return [_COMPLETE_AND_CLAIM.execute(conn, statements[0]).fetchall()]
             # BEGIN, the insert, the locks, the statements and COMMIT all go in one round trip.
             try:
                 with conn.pipeline():
@@ -402,9 +431,7 @@ class PostgresStore:
                         conn.execute(QUERIES["insert_jobs"], insert)
                     for queue in limited:
                         conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
-                    cursors = [
-                        conn.execute(QUERIES["complete_and_claim_jobs"], params) for params in statements
-                    ]
+                    cursors = [_COMPLETE_AND_CLAIM.execute(conn, params) for params in statements]
                     conn.execute("COMMIT")
             except psycopg.errors.UniqueViolation as error:
                 if error.diag.constraint_name == "live_jobs_pkey":
