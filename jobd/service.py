@@ -159,8 +159,6 @@ class JobService:
             self._metrics.job_submitted(job.queue, job.type)
             if job.state == JobState.CANCELLED:  # a parent had failed already
                 self._metrics.job_finished(job.queue, job.type, job.state.value, None)
-        if any(job.state == JobState.PENDING for job in created):
-            self._pool.wake()
         if any(job.state == JobState.SCHEDULED for job in created):
             self._maintenance.schedule_changed()
 

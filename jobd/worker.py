@@ -179,7 +179,10 @@ class WorkerPool:
         claim = self._claim_request() if pending and self._jobs is not None and not self._stopping else None
         if claim is None:
             with self._metrics.store_call("insert"):
-                return await self._store.insert_jobs(jobs)
+                inserted = await self._store.insert_jobs(jobs)
+            if any(item.created and item.job.state == JobState.PENDING for item in inserted):
+                self.wake()
+            return inserted
         now = self._clock()
         self._reserve(claim, 1)
         try:
@@ -187,7 +190,13 @@ class WorkerPool:
                 result = await self._store.insert_and_claim_jobs(jobs, claim, now)
         finally:
             self._reserve(claim, -1)
-            self.wake()  # a lane may wait for this claim to land, or find more to claim
+            self._wake_lanes()  # a lane may wait for the slots this claim held
+        # The claim saw every pending job, these included. One that came back with some
+        # but not full took all there was: a lane that looked again would claim nothing.
+        # Full, it may have left jobs behind; empty, something kept it from them (a paused
+        # queue, another daemon's claim): a lane looks, as after any wake-up.
+        if not result.claimed or len(result.claimed) >= claim.limit:
+            self._claimable = True
         self._held_back_by_rate(result.rate_held)
         if self._jobs is not None:
             self._start_all(self._jobs, result.claimed, now)

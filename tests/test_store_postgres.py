@@ -18,7 +18,7 @@ import trio.lowlevel
 
 from jobd.errors import InvalidJob, StoreUnavailable
 from jobd.job import JobState
-from jobd.store import Completion, JobFilter, NewJob, Outcome, QueueSlots
+from jobd.store import ClaimRequest, Completion, JobFilter, NewJob, Outcome, QueueSlots
 from jobd.store.postgres import MIGRATIONS, PostgresStore
 
 pytestmark = pytest.mark.postgres
@@ -488,3 +488,38 @@ async def test_completions_find_their_rows_by_id_not_by_the_running_index(fresh_
                 for write in writes:
                     used = {node.get("Index Name") for node in _plan_nodes(write)}
                     assert "live_jobs_running" not in used, (name, analyzed, write["Operation"])
+
+
+async def test_a_submit_that_claims_all_it_inserted_wakes_no_other_daemon(fresh_postgres_url: str) -> None:
+    """Every daemon woken by a job its submitter already started would make a claim for
+    nothing. The wake-ups arrive in commit order, so a marker notified after the submit
+    comes first when the submit notified nobody."""
+    async with opened(fresh_postgres_url) as listening, opened(fresh_postgres_url) as submitting:
+        wake, woken = trio.open_memory_channel[str](1000)
+
+        async def next_after(marker: str) -> str:
+            query(fresh_postgres_url, "SELECT pg_notify('jobd', %s)", (marker,))
+            with trio.fail_after(DEADLINE):
+                return await woken.receive()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listening.listen, wake.send_nowait)
+            await expect_wakes(woken, "connected", "jobs", "cancel")
+            drain(woken)
+
+            room = ClaimRequest("a", [QueueSlots("default", 5)], 5, LEASE)
+            taken = await submitting.insert_and_claim_jobs([new_job()], room, NOW)
+            assert len(taken.claimed) == 1
+            assert await next_after("cancel") == "cancel"
+
+            # One job more than the claim takes: the one left is work for the others.
+            left = await submitting.insert_and_claim_jobs([new_job() for _ in range(6)], room, NOW)
+            assert len(left.claimed) == 5
+            assert await next_after("cancel") == "jobs"
+            await expect_wakes(woken, "cancel")  # the marker, behind it
+
+            # A job for a later time is news for the others' promotion, claimed or not.
+            later = dataclasses.replace(new_job(), run_at=NOW + timedelta(hours=1))
+            await submitting.insert_and_claim_jobs([later], room, NOW)
+            assert await next_after("cancel") == "jobs"
+            nursery.cancel_scope.cancel()

@@ -882,3 +882,4 @@ async def test_a_reloaded_rate_applies_from_the_next_claim(autojump: object) -> 
     # The new rate counts from the bucket's last change: at 10/s the second at once (the
     # bucket holds one token at most), the third a tenth of a second later.
     assert [round(at - t0, 6) for at in started] == [0, 1.0, 1.1]
+

@@ -418,7 +418,7 @@ class PostgresStore:
             {slot.queue for slot in wanted if slot.global_limit is not None or slot.rate is not None}
         )
 
-        insert = _insert_params(inserting) if inserting else None
+        insert = _insert_params(inserting, notify=False) if inserting else None
 
         def exchange(conn: Connection) -> list[list[tuple[Any, ...]]]:
             if insert is None and not limited and len(statements) == 1:
@@ -432,6 +432,8 @@ class PostgresStore:
                     for queue in limited:
                         conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
                     cursors = [_COMPLETE_AND_CLAIM.execute(conn, params) for params in statements]
+                    if insert is not None:
+                        conn.execute(QUERIES["notify_unclaimed"], {"ids": [new.id for new in inserting]})
                     conn.execute("COMMIT")
             except psycopg.errors.UniqueViolation as error:
                 if error.diag.constraint_name == "live_jobs_pkey":
@@ -883,7 +885,7 @@ def _take_windows(
     return held
 
 
-def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
+def _insert_params(jobs: Sequence[NewJob], *, notify: bool = True) -> dict[str, Any]:
     times = _TimeTexts()
     items = [
         {
@@ -911,7 +913,7 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
             item["on_parent_failure"] = new.on_parent_failure.value
         if new.traceparent is not None:
             item["traceparent"] = new.traceparent
-    return {"jobs": _json_text(items, jobs)}
+    return {"jobs": _json_text(items, jobs), "notify": notify}
 
 
 def _key_holder(conn: Connection, new: NewJob) -> Inserted:

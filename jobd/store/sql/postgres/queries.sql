@@ -11,7 +11,8 @@
 -- The whole batch, in order, as one JSON array (one parameter, encoded in one call).
 -- An item whose key a live job holds (or an earlier item of the batch) is not inserted
 -- and is missing from the answer; the caller then reads the holder. One NOTIFY wakes
--- every daemon when anything was inserted.
+-- every daemon when anything was inserted, unless the caller says it will decide after
+-- its claim (notify false: see notify_unclaimed).
 WITH new AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(jobs)s::json) AS (
         id uuid, type text, queue text, payload jsonb, state text, priority int, max_attempts int,
@@ -33,10 +34,18 @@ inserted AS (
 ),
 woken AS (
     SELECT pg_notify('jobd', 'jobs') FROM (SELECT 1 FROM inserted LIMIT 1) AS any_inserted
+    WHERE %(notify)s
 )
 SELECT id FROM inserted
 UNION ALL
 SELECT NULL FROM woken;
+
+-- name: notify_unclaimed
+-- After a submit that claimed in its own transaction: wake the other daemons only if a
+-- job it inserted is still there for them, not taken by that claim. A single submit to a
+-- daemon with room then wakes nobody, where every daemon used to make a claim for nothing.
+SELECT pg_notify('jobd', 'jobs')
+WHERE EXISTS (SELECT 1 FROM jobd.live_jobs WHERE id = ANY(%(ids)s::uuid[]) AND state <> 'running');
 
 -- name: live_job_with_key
 SELECT {columns} FROM jobd.live_jobs WHERE key = %(key)s;
