@@ -512,6 +512,11 @@ async def test_a_submit_that_claims_all_it_inserted_wakes_no_other_daemon(fresh_
             assert len(taken.claimed) == 1
             assert await next_after("cancel") == "cancel"
 
+            # A job the claim could have taken but did not (its queue had no room here).
+            await submitting.insert_and_claim_jobs([new_job("elsewhere")], room, NOW)
+            assert await next_after("cancel") == "jobs"
+            await expect_wakes(woken, "cancel")  # the marker, behind it
+
             # One job more than the claim takes: the one left is work for the others.
             left = await submitting.insert_and_claim_jobs([new_job() for _ in range(6)], room, NOW)
             assert len(left.claimed) == 5

@@ -429,7 +429,15 @@ class PostgresStore:
             {slot.queue for slot in wanted if slot.global_limit is not None or slot.rate is not None}
         )
 
-        insert = _insert_params(inserting, notify=False) if inserting else None
+        # Whether other daemons must hear of the insert is known after the claim only when
+        # the claim could take every job it inserts; otherwise the insert notifies itself,
+        # without a look at each of a large batch's rows.
+        decide_after_claim = (
+            claim is not None
+            and 0 < len(inserting) <= claim.limit
+            and all(new.state == JobState.PENDING for new in inserting)
+        )
+        insert = _insert_params(inserting, notify=not decide_after_claim) if inserting else None
 
         def exchange(conn: Connection) -> list[list[tuple[Any, ...]]]:
             if insert is None and not limited and len(statements) == 1:
@@ -443,7 +451,7 @@ class PostgresStore:
                     for queue in limited:
                         conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
                     cursors = [_COMPLETE_AND_CLAIM.execute(conn, params) for params in statements]
-                    if insert is not None:
+                    if decide_after_claim:
                         conn.execute(QUERIES["notify_unclaimed"], {"ids": [new.id for new in inserting]})
                     conn.execute("COMMIT")
             except psycopg.errors.UniqueViolation as error:
