@@ -16,8 +16,6 @@ This is a benchmark, not a test: it asserts nothing and prints figures.
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import shutil
 import tempfile
@@ -25,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drain import Daemon, cpu_seconds, fresh_store, postgres_pids
+from drain import Daemon, cpu_seconds, fresh_store, postgres_pids, store_parser
 
 
 def shape(name: str, jobs: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -66,14 +64,7 @@ def run(daemon: Daemon, items: list[dict[str, Any]], postgres: bool) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--store", choices=["memory", "sqlite", "postgres"], default="sqlite")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-    )
+    parser = store_parser(__doc__, ["memory", "sqlite", "postgres"], "sqlite")
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--chain", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=100)

@@ -124,6 +124,22 @@ class Daemon:
         self.log.close()
 
 
+def store_parser(
+    doc: str | None, stores: list[str], default: str, url_help: str | None = None
+) -> argparse.ArgumentParser:
+    """The command line every benchmark here starts from: its docstring as the help,
+    `--store` among `stores`, and `--postgres-url` ($JOBD_TEST_POSTGRES_URL, else the
+    local server's `test` database)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", choices=stores, default=default)
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help=url_help,
+    )
+    return parser
+
+
 def fresh_store(store: str, directory: Path, postgres_url: str) -> str:
     """The URL of an empty store of the given kind: in `directory` for SQLite; for
     PostgreSQL, `postgres_url` with its jobd schema dropped first."""
@@ -275,14 +291,7 @@ def stats_latency(daemon: Daemon) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--store", choices=["memory", "sqlite", "postgres"], default="sqlite")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-    )
+    parser = store_parser(__doc__, ["memory", "sqlite", "postgres"], "sqlite")
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--daemons", type=int, default=1)

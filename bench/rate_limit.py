@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import os
 import shutil
 import sqlite3
 import tempfile
@@ -25,7 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from drain import Daemon, fresh_store
+from drain import Daemon, fresh_store, store_parser
 
 from jobd.rates import RateLimit, parse_rate
 
@@ -78,14 +77,7 @@ def run(args: argparse.Namespace, rate: RateLimit) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-    )
+    parser = store_parser(__doc__, ["sqlite", "postgres"], "sqlite")
     parser.add_argument("--rates", default="100/s,1000/s", help="comma-separated rates, as in the config")
     parser.add_argument("--seconds", type=float, default=10.0, help="of the rate's jobs after the burst")
     parser.add_argument("--concurrency", type=int, default=100)

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import httpx
-from drain import Daemon
+from drain import Daemon, store_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 BATCH_PERIOD = 0.1  # seconds between submitted batches
@@ -329,14 +329,8 @@ def plot(samples: list[Sample], store: str, args: argparse.Namespace, out: Path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="a database whose jobd schema the soak may drop",
+    parser = store_parser(
+        __doc__, ["sqlite", "postgres", "both"], "both", "a database whose jobd schema the soak may drop"
     )
     parser.add_argument("--jobs", type=int, default=2_000_000)
     parser.add_argument(

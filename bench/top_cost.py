@@ -14,8 +14,6 @@ This is a benchmark, not a test: it asserts nothing and prints figures.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -24,7 +22,7 @@ import time
 from pathlib import Path
 
 import tomli_w
-from drain import BIN, Daemon, cpu_seconds, fill_history, fresh_store, postgres_pids
+from drain import BIN, Daemon, cpu_seconds, fill_history, fresh_store, postgres_pids, store_parser
 
 REQUESTS = (
     ("/v1/health", {}),
@@ -35,14 +33,7 @@ REQUESTS = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--store", choices=["sqlite", "postgres"], default="postgres")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("JOBD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-    )
+    parser = store_parser(__doc__, ["sqlite", "postgres"], "postgres")
     parser.add_argument("--history", type=int, default=1_000_000)
     parser.add_argument("--refreshes", type=int, default=100)
     args = parser.parse_args()
