@@ -182,6 +182,12 @@ def fill_history(store: str, url: str, jobs: int) -> float:
                 "  t, t, t, t, t FROM n, (SELECT (unixepoch() - 86400) * 1000000 AS t)",
                 (jobs,),
             )
+            # The store counts the jobs it inserts itself; these bypassed it.
+            conn.execute(
+                "INSERT INTO job_counts (queue, state, jobs) VALUES ('default', 'completed', ?)"
+                " ON CONFLICT (queue, state) DO UPDATE SET jobs = jobs + excluded.jobs",
+                (jobs,),
+            )
     return time.perf_counter() - started
 
 

@@ -124,9 +124,10 @@ async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
         (4, "rate_limits"),
         (5, "traceparent"),
         (6, "top"),
+        (7, "counted_inserts"),
     ]
     assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
-    assert rows(db_path, "PRAGMA user_version") == [(6,)]
+    assert rows(db_path, "PRAGMA user_version") == [(7,)]
 
 
 async def test_a_schema_newer_than_this_jobd_is_refused(db_path: str) -> None:
@@ -275,6 +276,42 @@ async def test_full_disk_is_store_unavailable_and_rolls_back(store: SQLiteStore)
     assert store.path in caught.value.message
     assert sum((await store.count_jobs())["default"].values()) == 1
     await store.ping()
+
+
+async def test_a_full_disk_fails_every_write_of_the_group_it_undid(store: SQLiteStore) -> None:
+    # Writes queued together share one transaction. An insert fires no trigger, so it
+    # has no statement journal, and a full disk makes SQLite undo the whole transaction:
+    # the write before it is undone too, and must fail, not report success.
+    await store.insert_jobs([new_job()])
+    pages = await pragma(store, "page_count")
+    await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    entered, release = threading.Event(), threading.Event()
+
+    def occupy_the_thread() -> None:
+        entered.set()
+        release.wait(30)
+
+    failures: list[str] = []
+
+    async def insert(jobs: list[NewJob]) -> None:
+        try:
+            await store.insert_jobs(jobs)
+        except StoreUnavailable as error:
+            failures.append(error.message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._run, occupy_the_thread)
+        assert await trio.to_thread.run_sync(entered.wait, 30)
+        nursery.start_soon(insert, [new_job()])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(insert, [new_job(payload="x" * 5000) for _ in range(50)])
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert len(failures) == 2
+    assert all("the disk is full" in message for message in failures)
+    assert await store.count_jobs() == {"default": {JobState.PENDING: 1}}
+    assert rows(store.path, "SELECT count(*) FROM jobs") == [(1,)]
+    await store.insert_jobs([new_job()])  # the store goes on once there is room
 
 
 async def test_payload_that_is_not_json(store: SQLiteStore) -> None:

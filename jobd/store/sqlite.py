@@ -248,7 +248,13 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
                 raise InvalidJob(message, field="id", index=position) from None
         raise
     finally:
-        conn.execute("RELEASE insert_jobs")
+        if conn.in_transaction:  # else SQLite undid the whole transaction (a full disk)
+            conn.execute("RELEASE insert_jobs")
+    counts = collections.Counter((row["queue"], row["state"]) for row in rows)
+    conn.executemany(
+        _Q["count_inserted"],
+        ({"queue": queue, "state": state, "jobs": jobs} for (queue, state), jobs in counts.items()),
+    )
     return _after_insert(conn, jobs, results)
 
 
@@ -768,6 +774,11 @@ class SQLiteStore:
                 conn.execute("SAVEPOINT call")
                 result: Captured[object] = capture(self._guarded, transaction, conn)
                 if isinstance(result, CapturedError):
+                    if not conn.in_transaction:
+                        # SQLite undid the whole transaction (a full disk, an I/O error in
+                        # a statement with no statement journal): the calls before this
+                        # one are undone too, and all fail with its error.
+                        result.unwrap()
                     conn.execute("ROLLBACK TO call")
                 conn.execute("RELEASE call")
                 results.append(result)

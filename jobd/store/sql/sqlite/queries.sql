@@ -8,6 +8,11 @@ INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeo
 VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
         :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for, :parents, :on_parent_failure, :traceparent);
 
+-- name: count_inserted
+-- Run once per queue and state of a batch just inserted (no trigger counts inserts).
+INSERT INTO job_counts (queue, state, jobs) VALUES (:queue, :state, :jobs)
+ON CONFLICT (queue, state) DO UPDATE SET jobs = jobs + excluded.jobs;
+
 -- name: live_job_with_key
 SELECT * FROM jobs
 WHERE key = :key AND state IN ('waiting', 'scheduled', 'pending', 'running');
