@@ -185,28 +185,28 @@ class ControlApi:
 
     async def _submit(self, request: Request, captured: tuple[str, ...]) -> Response:
         inserted = await self._service.submit(_json_object(request), _traceparent(request))
-        return json_response(201 if inserted.created else 200, inserted.job.to_json())
+        return json_response(201 if inserted.created else 200, inserted.job)
 
     async def _submit_batch(self, request: Request, captured: tuple[str, ...]) -> Response:
         inserted = await self._service.submit_batch(_json_object(request), _traceparent(request))
-        return json_response(201, {"jobs": [item.job.to_json() for item in inserted]})
+        return json_response(201, {"jobs": [item.job for item in inserted]})
 
     async def _list(self, request: Request, captured: tuple[str, ...]) -> Response:
         page = await self._service.list_jobs(request.query)
-        return json_response(200, {"jobs": [job.to_json() for job in page.jobs], "next": page.next})
+        return json_response(200, {"jobs": page.jobs, "next": page.next})
 
     async def _get(self, request: Request, captured: tuple[str, ...]) -> Response:
-        return json_response(200, (await self._service.get(_job_id(captured))).to_json())
+        return json_response(200, await self._service.get(_job_id(captured)))
 
     async def _wait(self, request: Request, captured: tuple[str, ...]) -> Response:
         job = await self._service.wait(_job_id(captured), request.query.get("timeout"))
-        return json_response(200, job.to_json())
+        return json_response(200, job)
 
     async def _cancel(self, request: Request, captured: tuple[str, ...]) -> Response:
-        return json_response(200, (await self._service.cancel(_job_id(captured))).to_json())
+        return json_response(200, await self._service.cancel(_job_id(captured)))
 
     async def _retry(self, request: Request, captured: tuple[str, ...]) -> Response:
-        return json_response(200, (await self._service.retry(_job_id(captured))).to_json())
+        return json_response(200, await self._service.retry(_job_id(captured)))
 
     async def _stats(self, request: Request, captured: tuple[str, ...]) -> Response:
         return json_response(200, await self._service.stats())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import json
 import logging
 import os
 import socket
@@ -38,6 +37,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
+from jobd import jsoncodec
 from jobd.config import parse_address
 from jobd.errors import ConfigError
 
@@ -107,7 +107,7 @@ LimitsSource = Limits | Callable[[], Limits]
 
 
 def json_response(status: int, obj: object, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json", headers)
+    return Response(status, jsoncodec.dumps(obj), "application/json", headers)
 
 
 def error_response(

@@ -543,7 +543,7 @@ def test_json_and_error_helpers() -> None:
         "error": {"code": "not_found", "message": "no such thing", "details": {"field": "id"}}
     }
     assert json.loads(error_response(400, "bad_request", "no").body)["error"]["details"] == {}
-    assert json_response(200, {"é": 1}).body == '{"é": 1}'.encode()
+    assert json_response(200, {"é": 1}).body == '{"é":1}'.encode()  # compact UTF-8, not escaped
 
 
 # --- the listening sockets ---------------------------------------------------------------

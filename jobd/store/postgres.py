@@ -38,6 +38,7 @@ from outcome import Value as CapturedValue
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb, set_json_loads
 
+from jobd import jsoncodec
 from jobd.backoff import StoreOutage
 from jobd.errors import ConfigError, InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure, Progress, next_state
@@ -948,7 +949,7 @@ def _key_holder(conn: Connection, new: NewJob) -> Inserted:
 
 def _json_text(items: list[dict[str, Any]], jobs: Sequence[NewJob]) -> str:
     try:
-        return json.dumps(items, ensure_ascii=False, allow_nan=False)
+        return jsoncodec.dumps_text(items)
     except (TypeError, ValueError) as error:
         for index, new in enumerate(jobs):  # which item: the rare path may take its time
             try:
@@ -1006,7 +1007,7 @@ def _exchange_params(
             }
         )
     try:
-        completions_text = json.dumps(done, ensure_ascii=False, allow_nan=False)
+        completions_text = jsoncodec.dumps_text(done)
     except (TypeError, ValueError) as error:
         raise InvalidJob(f"a result is not JSON: {error}") from None
     return {

@@ -34,6 +34,7 @@ from outcome import Error as CapturedError
 from outcome import Outcome as Captured
 from outcome import capture
 
+from jobd import jsoncodec
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import JSON, Action, Job, JobState, ParentFailure, Progress, next_state
 from jobd.rates import RateLimit
@@ -112,7 +113,7 @@ def _optional_time(value: int | None) -> datetime | None:
 
 
 def _dump(value: JSON) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return None if value is None else jsoncodec.dumps_text(value)
 
 
 def _load(text: str | None) -> JSON:
@@ -432,7 +433,7 @@ def _claim_rows(
         "now": _micros(now),
         "owner": owner,
         "lease_until": _micros(lease_until),
-        "seqs": json.dumps(chosen),
+        "seqs": jsoncodec.dumps_text(chosen),
     }
     rows = conn.execute(_Q["claim_jobs"], values).fetchall()
     # RETURNING gives no order: put the batch back in claim order.
@@ -465,7 +466,7 @@ def _complete_jobs(conn: sqlite3.Connection, completions: Sequence[Completion], 
             firsts[str(item["id"])] = index
     results = [False] * len(batch)
     for indexes in (list(firsts.values()), *([index] for index in repeats)):
-        values = {"now": _micros(now), "batch": json.dumps([batch[index] for index in indexes])}
+        values = {"now": _micros(now), "batch": jsoncodec.dumps_text([batch[index] for index in indexes])}
         changed = {row[0] for row in conn.execute(_Q["complete_jobs"], values)}
         for index in indexes:
             results[index] = batch[index]["id"] in changed
