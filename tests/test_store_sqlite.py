@@ -24,7 +24,7 @@ from jobd.job import JobState
 from jobd.store import Completion, JobFilter, NewJob, Outcome, QueueSlots
 from jobd.store.factory import create_store, describe
 from jobd.store.sqlfiles import load_migrations
-from jobd.store.sqlite import _Q, SQLiteStore
+from jobd.store.sqlite import _Q, JOB_COLUMNS, SQLiteStore
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -128,6 +128,12 @@ async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
     ]
     assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
     assert rows(db_path, "PRAGMA user_version") == [(7,)]
+
+
+async def test_jobs_are_read_by_the_column_order_of_the_schema(store: SQLiteStore, db_path: str) -> None:
+    # Rows are unpacked by position: a migration that adds or moves a column of `jobs`
+    # must change JOB_COLUMNS with it.
+    assert tuple(row[1] for row in rows(db_path, "PRAGMA table_info(jobs)")) == JOB_COLUMNS
 
 
 async def test_a_schema_newer_than_this_jobd_is_refused(db_path: str) -> None:

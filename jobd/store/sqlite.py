@@ -120,32 +120,51 @@ def _load(text: str | None) -> JSON:
     return None if text is None else json.loads(text)
 
 
+# The columns of `jobs` in table order, as `SELECT *` and `RETURNING *` give them
+# (tests/test_store_sqlite.py holds this to the schema). `_job` unpacks a row by
+# position: by name, sqlite3.Row looks each column up among the names, and a claimed
+# row cost 18 µs to read instead of 9.
+JOB_COLUMNS = (
+    "seq", "id", "type", "queue", "payload", "state", "priority", "attempts", "max_attempts",
+    "timeout", "run_at", "created_at", "updated_at", "started_at", "finished_at", "last_error",
+    "result", "progress", "key", "owner", "lease_until", "cancel_requested", "schedule",
+    "scheduled_for", "parents", "on_parent_failure", "traceparent",
+)  # fmt: skip
+_STATES = {state.value: state for state in JobState}
+
+
 def _job(row: sqlite3.Row) -> Job:
-    progress = _load(row["progress"])
+    """A job from a row whose first columns are `JOB_COLUMNS`."""
+    (
+        _, job_id, job_type, queue, payload, state, priority, attempts, max_attempts, timeout,
+        run_at, created_at, updated_at, started_at, finished_at, last_error, result, progress,
+        key, _, _, _, schedule, scheduled_for, parents, on_parent_failure, traceparent,
+    ) = row[: len(JOB_COLUMNS)]  # fmt: skip
+    progress = _load(progress)
     return Job(
-        id=uuid.UUID(row["id"]),
-        type=row["type"],
-        queue=row["queue"],
-        payload=_load(row["payload"]),
-        state=JobState(row["state"]),
-        priority=row["priority"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        timeout=row["timeout"],
-        run_at=_time(row["run_at"]),
-        created_at=_time(row["created_at"]),
-        updated_at=_time(row["updated_at"]),
-        started_at=_optional_time(row["started_at"]),
-        finished_at=_optional_time(row["finished_at"]),
-        last_error=row["last_error"],
-        result=_load(row["result"]),
+        id=uuid.UUID(job_id),
+        type=job_type,
+        queue=queue,
+        payload=_load(payload),
+        state=_STATES[state],
+        priority=priority,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        run_at=_time(run_at),
+        created_at=_time(created_at),
+        updated_at=_time(updated_at),
+        started_at=_optional_time(started_at),
+        finished_at=_optional_time(finished_at),
+        last_error=last_error,
+        result=_load(result),
         progress=Progress(progress["fraction"], progress["message"]) if progress else None,
-        key=row["key"],
-        schedule=row["schedule"],
-        scheduled_for=_optional_time(row["scheduled_for"]),
-        after=tuple(uuid.UUID(parent) for parent in _load(row["parents"]) or ()),
-        on_parent_failure=ParentFailure(row["on_parent_failure"] or ParentFailure.CANCEL),
-        traceparent=row["traceparent"],
+        key=key,
+        schedule=schedule,
+        scheduled_for=_optional_time(scheduled_for),
+        after=tuple(uuid.UUID(parent) for parent in json.loads(parents)) if parents else (),
+        on_parent_failure=ParentFailure(on_parent_failure) if on_parent_failure else ParentFailure.CANCEL,
+        traceparent=traceparent,
     )
 
 
