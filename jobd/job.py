@@ -37,6 +37,9 @@ class JobState(enum.StrEnum):
 
 
 FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+STATE_OF: Mapping[str, JobState] = {state.value: state for state in JobState}
+"""A state by its text: what `JobState(text)` gives, as a dict lookup instead of 1 µs
+of the enum's call. The stores read one for every row."""
 
 
 class Action(enum.StrEnum):

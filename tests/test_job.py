@@ -7,6 +7,7 @@ import pytest
 
 from jobd.errors import IllegalTransition
 from jobd.job import (
+    STATE_OF,
     TRANSITIONS,
     Action,
     Job,
@@ -102,3 +103,7 @@ def test_times_are_rfc3339_utc() -> None:
     assert parse_time("2026-01-02T03:04:05") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_time("yesterday")
+
+
+def test_state_of_gives_what_the_enum_gives_for_every_state() -> None:
+    assert {state.value: JobState(state.value) for state in JobState} == STATE_OF

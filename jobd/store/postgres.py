@@ -41,7 +41,17 @@ from psycopg.types.json import Jsonb, set_json_loads
 from jobd import jsoncodec
 from jobd.backoff import StoreOutage
 from jobd.errors import ConfigError, InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
-from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, ParentFailure, Progress, next_state
+from jobd.job import (
+    FINISHED_STATES,
+    JSON,
+    STATE_OF,
+    Action,
+    Job,
+    JobState,
+    ParentFailure,
+    Progress,
+    next_state,
+)
 from jobd.store import (
     TOKEN,
     ClaimRequest,
@@ -1170,7 +1180,7 @@ def _job(row: Sequence[Any]) -> Job:
         type=job_type,
         queue=queue,
         payload=payload,
-        state=JobState(state),
+        state=STATE_OF[state],
         priority=priority,
         attempts=attempts,
         max_attempts=max_attempts,

@@ -36,7 +36,7 @@ from outcome import capture
 
 from jobd import jsoncodec
 from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
-from jobd.job import JSON, Action, Job, JobState, ParentFailure, Progress, next_state
+from jobd.job import JSON, STATE_OF, Action, Job, JobState, ParentFailure, Progress, next_state
 from jobd.rates import RateLimit
 from jobd.store import (
     Bucket,
@@ -130,7 +130,6 @@ JOB_COLUMNS = (
     "result", "progress", "key", "owner", "lease_until", "cancel_requested", "schedule",
     "scheduled_for", "parents", "on_parent_failure", "traceparent",
 )  # fmt: skip
-_STATES = {state.value: state for state in JobState}
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -146,7 +145,7 @@ def _job(row: sqlite3.Row) -> Job:
         type=job_type,
         queue=queue,
         payload=_load(payload),
-        state=_STATES[state],
+        state=STATE_OF[state],
         priority=priority,
         attempts=attempts,
         max_attempts=max_attempts,
