@@ -5,14 +5,16 @@ such as `Job` field by field, with no dict in between: 3.6 µs a job instead of 
 Times are written by `format_time` (RFC 3339 in UTC with a `Z`, whatever their zone),
 as `Job.to_json` writes them.
 
-orjson refuses what the standard library accepts and jobd may hold, such as an
-integer beyond 64 bits in a payload. Such a value goes through `json.dumps`, where a
-value with a `to_json()` method is written as what that method returns, so the output
-is the same JSON either way.
+orjson refuses what the standard library accepts and jobd may hold: an integer beyond
+64 bits, or a dict key that is not a string (a handler's result may have them; orjson
+could write them, but a float key in other text than `json.dumps` gives, `0.00001` for
+`1e-05`). Such a value goes through `json.dumps`, where a value with a `to_json()` method
+is written as what that method returns, so the output is the same JSON either way.
 
 orjson writes NaN and the infinities as null, where `json.dumps(allow_nan=False)`
 refuses them. None reaches here: jobd refuses them where values come in, in payloads
-(`check_submission`) and in results (`check_result`).
+(`check_submission`) and in results (`check_result`). The standard library's path
+refuses them, as the stores did before.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import orjson
 
 from jobd.job import JSON, format_time
 
-_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def dumps(value: object) -> bytes:
@@ -34,7 +36,8 @@ def dumps(value: object) -> bytes:
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except orjson.JSONEncodeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_default).encode()
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_default)
+        return text.encode()
 
 
 def dumps_text(value: JSON) -> str:

@@ -62,6 +62,24 @@ def test_text_is_compact_utf8() -> None:
     assert jsoncodec.dumps_text(2**64) == "18446744073709551616"
 
 
+def test_keys_that_are_not_text_are_written_as_the_standard_library_writes_them() -> None:
+    result = {1e-05: "a", 1e-07: "b", 3: "c", 2.5: "d", True: "e", None: "f"}
+    assert jsoncodec.dumps(result) == json.dumps(result, separators=(",", ":")).encode()
+    assert json.loads(jsoncodec.dumps(result)) == {
+        "1e-05": "a",
+        "1e-07": "b",
+        "3": "c",
+        "2.5": "d",
+        "true": "e",
+        "null": "f",
+    }
+
+
+def test_nan_on_the_standard_librarys_path_is_refused() -> None:
+    with pytest.raises(ValueError, match="Out of range"):
+        jsoncodec.dumps({"big": 2**70, "nan": float("nan")})
+
+
 def test_what_is_not_json_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="set"):
         jsoncodec.dumps({"payload": {1, 2}})
