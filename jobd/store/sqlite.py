@@ -797,7 +797,12 @@ class SQLiteStore:
                         # SQLite undid the whole transaction (a full disk, an I/O error in
                         # a statement with no statement journal): the calls before this
                         # one are undone too, and all fail with its error.
-                        result.unwrap()
+                        error = result.error
+                        if isinstance(error, StoreUnavailable):
+                            raise error
+                        raise StoreUnavailable(
+                            f"SQLite database {self.path}: the transaction was undone ({error})"
+                        )
                     conn.execute("ROLLBACK TO call")
                 conn.execute("RELEASE call")
                 results.append(result)
@@ -880,11 +885,11 @@ class SQLiteStore:
                 f"SQLite database {self.path}: cannot use write-ahead logging (journal mode stays {mode!r})"
             )
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        # A statement that fires a trigger (every insert, claim and completion: the
-        # counters) keeps a statement journal, a copy of each page it changes, so that it
-        # can be undone alone. In a temporary file that is a write() per page: 13 a job
-        # inserted. In memory, an insert costs 30 % less and a claim-and-complete round
-        # 20 % less. It is never the durable journal: that stays the WAL.
+        # A statement that fires a trigger (a claim, a completion: the counters) keeps a
+        # statement journal, a copy of each page it changes, so that it can be undone
+        # alone. In a temporary file that is a write() per page; in memory a round's
+        # claim and completion cost 20 % less. It is never the durable journal: that
+        # stays the WAL.
         conn.execute("PRAGMA temp_store = MEMORY")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
