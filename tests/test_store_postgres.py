@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -18,7 +18,7 @@ import trio.lowlevel
 
 from jobd.errors import InvalidJob, StoreUnavailable
 from jobd.job import JobState
-from jobd.store import ClaimRequest, Completion, JobFilter, NewJob, Outcome, QueueSlots
+from jobd.store import ClaimRequest, Completion, JobFilter, NewJob, Outcome, QueueSlots, pgtrio
 from jobd.store.postgres import MIGRATIONS, PostgresStore
 
 pytestmark = pytest.mark.postgres
@@ -72,6 +72,24 @@ async def wait_for_database(url: str, sql: str) -> None:
     with trio.fail_after(DEADLINE):
         while not query(url, sql):  # noqa: ASYNC110 - another process's state: nothing to wait on but polling
             await trio.sleep(0.01)
+
+
+@contextmanager
+def live_rows_locked(url: str) -> Iterator[None]:
+    """Another session holds every live job's row lock until the block ends."""
+    with psycopg.connect(url) as blocker:
+        blocker.execute("SELECT 1 FROM jobd.live_jobs FOR UPDATE")
+        yield
+        blocker.rollback()
+
+
+async def kill_once_waiting_on_a_lock(url: str) -> None:
+    """Terminate the store's backends once one of them waits for a lock."""
+    await wait_for_database(
+        url,
+        "SELECT 1 FROM pg_stat_activity WHERE application_name = 'jobd' AND wait_event_type = 'Lock'",
+    )
+    terminate_backends(url, "application_name = 'jobd'")
 
 
 async def expect_wakes(received: trio.MemoryReceiveChannel[str], *wanted: str) -> None:
@@ -332,36 +350,23 @@ async def test_killed_pool_connections_are_replaced(fresh_postgres_url: str) -> 
 async def test_a_connection_killed_mid_query_raises_store_unavailable(fresh_postgres_url: str) -> None:
     async with opened(fresh_postgres_url, pool_size=1) as store:
         [inserted] = await store.insert_jobs([new_job()])
-        with psycopg.connect(fresh_postgres_url) as blocker:
-            blocker.execute("SELECT 1 FROM jobd.live_jobs FOR UPDATE")  # cancel_job now waits for this lock
+        with live_rows_locked(fresh_postgres_url):  # cancel_job now waits for this lock
             async with trio.open_nursery() as nursery:
-
-                async def kill_when_waiting() -> None:
-                    await wait_for_database(
-                        fresh_postgres_url,
-                        "SELECT 1 FROM pg_stat_activity"
-                        " WHERE application_name = 'jobd' AND wait_event_type = 'Lock'",
-                    )
-                    terminate_backends(fresh_postgres_url, "application_name = 'jobd'")
-
-                nursery.start_soon(kill_when_waiting)
+                nursery.start_soon(kill_once_waiting_on_a_lock, fresh_postgres_url)
                 with pytest.raises(StoreUnavailable, match="connection lost"):
                     await store.cancel_job(inserted.job.id, NOW)
-            blocker.rollback()
         assert (await store.cancel_job(inserted.job.id, NOW)).state == JobState.CANCELLED
 
 
 async def test_a_cancelled_call_cancels_its_query_and_keeps_the_connection(fresh_postgres_url: str) -> None:
     async with opened(fresh_postgres_url, pool_size=1) as store:
         [inserted] = await store.insert_jobs([new_job()])
-        with psycopg.connect(fresh_postgres_url) as blocker:
-            blocker.execute("SELECT 1 FROM jobd.live_jobs FOR UPDATE")
+        with live_rows_locked(fresh_postgres_url):
             started = time.monotonic()
             with trio.move_on_after(0.5) as scope:
                 await store.cancel_job(inserted.job.id, NOW)
             assert scope.cancelled_caught
             assert time.monotonic() - started < 10  # the statement timeout is 30 s
-            blocker.rollback()
         # The single pooled connection was rolled back and kept, not wedged.
         assert (await store.get_job(inserted.job.id)).state == JobState.PENDING  # type: ignore[union-attr]
         assert (await store.cancel_job(inserted.job.id, NOW)).state == JobState.CANCELLED
@@ -370,14 +375,12 @@ async def test_a_cancelled_call_cancels_its_query_and_keeps_the_connection(fresh
 async def test_the_statement_timeout_ends_a_stuck_call(fresh_postgres_url: str) -> None:
     async with opened(fresh_postgres_url, statement_timeout=0.3) as store:
         [inserted] = await store.insert_jobs([new_job()])
-        with psycopg.connect(fresh_postgres_url) as blocker:
-            blocker.execute("SELECT 1 FROM jobd.live_jobs FOR UPDATE")
-            with pytest.raises(StoreUnavailable, match="cancel"):
-                await store.cancel_job(inserted.job.id, NOW)
+        with live_rows_locked(fresh_postgres_url), pytest.raises(StoreUnavailable, match="cancel"):
+            await store.cancel_job(inserted.job.id, NOW)
         await store.ping()
 
 
-async def test_a_value_postgres_refuses_is_an_invalid_job(fresh_postgres_url: str) -> None:
+async def test_a_value_postgres_refuses_is_an_invalid_job(fresh_postgres_url: str, statement_io: str) -> None:
     async with opened(fresh_postgres_url) as store:
         with pytest.raises(InvalidJob, match="refused"):
             await store.insert_jobs([new_job(payload={"text": "nul \u0000 byte"})])
@@ -403,7 +406,7 @@ async def test_completion_is_fenced_across_daemons(fresh_postgres_url: str) -> N
         assert done is not None and (done.state, done.result) == (JobState.COMPLETED, "b")
 
 
-async def test_an_id_already_taken_is_an_invalid_job(fresh_postgres_url: str) -> None:
+async def test_an_id_already_taken_is_an_invalid_job(fresh_postgres_url: str, statement_io: str) -> None:
     async with opened(fresh_postgres_url) as store:
         [first] = await store.insert_jobs([new_job()])
         again = dataclasses.replace(new_job(), id=first.job.id)
@@ -528,3 +531,104 @@ async def test_a_submit_that_claims_all_it_inserted_wakes_no_other_daemon(fresh_
             await submitting.insert_and_claim_jobs([later], room, NOW)
             assert await next_after("cancel") == "jobs"
             nursery.cancel_scope.cancel()
+
+
+# -- a statement alone, on Trio's own I/O (jobd.store.pgtrio) or in a worker thread ------------
+
+
+@pytest.fixture(params=["trio", "thread"])
+def statement_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test that takes this runs twice: a statement alone on Trio's I/O, as with the
+    psycopg releases pgtrio knows, and in a worker thread, as with any other."""
+    if request.param == "thread":
+        monkeypatch.setattr(pgtrio, "AVAILABLE", False)
+    return str(request.param)
+
+
+async def claim_one(store: PostgresStore) -> Completion:
+    """Submit and claim a job; the completion that would end it."""
+    await store.insert_jobs([new_job()])
+    [claimed] = await store.claim_jobs("a", [QueueSlots("default", 1)], 1, NOW, LEASE)
+    return Completion(claimed.id, "a", 1, Outcome.COMPLETED)
+
+
+def test_the_installed_psycopg_runs_statements_on_trio() -> None:
+    # A psycopg release pgtrio was not tested with falls back to threads, silently: this
+    # says so when the pin moves, so that pgtrio is read against the new release first.
+    assert pgtrio.AVAILABLE, f"psycopg {psycopg.__version__}: see jobd/store/pgtrio.py"
+
+
+async def test_claims_and_completions_make_no_thread_hop(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(fresh_postgres_url) as store:
+        [inserted] = await store.insert_jobs([new_job()])
+
+        def no_thread(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a worker thread was started")
+
+        monkeypatch.setattr(trio.lowlevel, "start_thread_soon", no_thread)
+        monkeypatch.setattr(trio.to_thread, "run_sync", no_thread)
+        await store.insert_jobs([new_job()])
+        [claimed] = await store.claim_jobs("a", [QueueSlots("default", 1)], 1, NOW, LEASE)
+        assert claimed.id == inserted.job.id
+        done = Completion(claimed.id, "a", 1, Outcome.COMPLETED, {"ok": True})
+        assert await store.complete_jobs([done], NOW) == [True]
+        await store.ping()
+        monkeypatch.undo()  # closing the pool is a thread's work
+
+
+async def test_a_statement_larger_than_the_socket_buffers_goes_through(
+    fresh_postgres_url: str, statement_io: str
+) -> None:
+    # About 12 MB in one statement: the send waits for the socket to be writable again.
+    jobs = [new_job(payload={"text": "x" * 4000, "n": n}) for n in range(3000)]
+    async with opened(fresh_postgres_url) as store:
+        inserted = await store.insert_jobs(jobs)
+        assert [item.job.id for item in inserted] == [job.id for job in jobs]
+        claimed = await store.claim_jobs("a", [QueueSlots("default", 3000)], 3000, NOW, LEASE)
+        assert sorted(job.payload["n"] for job in claimed) == list(range(3000))  # type: ignore[index]
+
+
+async def test_a_cancelled_statement_is_cancelled_on_the_server_and_keeps_the_connection(
+    fresh_postgres_url: str, statement_io: str
+) -> None:
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        done = await claim_one(store)
+        with live_rows_locked(fresh_postgres_url):  # the completion waits for this
+            started = time.monotonic()
+            with trio.move_on_after(0.5) as scope:
+                await store.complete_jobs([done], NOW)
+            assert scope.cancelled_caught
+            assert time.monotonic() - started < 10  # the statement timeout is 30 s
+            # Nothing of the cancelled statement is left running on the server.
+            assert not query(
+                fresh_postgres_url,
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'jobd' AND state = 'active'",
+            )
+        # The single pooled connection came back idle: the completion was not applied.
+        assert (await store.get_job(done.job_id)).state == JobState.RUNNING  # type: ignore[union-attr]
+        assert await store.complete_jobs([done], NOW) == [True]
+
+
+async def test_a_connection_killed_mid_statement_raises_store_unavailable(
+    fresh_postgres_url: str, statement_io: str
+) -> None:
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        done = await claim_one(store)
+        with live_rows_locked(fresh_postgres_url):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_once_waiting_on_a_lock, fresh_postgres_url)
+                with pytest.raises(StoreUnavailable, match="connection lost"):
+                    await store.complete_jobs([done], NOW)
+        assert await store.complete_jobs([done], NOW) == [True]  # on a new connection
+
+
+async def test_the_statement_timeout_ends_a_stuck_statement(
+    fresh_postgres_url: str, statement_io: str
+) -> None:
+    async with opened(fresh_postgres_url, statement_timeout=0.3) as store:
+        done = await claim_one(store)
+        with live_rows_locked(fresh_postgres_url), pytest.raises(StoreUnavailable, match="cancel"):
+            await store.complete_jobs([done], NOW)
+        assert await store.complete_jobs([done], NOW) == [True]

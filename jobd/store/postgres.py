@@ -1,14 +1,14 @@
 """The PostgreSQL store: shared by every daemon that points at the same database.
 
-psycopg's async API does not run under Trio, so each protocol call is one hop to a
-worker thread that runs its statements on a sync connection from a small pool of our
-own; `pool_size` bounds both the connections and the threads. The hot paths (insert,
-claim, complete) are one statement each, sent alone: one round trip, one commit.
-Others run inside BEGIN … COMMIT. SQL lives in `sql/postgres/`: numbered migrations
-and the named queries.
+psycopg's async API does not run under Trio. The hot paths (insert, claim, complete)
+are one statement each, sent alone (one round trip, one commit) on a sync connection
+that Trio's own I/O drives (`jobd.store.pgtrio`). Every other call is one hop to a
+worker thread that runs its statements, inside BEGIN … COMMIT, on a connection of the
+same small pool; `pool_size` bounds both the connections and the threads. SQL lives
+in `sql/postgres/`: numbered migrations and the named queries.
 
-Cancelling a call cancels its query on the server (`cancel_safe`) and waits for
-the thread, so a connection never goes back to the pool mid-statement. A call
+Cancelling a call cancels its query on the server (`cancel_safe`) and waits for its
+end, so a connection never goes back to the pool mid-statement. A call
 cancelled after its transaction committed still raises `Cancelled`; what it
 claimed is rescued when its lease expires.
 """
@@ -24,7 +24,7 @@ import select
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -73,6 +73,7 @@ from jobd.store import (
     WakeCallback,
     after_fire,
     paused_record,
+    pgtrio,
     plan_fire,
     queue_activities,
     rate_window,
@@ -161,6 +162,12 @@ class _Positional:
 
 
 _COMPLETE_AND_CLAIM = _Positional.of(QUERIES["complete_and_claim_jobs"])
+_PING = _Positional.of("SELECT 1")
+_INSERT_JOBS = _Positional.of(QUERIES["insert_jobs"])
+_LOCK_QUEUE = _Positional.of(QUERIES["lock_queue"])
+_NOTIFY_UNCLAIMED = _Positional.of(QUERIES["notify_unclaimed"])
+_BEGIN_STEP = _Positional.of(_BEGIN)
+_COMMIT_STEP = _Positional.of("COMMIT")
 
 
 @dataclass(slots=True)
@@ -201,7 +208,7 @@ class PostgresStore:
         self._limiter = trio.CapacityLimiter(pool_size)  # calls in flight = connections in use
         self._closed = False
 
-    # -- connections and the one thread hop per call -------------------------------------
+    # -- connections, and the way each call reaches one -----------------------------------
 
     def _connect(self, *, listener: bool = False) -> Connection:
         """A connection for the pool, to `store.url`; or for LISTEN, to `store.listen_url`
@@ -240,21 +247,69 @@ class PostgresStore:
         set_json_loads(_json_loads, conn)
         return conn
 
-    async def _run(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
-        """Run `work` on a pooled connection, in one thread hop: inside BEGIN … COMMIT, or,
-        for work that is one statement, alone (one round trip, no BEGIN or COMMIT)."""
+    @contextlib.asynccontextmanager
+    async def _checkout(self) -> AsyncIterator[_Checkout]:
+        """A pooled connection (or none yet: the call connects), back to the pool after."""
         if self._closed:
             raise StoreUnavailable("the PostgreSQL store is closed")
         async with self._limiter:
             checkout = _Checkout(self._idle.pop() if self._idle else None)
             try:
-                return await self._run_cancellable(checkout, work, transaction)
+                yield checkout
             finally:
                 if checkout.conn is not None:
                     if self._closed:
                         checkout.conn.close()
                     else:
                         self._idle.append(checkout.conn)
+
+    async def _run(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
+        """Run `work` on a pooled connection, in one thread hop: inside BEGIN … COMMIT, or,
+        for work that is one statement, alone (one round trip, no BEGIN or COMMIT)."""
+        async with self._checkout() as checkout:
+            return await self._run_cancellable(checkout, work, transaction)
+
+    async def _statement(self, query: _Positional, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of one statement sent alone (its own transaction)."""
+        return (await self._statements([(query, params)]))[0]
+
+    async def _statements(
+        self,
+        steps: Sequence[tuple[_Positional, Mapping[str, Any]]],
+        errors: Callable[[psycopg.Error], Exception] = lambda error: _translate(error),
+    ) -> list[list[tuple[Any, ...]]]:
+        """The rows of each statement of `steps`, run in order on one connection (several
+        make a transaction only if the first is BEGIN and the last COMMIT). A statement
+        alone runs on Trio's own I/O when psycopg allows it (`jobd.store.pgtrio`): no
+        thread hop. Several go in a worker thread, pipelined: one round trip, where
+        Trio would need one per statement."""
+        if len(steps) > 1 or not pgtrio.AVAILABLE:
+            return await self._run(lambda conn: _pipelined(conn, steps, errors), transaction=False)
+        [(query, params)] = steps
+        async with self._checkout() as checkout:
+            conn = checkout.conn
+            if conn is None or conn.closed or conn.broken or _has_input(conn):
+                # Connecting blocks: in a thread, and to its end, as in `_call`.
+                conn = await trio.to_thread.run_sync(self._usable_connection, checkout)
+            cursor = psycopg.RawCursor(conn)
+            try:
+                await pgtrio.execute(
+                    cursor,
+                    query.text,
+                    [params[name] for name in query.names],
+                    on_cancel=lambda: self._keep_cancelling(checkout),
+                )
+            except psycopg.Error as error:
+                _roll_back(checkout)  # no I/O: a statement alone leaves no transaction open
+                raise errors(error) from error
+            return [cursor.fetchall() if cursor.description is not None else []]
+
+    def _keep_cancelling(self, checkout: _Checkout) -> Callable[[], None]:
+        """Ask the server to cancel the checkout's query, from a thread of its own and
+        again every `_CANCEL_REPEAT` seconds, until the returned function is called."""
+        ended = threading.Event()
+        trio.lowlevel.start_thread_soon(lambda: self._cancel_until(checkout, ended), lambda _: None)
+        return ended.set
 
     async def _run_cancellable(
         self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool
@@ -333,7 +388,7 @@ class PostgresStore:
                 await trio.to_thread.run_sync(_close_all, idle)
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1").fetchone(), transaction=False)
+        await self._statement(_PING, {})
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -342,8 +397,11 @@ class PostgresStore:
             return []
         # Without keys or parents the insert is one statement; a key held by a job that
         # finishes meanwhile needs a second look, in the same transaction.
-        simple = not any(new.key is not None or new.after for new in jobs)
-        return await self._run(lambda conn: insert_jobs_on(conn, jobs), transaction=not simple)
+        if any(new.key is not None or new.after or new.unique_for is not None for new in jobs):
+            return await self._run(lambda conn: insert_jobs_on(conn, jobs))
+        # One statement, and every job is created: only a key could make it give way.
+        await self._statements([(_INSERT_JOBS, _insert_params(jobs))], _refusal(jobs))
+        return [Inserted(new.inserted(), created=True) for new in jobs]
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
@@ -416,7 +474,7 @@ class PostgresStore:
         inserting: Sequence[NewJob] = (),
     ) -> CompletedAndClaimed:
         """Record `completions` and make `claim` (after inserting `inserting`, jobs whose
-        keys the caller has ruled out) in one transaction and one round trip."""
+        keys the caller has ruled out) in one transaction."""
         wanted = [slot for slot in claim.slots if slot.free > 0] if claim and claim.limit > 0 else []
         # The first completion of each job goes in the statement that claims; a job named
         # again (two runs of it ended together) has each later completion applied after
@@ -450,28 +508,20 @@ class PostgresStore:
         )
         insert = _insert_params(inserting, notify=not decide_after_claim) if inserting else None
 
-        def exchange(conn: Connection) -> list[list[tuple[Any, ...]]]:
-            if insert is None and not limited and len(statements) == 1:
-                return [_COMPLETE_AND_CLAIM.execute(conn, statements[0]).fetchall()]
-            # BEGIN, the insert, the locks, the statements and COMMIT all go in one round trip.
-            try:
-                with conn.pipeline():
-                    conn.execute(_BEGIN)
-                    if insert is not None:
-                        conn.execute(QUERIES["insert_jobs"], insert)
-                    for queue in limited:
-                        conn.execute(QUERIES["lock_queue"], {"namespace": LOCK_NAMESPACE, "queue": queue})
-                    cursors = [_COMPLETE_AND_CLAIM.execute(conn, params) for params in statements]
-                    if decide_after_claim:
-                        conn.execute(QUERIES["notify_unclaimed"], {"ids": [new.id for new in inserting]})
-                    conn.execute("COMMIT")
-            except psycopg.errors.UniqueViolation as error:
-                if error.diag.constraint_name == "live_jobs_pkey":
-                    raise _taken_id(inserting, error) from None
-                raise
-            return [cursor.fetchall() for cursor in cursors]
+        steps: list[tuple[_Positional, Mapping[str, Any]]] = []
+        if insert is not None:
+            steps.append((_INSERT_JOBS, insert))
+        steps += [(_LOCK_QUEUE, {"namespace": LOCK_NAMESPACE, "queue": queue}) for queue in limited]
+        steps += [(_COMPLETE_AND_CLAIM, params) for params in statements]
+        if decide_after_claim:
+            steps.append((_NOTIFY_UNCLAIMED, {"ids": [new.id for new in inserting]}))
+        if len(steps) > 1:
+            steps = [(_BEGIN_STEP, {}), *steps, (_COMMIT_STEP, {})]
+            claims = slice(1 + (insert is not None) + len(limited), len(steps) - 1 - decide_after_claim)
+        else:
+            claims = slice(0, 1)
 
-        results = await self._run(exchange, transaction=False)
+        results = (await self._statements(steps, _refusal(inserting)))[claims]
         applied_ids = [{row[1] for row in rows if row[0] is False} for rows in results]
         applied = [False] * len(completions)
         for index in firsts.values():
@@ -985,6 +1035,18 @@ class _TimeTexts:
         return text
 
 
+def _refusal(jobs: Sequence[NewJob]) -> Callable[[psycopg.Error], Exception]:
+    """What an error of a statement that inserts `jobs` means to the caller."""
+
+    def refused(error: psycopg.Error) -> Exception:
+        taken_id = error.diag.constraint_name == "live_jobs_pkey"
+        if taken_id and isinstance(error, psycopg.errors.UniqueViolation):
+            return _taken_id(jobs, error)
+        return _translate(error)
+
+    return refused
+
+
 def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation) -> InvalidJob:
     """The batch item whose id is taken (by a stored job, or by an earlier item)."""
     detail = error.diag.message_detail or ""
@@ -1114,6 +1176,23 @@ def _require(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
     if row is None:  # every caller asks for a row this transaction holds locked
         raise StoreUnavailable("PostgreSQL returned no row where one was certain")
     return row
+
+
+def _pipelined(
+    conn: Connection,
+    steps: Sequence[tuple[_Positional, Mapping[str, Any]]],
+    errors: Callable[[psycopg.Error], Exception],
+) -> list[list[tuple[Any, ...]]]:
+    """`PostgresStore._statements` in a worker thread: the steps in one round trip."""
+    try:
+        if len(steps) == 1:
+            cursors = [steps[0][0].execute(conn, steps[0][1])]
+        else:
+            with conn.pipeline():
+                cursors = [query.execute(conn, params) for query, params in steps]
+        return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
+    except psycopg.Error as error:
+        raise errors(error) from error
 
 
 def _has_input(conn: Connection) -> bool:

@@ -1,0 +1,112 @@
+"""One psycopg statement run on Trio's own I/O, with no worker thread.
+
+psycopg's sync cursor does its protocol work in generators that yield what the socket
+must become (`Wait.R`, `Wait.W`, `Wait.RW`) and are sent back what it became; its
+`wait()` blocks a thread on them. Here the event loop waits instead. A statement then
+costs no thread hop (two wake-ups, one of them of an idle CPU) and no worker thread
+fighting the event loop for the GIL.
+
+The generator is psycopg's own but private (`BaseCursor._execute_gen`, psycopg 3.1 to
+3.3): `AVAILABLE` says whether this psycopg has it, and the PostgreSQL store runs its
+statements in a thread when it does not.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+import psycopg
+import trio
+import trio.lowlevel
+from psycopg.waiting import Ready, Wait
+
+# The psycopg releases whose generators were read and tested; another falls back.
+_TESTED = ("3.1.", "3.2.", "3.3.")
+AVAILABLE = psycopg.__version__.startswith(_TESTED) and hasattr(psycopg.RawCursor, "_execute_gen")
+
+_Protocol = Generator[Wait, Ready, None]
+
+
+async def execute(
+    cursor: psycopg.RawCursor[Any],
+    query: str,
+    params: Sequence[Any],
+    *,
+    on_cancel: Callable[[], Callable[[], None]],
+) -> None:
+    """Run `query` on `cursor` (its rows are then read with `fetchall()`, which does no
+    I/O). A cancellation does not leave the connection mid-statement: `on_cancel()`
+    starts asking the server to cancel the query and returns what stops asking; the
+    statement is then followed to its end, shielded, and `Cancelled` raised. The query
+    may have committed by then, as in a worker thread."""
+    protocol: _Protocol = cursor._execute_gen(query, params)  # private: see the module
+    fileno = cursor.connection.pgconn.socket
+    try:
+        wanted = next(protocol)
+        while True:
+            try:
+                ready = await _until(fileno, wanted)
+            except trio.Cancelled:
+                stop_cancelling = on_cancel()
+                try:
+                    with trio.CancelScope(shield=True):
+                        await _finish(protocol, fileno, wanted)
+                finally:
+                    stop_cancelling()
+                raise
+            wanted = protocol.send(ready)
+    except StopIteration:
+        return
+
+
+async def _finish(protocol: _Protocol, fileno: int, wanted: Wait) -> None:
+    """Follow a cancelled statement to its end; how it ended no longer matters."""
+    try:
+        while True:
+            wanted = protocol.send(await _until(fileno, wanted))
+    except StopIteration:
+        return
+    except psycopg.Error:  # most often QueryCanceled: the connection is usable again
+        return
+
+
+async def _until(fileno: int, wanted: Wait) -> Ready:
+    if wanted == Wait.R:
+        await trio.lowlevel.wait_readable(fileno)
+        return Ready.R
+    # Sending: a socket asked for writing nearly always is, and a poll is far cheaper
+    # than a turn of the event loop. A send that cannot finish also reads (Wait.RW), so
+    # that a server writing back while it reads never leaves both ends waiting.
+    ready = _poll(fileno, wanted)
+    if ready:
+        await trio.lowlevel.checkpoint()
+        return ready
+    if wanted == Wait.W:
+        await trio.lowlevel.wait_writable(fileno)
+        return Ready.W
+    return await _either(fileno)
+
+
+def _poll(fileno: int, wanted: Wait) -> Ready:
+    readable, writable, _ = select.select(
+        [fileno] if wanted & Wait.R else [], [fileno] if wanted & Wait.W else [], [], 0
+    )
+    return Ready((Ready.R if readable else 0) | (Ready.W if writable else 0))
+
+
+async def _either(fileno: int) -> Ready:
+    """Wait until the socket can be read or written, whichever comes first."""
+    became = Ready.NONE
+
+    async def wait(waiter: Callable[[int], Any], ready: Ready, scope: trio.CancelScope) -> None:
+        nonlocal became
+        await waiter(fileno)
+        became = Ready(became | ready)
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, trio.lowlevel.wait_readable, Ready.R, nursery.cancel_scope)
+        nursery.start_soon(wait, trio.lowlevel.wait_writable, Ready.W, nursery.cancel_scope)
+    return became
