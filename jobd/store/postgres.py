@@ -123,7 +123,19 @@ def _expand(query: str) -> str:
     )
 
 
-QUERIES = {name: _expand(query) for name, query in load_queries("postgres").items()}
+# Parts that more than one query has, written once in queries.sql: `{name}` in a query.
+_PARTS = ("record_outcomes", "claim_chosen", "claimed_and_recorded")
+
+
+def _queries() -> dict[str, str]:
+    loaded = load_queries("postgres")
+    parts = {name: loaded.pop(name) for name in _PARTS}
+    for name, part in parts.items():
+        loaded = {query_name: query.replace(f"{{{name}}}", part) for query_name, query in loaded.items()}
+    return {name: _expand(query) for name, query in loaded.items()}
+
+
+QUERIES = _queries()
 MIGRATIONS = load_migrations("postgres")
 
 
@@ -162,6 +174,7 @@ class _Positional:
 
 
 _COMPLETE_AND_CLAIM = _Positional.of(QUERIES["complete_and_claim_jobs"])
+_COMPLETE_AND_CLAIM_UNLIMITED = _Positional.of(QUERIES["complete_and_claim_unlimited"])
 _PING = _Positional.of("SELECT 1")
 _INSERT_JOBS = _Positional.of(QUERIES["insert_jobs"])
 _LOCK_QUEUE = _Positional.of(QUERIES["lock_queue"])
@@ -512,7 +525,11 @@ class PostgresStore:
         if insert is not None:
             steps.append((_INSERT_JOBS, insert))
         steps += [(_LOCK_QUEUE, {"namespace": LOCK_NAMESPACE, "queue": queue}) for queue in limited]
-        steps += [(_COMPLETE_AND_CLAIM, params) for params in statements]
+        # No global limit or rate among the claim's queues (a completion alone claims
+        # nothing): the statement without the counting and the buckets.
+        exchange = _COMPLETE_AND_CLAIM if limited else _COMPLETE_AND_CLAIM_UNLIMITED
+        steps += [(exchange, statements[0])]
+        steps += [(_COMPLETE_AND_CLAIM_UNLIMITED, params) for params in statements[1:]]
         if decide_after_claim:
             steps.append((_NOTIFY_UNCLAIMED, {"ids": [new.id for new in inserting]}))
         if len(steps) > 1:

@@ -90,29 +90,9 @@ WHERE seq < %(below)s {filters} ORDER BY seq DESC LIMIT %(limit)s;
 -- daemon; the first key keeps jobd's locks apart from any the application takes.
 SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(queue)s));
 
--- name: complete_and_claim_jobs
--- One statement records a batch of outcomes (one JSON array) and claims the next jobs.
---   done:      the completions, one row each (no job twice: see PostgresStore);
---   archived:  the final ones move to finished_jobs, only while still fenced in (the
---              job is running under the claim's owner and attempt);
---   continued: retried and requeued ones stay live, under the same fence (and a requeue
---              not while a cancel is requested: see `Store.complete_jobs`);
---   claimed:   pending jobs of the given queues, within the slots, global limits and
---              the tokens of rate-limited queues;
---   spent:     the buckets of rate-limited queues that started jobs, less their tokens;
---   held:      when the next token is due, for each queue whose rate held jobs back.
--- Every part reads the snapshot taken when the statement began, so the completions and
--- the claim touch disjoint rows: a job being completed is running, not pending. Under
--- a global limit the caller takes the queue's lock before this statement, and the
--- running count still includes the jobs this statement completes: it claims too few,
--- never too many, and the caller claims again at once. A rate-limited queue's lock,
--- taken the same way, makes its bucket change one claim at a time.
--- The fenced rows are found by primary key (`id = ANY`), never through live_jobs_running:
--- until vacuum, that partial index keeps an entry for every row version that was ever
--- running (thousands a second), and a completion that scanned it cost more than the rest
--- of the statement. So the state is compared with a column of `done` (fence_state), where
--- a constant 'running' would let the planner pick that index.
-WITH done AS (
+-- name: record_outcomes
+-- The first part of both complete_and_claim queries: record a batch of outcomes.
+done AS (
     SELECT *, 'running' AS fence_state FROM json_to_recordset(%(completions)s::json) AS c(
         id uuid, owner text, attempt int, outcome text, state text, final bool, result jsonb, error text,
         run_at timestamptz
@@ -150,7 +130,52 @@ continued AS (
       AND (c.outcome <> 'requeued' OR NOT j.cancel_requested)
     -- A job back to pending or scheduled is work for any daemon (folded to one per commit).
     RETURNING j.id, pg_notify('jobd', 'jobs')
-),
+)
+
+-- name: claim_chosen
+-- The last CTE of both complete_and_claim queries: start the chosen jobs.
+claimed AS (
+    UPDATE jobd.live_jobs j
+    SET state = 'running', attempts = j.attempts + 1, started_at = %(now)s, updated_at = %(now)s,
+        owner = %(owner)s, lease_until = %(lease_until)s, cancel_requested = false, progress = NULL
+    FROM chosen
+    WHERE j.id = chosen.id
+    RETURNING {j_columns}, j.seq
+)
+
+-- name: claimed_and_recorded
+-- The answer of both complete_and_claim queries: the claimed jobs (their order is
+-- restored by the caller), then the ids of the completions that applied, the rest of
+-- their row NULL.
+SELECT true, {columns}, seq FROM claimed
+UNION ALL
+SELECT false, id, {nulls} FROM archived
+UNION ALL
+SELECT false, id, {nulls} FROM continued
+
+-- name: complete_and_claim_jobs
+-- One statement records a batch of outcomes (one JSON array) and claims the next jobs.
+--   done:      the completions, one row each (no job twice: see PostgresStore);
+--   archived:  the final ones move to finished_jobs, only while still fenced in (the
+--              job is running under the claim's owner and attempt);
+--   continued: retried and requeued ones stay live, under the same fence (and a requeue
+--              not while a cancel is requested: see `Store.complete_jobs`);
+--   claimed:   pending jobs of the given queues, within the slots, global limits and
+--              the tokens of rate-limited queues;
+--   spent:     the buckets of rate-limited queues that started jobs, less their tokens;
+--   held:      when the next token is due, for each queue whose rate held jobs back.
+-- Every part reads the snapshot taken when the statement began, so the completions and
+-- the claim touch disjoint rows: a job being completed is running, not pending. Under
+-- a global limit the caller takes the queue's lock before this statement, and the
+-- running count still includes the jobs this statement completes: it claims too few,
+-- never too many, and the caller claims again at once. A rate-limited queue's lock,
+-- taken the same way, makes its bucket change one claim at a time.
+-- The fenced rows are found by primary key (`id = ANY`), never through live_jobs_running:
+-- until vacuum, that partial index keeps an entry for every row version that was ever
+-- running (thousands a second), and a completion that scanned it cost more than the rest
+-- of the statement. So the state is compared with a column of `done` (fence_state), where
+-- a constant 'running' would let the planner pick that index.
+WITH {record_outcomes},
 slot AS (
     SELECT s.queue, s.rate, s.burst,
            CASE WHEN s.global_limit IS NULL THEN s.free
@@ -215,24 +240,37 @@ held AS (
                SELECT 1 FROM jobd.live_jobs j WHERE j.queue = taken.queue AND j.state = 'pending'
                LIMIT taken.tokens + 1) AS pending) > taken.tokens
 ),
-claimed AS (
-    UPDATE jobd.live_jobs j
-    SET state = 'running', attempts = j.attempts + 1, started_at = %(now)s, updated_at = %(now)s,
-        owner = %(owner)s, lease_until = %(lease_until)s, cancel_requested = false, progress = NULL
-    FROM chosen
-    WHERE j.id = chosen.id
-    RETURNING {j_columns}, j.seq
-)
--- The claimed jobs (their order is restored by the caller), then the ids of the
--- completions that applied, the rest of their row NULL, then the queues the rate held
+{claim_chosen}
+-- After the claimed jobs and the completions that applied, the queues the rate held
 -- back (flag NULL; the queue, and its next token's time as run_at).
-SELECT true, {columns}, seq FROM claimed
-UNION ALL
-SELECT false, id, {nulls} FROM archived
-UNION ALL
-SELECT false, id, {nulls} FROM continued
+{claimed_and_recorded}
 UNION ALL
 SELECT NULL, {held_columns}, NULL FROM held;
+
+-- name: complete_and_claim_unlimited
+-- complete_and_claim_jobs when no queue of the claim has a global limit or a rate, as
+-- in most rounds: the same outcomes and the same claim order, without the counting
+-- and the buckets, whose part of the plan cost 3 - 4 µs of server time a job.
+WITH {record_outcomes},
+slot AS (
+    SELECT s.queue, s.free
+    FROM unnest(%(queues)s::text[], %(free)s::int[]) AS s(queue, free)
+    WHERE NOT EXISTS (SELECT 1 FROM jobd.paused_queues p WHERE p.queue = s.queue)
+),
+chosen AS (
+    SELECT ready.id
+    FROM slot, LATERAL (
+        SELECT j.id, j.priority, j.run_at, j.seq FROM jobd.live_jobs j
+        WHERE j.queue = slot.queue AND j.state = 'pending'
+        ORDER BY j.priority DESC, j.run_at, j.seq
+        LIMIT least(slot.free, %(limit)s)
+        FOR UPDATE SKIP LOCKED
+    ) ready
+    ORDER BY ready.priority DESC, ready.run_at, ready.seq
+    LIMIT %(limit)s
+),
+{claim_chosen}
+{claimed_and_recorded};
 
 -- name: renew_leases
 -- By primary key: `(state = 'running') IS TRUE` keeps the planner off live_jobs_running
