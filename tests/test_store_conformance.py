@@ -547,6 +547,56 @@ async def test_insert_and_claim_inserts_then_claims_the_best_pending_jobs(store:
     assert [job.id for job in result.claimed] == [new.id]
 
 
+async def test_insert_and_claim_ranks_new_jobs_with_those_already_pending(store: Store) -> None:
+    # At equal priority and run_at the job already there goes first, then the batch in
+    # its order; a queue's free slots and the claim's limit bound what is taken.
+    there = await insert(store)
+    batch = [new_job(payload=n) for n in range(3)]
+    urgent, later = new_job(queue="other", priority=9), new_job(run_at=at(3600))
+    slots = [QueueSlots("default", 2), QueueSlots("other", 5)]
+    request = ClaimRequest("daemon-1", slots, 3, at(1) + LEASE)
+    result = await store.insert_and_claim_jobs([*batch, urgent, later], request, at(1))
+    assert [job.id for job in result.claimed] == [urgent.id, there.id, batch[0].id]
+    states = {job.id: (await current(store, job)).state for job in [there, *batch, urgent, later]}
+    assert states == {
+        there.id: JobState.RUNNING,
+        batch[0].id: JobState.RUNNING,
+        batch[1].id: JobState.PENDING,
+        batch[2].id: JobState.PENDING,
+        urgent.id: JobState.RUNNING,
+        later.id: JobState.SCHEDULED,
+    }
+    # The rest come out in submission order.
+    rest = await claim(store, now=at(2))
+    assert [job.id for job in rest] == [batch[1].id, batch[2].id]
+
+
+async def test_a_new_job_the_submit_claims_is_running_as_any_claim_leaves_it(store: Store) -> None:
+    new = new_job(payload={"n": 1})
+    request = ClaimRequest("daemon-1", [QueueSlots("default", 5)], 5, at(1) + LEASE)
+    [claimed] = (await store.insert_and_claim_jobs([new], request, at(1))).claimed
+    stored = await store.get_job(new.id)
+    assert stored == claimed
+    assert (claimed.id, claimed.state, claimed.attempts, claimed.payload) == (
+        new.id,
+        JobState.RUNNING,
+        1,
+        {"n": 1},
+    )
+    assert (claimed.started_at, claimed.updated_at, claimed.created_at) == (at(1), at(1), T0)
+    # Its lease and its fence are the claim's: another owner's outcome is refused, and
+    # once the lease has run out the rescue puts it back.
+    stale = Completion(new.id, "daemon-2", 1, Outcome.COMPLETED)
+    assert await store.complete_jobs([stale], at(2)) == [False]
+    [rescued] = await store.rescue_jobs(at(1) + LEASE + timedelta(seconds=1))
+    assert (rescued.job.id, rescued.owner, rescued.job.state) == (new.id, "daemon-1", JobState.PENDING)
+    [again] = await claim(store, owner="daemon-2", now=at(40))
+    assert (again.id, again.attempts) == (new.id, 2)
+    assert await store.complete_jobs(
+        [Completion(new.id, "daemon-2", 2, Outcome.COMPLETED, "ok")], at(41)
+    ) == [True]
+
+
 async def test_insert_and_claim_claims_nothing_from_a_paused_queue_or_past_its_limit(store: Store) -> None:
     await store.set_queue_paused("held", True)
     request = ClaimRequest("daemon-1", [QueueSlots("held", 5)], 5, at(1) + LEASE)

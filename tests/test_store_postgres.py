@@ -558,7 +558,7 @@ def test_the_installed_psycopg_runs_statements_on_trio() -> None:
     assert pgtrio.AVAILABLE, f"psycopg {psycopg.__version__}: see jobd/store/pgtrio.py"
 
 
-async def test_claims_and_completions_make_no_thread_hop(
+async def test_submits_claims_and_completions_make_no_thread_hop(
     fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(fresh_postgres_url) as store:
@@ -574,6 +574,9 @@ async def test_claims_and_completions_make_no_thread_hop(
         assert claimed.id == inserted.job.id
         done = Completion(claimed.id, "a", 1, Outcome.COMPLETED, {"ok": True})
         assert await store.complete_jobs([done], NOW) == [True]
+        room = ClaimRequest("a", [QueueSlots("default", 5)], 5, LEASE)
+        submitted = await store.insert_and_claim_jobs([new_job()], room, NOW)
+        assert len(submitted.claimed) == 2  # the one left pending, and the new one
         await store.ping()
         monkeypatch.undo()  # closing the pool is a thread's work
 

@@ -124,7 +124,14 @@ def _expand(query: str) -> str:
 
 
 # Parts that more than one query has, written once in queries.sql: `{name}` in a query.
-_PARTS = ("record_outcomes", "claim_chosen", "claimed_and_recorded")
+_PARTS = (
+    "new_jobs",
+    "free_slots",
+    "ready_in_slot",
+    "record_outcomes",
+    "claim_chosen",
+    "claimed_and_recorded",
+)
 
 
 def _queries() -> dict[str, str]:
@@ -177,6 +184,7 @@ _COMPLETE_AND_CLAIM = _Positional.of(QUERIES["complete_and_claim_jobs"])
 _COMPLETE_AND_CLAIM_UNLIMITED = _Positional.of(QUERIES["complete_and_claim_unlimited"])
 _PING = _Positional.of("SELECT 1")
 _INSERT_JOBS = _Positional.of(QUERIES["insert_jobs"])
+_INSERT_AND_CLAIM = _Positional.of(QUERIES["insert_and_claim_jobs"])
 _LOCK_QUEUE = _Positional.of(QUERIES["lock_queue"])
 _NOTIFY_UNCLAIMED = _Positional.of(QUERIES["notify_unclaimed"])
 _BEGIN_STEP = _Positional.of(_BEGIN)
@@ -282,9 +290,14 @@ class PostgresStore:
         async with self._checkout() as checkout:
             return await self._run_cancellable(checkout, work, transaction)
 
-    async def _statement(self, query: _Positional, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    async def _statement(
+        self,
+        query: _Positional,
+        params: Mapping[str, Any],
+        errors: Callable[[psycopg.Error], Exception] = lambda error: _translate(error),
+    ) -> list[tuple[Any, ...]]:
         """The rows of one statement sent alone (its own transaction)."""
-        return (await self._statements([(query, params)]))[0]
+        return (await self._statements([(query, params)], errors))[0]
 
     async def _statements(
         self,
@@ -424,9 +437,16 @@ class PostgresStore:
             inserted = await self.insert_jobs(jobs)
             claimed = await self._exchange([], claim, now)
             return InsertedAndClaimed(inserted, claimed.claimed, claimed.rate_held)
-        # The claim, a statement of its own after the insert, sees the rows just inserted.
-        exchanged = await self._exchange([], claim, now, inserting=jobs)
         created = [Inserted(new.inserted(), created=True) for new in jobs]
+        wanted = [slot for slot in claim.slots if slot.free > 0] if claim.limit > 0 else []
+        if not any(slot.global_limit is not None or slot.rate is not None for slot in wanted):
+            # One statement, on Trio's I/O (a single submit to a daemon with room).
+            params = {**_insert_params(jobs), **_exchange_params([], wanted, claim, now)}
+            rows = await self._statement(_INSERT_AND_CLAIM, params, _refusal(jobs))
+            return InsertedAndClaimed(created, _claimed_jobs(rows), {})
+        # A queue's lock first, then the insert and the claim, in one transaction: the
+        # claim, a statement of its own after the insert, sees the rows just inserted.
+        exchanged = await self._exchange([], claim, now, inserting=jobs)
         return InsertedAndClaimed(created, exchanged.claimed, exchanged.rate_held)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:

@@ -7,13 +7,10 @@
 -- jobd.finished_jobs (see 0002_live_and_finished.sql). The hot paths (insert, claim,
 -- complete) are each one statement, sent without BEGIN/COMMIT: one round trip.
 
--- name: insert_jobs
--- The whole batch, in order, as one JSON array (one parameter, encoded in one call).
--- An item whose key a live job holds (or an earlier item of the batch) is not inserted
--- and is missing from the answer; the caller then reads the holder. One NOTIFY wakes
--- every daemon when anything was inserted, unless the caller says it will decide after
--- its claim (notify false: see notify_unclaimed).
-WITH new AS (
+-- name: new_jobs
+-- A part of insert_jobs and insert_and_claim_jobs, their first CTE: the jobs of a batch,
+-- in order (position), from one JSON array.
+new AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(jobs)s::json) AS (
         id uuid, type text, queue text, payload jsonb, state text, priority int, max_attempts int,
         timeout float8, run_at timestamptz, created_at timestamptz, key text, schedule text,
@@ -21,7 +18,15 @@ WITH new AS (
     )) WITH ORDINALITY
     AS n(id, type, queue, payload, state, priority, max_attempts, timeout, run_at, created_at, key,
          schedule, scheduled_for, parents, on_parent_failure, traceparent, position)
-),
+)
+
+-- name: insert_jobs
+-- The whole batch, in order, as one JSON array (one parameter, encoded in one call).
+-- An item whose key a live job holds (or an earlier item of the batch) is not inserted
+-- and is missing from the answer; the caller then reads the holder. One NOTIFY wakes
+-- every daemon when anything was inserted, unless the caller says it will decide after
+-- its claim (notify false: see notify_unclaimed).
+WITH {new_jobs},
 inserted AS (
     INSERT INTO jobd.live_jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
                                 run_at, created_at, updated_at, key, schedule, scheduled_for,
@@ -39,6 +44,83 @@ woken AS (
 SELECT id FROM inserted
 UNION ALL
 SELECT NULL FROM woken;
+
+-- name: free_slots
+-- A part of the claims without global limits or rates: the queues the claim may take
+-- jobs of, with this daemon's free slots for each, less the paused ones.
+slot AS (
+    SELECT s.queue, s.free
+    FROM unnest(%(queues)s::text[], %(free)s::int[]) AS s(queue, free)
+    WHERE NOT EXISTS (SELECT 1 FROM jobd.paused_queues p WHERE p.queue = s.queue)
+)
+
+-- name: ready_in_slot
+-- A part of the same claims: the next pending jobs of one slot's queue, in claim order,
+-- skipping those another claim holds.
+SELECT j.id, j.priority, j.run_at, j.seq FROM jobd.live_jobs j
+WHERE j.queue = slot.queue AND j.state = 'pending'
+ORDER BY j.priority DESC, j.run_at, j.seq
+LIMIT least(slot.free, %(limit)s)
+FOR UPDATE SKIP LOCKED
+
+-- name: insert_and_claim_jobs
+-- A submit to a daemon with room, in one statement: insert a batch (no keys, no
+-- parents) and claim for the given slots (no global limit, no rate), the new jobs
+-- ranked with the pending ones already there in claim order. A new job the claim takes
+-- is inserted running, as the claim would leave it; one already there is claimed as
+-- in complete_and_claim_unlimited. One NOTIFY wakes the other daemons if a new job is
+-- left for them. Rows: the claimed jobs (flag true), then a NOTIFY's (flag NULL).
+WITH {new_jobs},
+{free_slots},
+picked AS (
+    -- At equal priority and run_at a job already there goes first (`fresh` sorts after
+    -- it), and new ones in the batch's order, as their seq will say.
+    SELECT ranked.id, ranked.fresh
+    FROM (
+        SELECT c.*, row_number() OVER (
+                   PARTITION BY c.queue ORDER BY c.priority DESC, c.run_at, c.fresh, c.seq, c.position) AS nth
+        FROM (
+            SELECT ready.id, ready.priority, ready.run_at, ready.seq, slot.queue, false AS fresh,
+                   0::int8 AS position
+            FROM slot, LATERAL ({ready_in_slot}) ready
+            UNION ALL
+            SELECT n.id, n.priority, n.run_at, NULL, n.queue, true, n.position
+            FROM new n JOIN slot ON slot.queue = n.queue
+            WHERE n.state = 'pending'
+        ) c
+    ) ranked JOIN slot ON slot.queue = ranked.queue
+    WHERE ranked.nth <= slot.free
+    ORDER BY ranked.priority DESC, ranked.run_at, ranked.fresh, ranked.seq, ranked.position
+    LIMIT %(limit)s
+),
+inserted AS (
+    INSERT INTO jobd.live_jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
+                                run_at, created_at, updated_at, key, schedule, scheduled_for,
+                                parents, on_parent_failure, traceparent,
+                                attempts, started_at, owner, lease_until)
+    SELECT n.id, n.type, n.queue, n.payload, CASE WHEN p.id IS NULL THEN n.state ELSE 'running' END,
+           n.priority, n.max_attempts, n.timeout, n.run_at, n.created_at,
+           CASE WHEN p.id IS NULL THEN n.created_at ELSE %(now)s END,
+           n.key, n.schedule, n.scheduled_for, n.parents, n.on_parent_failure, n.traceparent,
+           CASE WHEN p.id IS NULL THEN 0 ELSE 1 END,
+           CASE WHEN p.id IS NOT NULL THEN %(now)s::timestamptz END,
+           CASE WHEN p.id IS NOT NULL THEN %(owner)s END,
+           CASE WHEN p.id IS NOT NULL THEN %(lease_until)s::timestamptz END
+    FROM new n LEFT JOIN picked p ON p.id = n.id AND p.fresh
+    ORDER BY n.position
+    RETURNING {columns}, seq
+),
+chosen AS (SELECT id FROM picked WHERE NOT fresh),
+{claim_chosen},
+woken AS (
+    SELECT pg_notify('jobd', 'jobs')
+    WHERE EXISTS (SELECT 1 FROM new n WHERE NOT EXISTS (SELECT 1 FROM picked p WHERE p.id = n.id))
+)
+SELECT true, {columns}, seq FROM claimed
+UNION ALL
+SELECT true, {columns}, seq FROM inserted WHERE state = 'running'
+UNION ALL
+SELECT NULL, {nulls}, NULL FROM woken;
 
 -- name: notify_unclaimed
 -- After a submit that claimed in its own transaction: wake the other daemons only if a
@@ -252,20 +334,10 @@ SELECT NULL, {held_columns}, NULL FROM held;
 -- in most rounds: the same outcomes and the same claim order, without the counting
 -- and the buckets, whose part of the plan cost 3 - 4 µs of server time a job.
 WITH {record_outcomes},
-slot AS (
-    SELECT s.queue, s.free
-    FROM unnest(%(queues)s::text[], %(free)s::int[]) AS s(queue, free)
-    WHERE NOT EXISTS (SELECT 1 FROM jobd.paused_queues p WHERE p.queue = s.queue)
-),
+{free_slots},
 chosen AS (
     SELECT ready.id
-    FROM slot, LATERAL (
-        SELECT j.id, j.priority, j.run_at, j.seq FROM jobd.live_jobs j
-        WHERE j.queue = slot.queue AND j.state = 'pending'
-        ORDER BY j.priority DESC, j.run_at, j.seq
-        LIMIT least(slot.free, %(limit)s)
-        FOR UPDATE SKIP LOCKED
-    ) ready
+    FROM slot, LATERAL ({ready_in_slot}) ready
     ORDER BY ready.priority DESC, ready.run_at, ready.seq
     LIMIT %(limit)s
 ),
