@@ -558,6 +558,18 @@ def test_the_installed_psycopg_runs_statements_on_trio() -> None:
     assert pgtrio.AVAILABLE, f"psycopg {psycopg.__version__}: see jobd/store/pgtrio.py"
 
 
+async def test_a_psycopg_jobd_does_not_know_runs_in_threads_and_says_so(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(pgtrio, "AVAILABLE", False)
+    async with opened(fresh_postgres_url) as store:
+        await store.insert_jobs([new_job()])
+        assert len(await store.claim_jobs("a", [QueueSlots("default", 1)], 1, NOW, LEASE)) == 1
+    [warning] = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert f"psycopg {psycopg.__version__} is not a release" in warning.getMessage()
+    assert "worker thread" in warning.getMessage()
+
+
 async def test_submits_claims_and_completions_make_no_thread_hop(
     fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@ from psycopg.waiting import Ready, Wait
 
 # The psycopg releases whose generators were read and tested; another falls back.
 _TESTED = ("3.1.", "3.2.", "3.3.")
+KNOWN = "psycopg 3.1 to 3.3"
 AVAILABLE = psycopg.__version__.startswith(_TESTED) and hasattr(psycopg.RawCursor, "_execute_gen")
 
 _Protocol = Generator[Wait, Ready, None]

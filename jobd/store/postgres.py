@@ -405,6 +405,13 @@ class PostgresStore:
     async def open(self) -> None:
         self._closed = False
         await self._run(_migrate)
+        if not pgtrio.AVAILABLE:
+            log.warning(
+                "psycopg %s is not a release jobd runs statements with on its event loop (%s): "
+                "every statement runs in a worker thread, a little slower",
+                psycopg.__version__,
+                pgtrio.KNOWN,
+            )
 
     async def close(self) -> None:
         self._closed = True
