@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from jobd.config import StoreConfig
-from jobd.errors import IllegalTransition, JobdError, JobNotFound, KeyInUse
+from jobd.errors import IllegalTransition, InvalidJob, JobdError, JobNotFound, KeyInUse
 from jobd.job import TRANSITIONS, Action, Job, JobState, Progress
 from jobd.rates import RateLimit, parse_rate
 from jobd.store import (
@@ -549,12 +549,12 @@ async def test_insert_and_claim_inserts_then_claims_the_best_pending_jobs(store:
 
 async def test_insert_and_claim_ranks_new_jobs_with_those_already_pending(store: Store) -> None:
     # At equal priority and run_at the job already there goes first, then the batch in
-    # its order; a queue's free slots and the claim's limit bound what is taken.
+    # its order; a queue's free slots bound what is taken of it.
     there = await insert(store)
     batch = [new_job(payload=n) for n in range(3)]
     urgent, later = new_job(queue="other", priority=9), new_job(run_at=at(3600))
     slots = [QueueSlots("default", 2), QueueSlots("other", 5)]
-    request = ClaimRequest("daemon-1", slots, 3, at(1) + LEASE)
+    request = ClaimRequest("daemon-1", slots, 5, at(1) + LEASE)
     result = await store.insert_and_claim_jobs([*batch, urgent, later], request, at(1))
     assert [job.id for job in result.claimed] == [urgent.id, there.id, batch[0].id]
     states = {job.id: (await current(store, job)).state for job in [there, *batch, urgent, later]}
@@ -566,9 +566,13 @@ async def test_insert_and_claim_ranks_new_jobs_with_those_already_pending(store:
         urgent.id: JobState.RUNNING,
         later.id: JobState.SCHEDULED,
     }
-    # The rest come out in submission order.
-    rest = await claim(store, now=at(2))
-    assert [job.id for job in rest] == [batch[1].id, batch[2].id]
+    # The claim's limit bounds the whole: the jobs already there, in submission order,
+    # before a new batch.
+    more = [new_job(payload=n) for n in range(3, 5)]
+    request = ClaimRequest("daemon-1", [QueueSlots("default", 5)], 2, at(2) + LEASE)
+    result = await store.insert_and_claim_jobs(more, request, at(2))
+    assert [job.id for job in result.claimed] == [batch[1].id, batch[2].id]
+    assert [job.id for job in await claim(store, now=at(3))] == [more[0].id, more[1].id]
 
 
 async def test_a_new_job_the_submit_claims_is_running_as_any_claim_leaves_it(store: Store) -> None:
@@ -613,7 +617,7 @@ async def test_insert_and_claim_is_all_or_nothing_and_keeps_keys(store: Store) -
     existing = await insert(store, key="held")
     request = ClaimRequest("daemon-1", [QueueSlots("default", 5)], 5, at(1) + LEASE)
     fresh = new_job()
-    with pytest.raises(JobdError):
+    with pytest.raises(InvalidJob, match="already exists"):
         await store.insert_and_claim_jobs([fresh, new_job(id=existing.id)], request, at(1))
     assert await store.get_job(fresh.id) is None
     assert (await current(store, existing)).state == JobState.PENDING  # the failed call claimed nothing

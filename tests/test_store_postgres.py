@@ -59,6 +59,15 @@ def query(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[obj
         return cursor.fetchall() if cursor.description else []
 
 
+def jobd_backends(url: str) -> list[int]:
+    """The process ids of the store's server connections."""
+    rows = query(
+        url,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'jobd'",
+    )
+    return sorted(int(str(row[0])) for row in rows)
+
+
 def terminate_backends(url: str, condition: str) -> int:
     rows = query(
         url,
@@ -610,6 +619,7 @@ async def test_a_cancelled_statement_is_cancelled_on_the_server_and_keeps_the_co
 ) -> None:
     async with opened(fresh_postgres_url, pool_size=1) as store:
         done = await claim_one(store)
+        before = jobd_backends(fresh_postgres_url)
         with live_rows_locked(fresh_postgres_url):  # the completion waits for this
             started = time.monotonic()
             with trio.move_on_after(0.5) as scope:
@@ -624,6 +634,24 @@ async def test_a_cancelled_statement_is_cancelled_on_the_server_and_keeps_the_co
         # The single pooled connection came back idle: the completion was not applied.
         assert (await store.get_job(done.job_id)).state == JobState.RUNNING  # type: ignore[union-attr]
         assert await store.complete_jobs([done], NOW) == [True]
+        assert jobd_backends(fresh_postgres_url) == before  # the same connection all along
+
+
+async def test_a_statement_cancelled_while_it_is_sent_ends_before_the_connection_is_reused(
+    fresh_postgres_url: str, statement_io: str
+) -> None:
+    # About 40 MB: the cancellation lands while the statement is still being written.
+    jobs = [new_job(payload={"text": "x" * 10_000, "n": n}) for n in range(4000)]
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        await store.ping()
+        before = jobd_backends(fresh_postgres_url)
+        with trio.move_on_after(0.005) as scope:
+            await store.insert_jobs(jobs)
+        assert scope.cancelled_caught
+        assert jobd_backends(fresh_postgres_url) == before
+        await store.ping()  # on the same connection, idle: not "another command is in progress"
+        pending = (await store.count_jobs()).get("default", {}).get(JobState.PENDING, 0)
+        assert pending in (0, len(jobs))  # all of the statement or nothing
 
 
 async def test_a_connection_killed_mid_statement_raises_store_unavailable(

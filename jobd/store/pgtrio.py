@@ -14,7 +14,7 @@ statements in a thread when it does not.
 from __future__ import annotations
 
 import select
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
 import psycopg
@@ -28,6 +28,7 @@ KNOWN = "psycopg 3.1 to 3.3"
 AVAILABLE = psycopg.__version__.startswith(_TESTED) and hasattr(psycopg.RawCursor, "_execute_gen")
 
 _Protocol = Generator[Wait, Ready, None]
+_READ_CHECK = 0.001  # seconds: how often a send the socket holds up looks for input
 
 
 async def execute(
@@ -35,13 +36,13 @@ async def execute(
     query: str,
     params: Sequence[Any],
     *,
-    on_cancel: Callable[[], Callable[[], None]],
+    on_cancel: Callable[[], Callable[[], Awaitable[None]]],
 ) -> None:
     """Run `query` on `cursor` (its rows are then read with `fetchall()`, which does no
     I/O). A cancellation does not leave the connection mid-statement: `on_cancel()`
-    starts asking the server to cancel the query and returns what stops asking; the
-    statement is then followed to its end, shielded, and `Cancelled` raised. The query
-    may have committed by then, as in a worker thread."""
+    starts asking the server to cancel the query and returns what stops asking (and
+    waits until it has); the statement is followed to its end, shielded, and only then
+    is `Cancelled` raised. The query may have committed by then, as in a worker thread."""
     protocol: _Protocol = cursor._execute_gen(query, params)  # private: see the module
     fileno = cursor.connection.pgconn.socket
     try:
@@ -51,11 +52,11 @@ async def execute(
                 ready = await _until(fileno, wanted)
             except trio.Cancelled:
                 stop_cancelling = on_cancel()
-                try:
-                    with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True):
+                    try:
                         await _finish(protocol, fileno, wanted)
-                finally:
-                    stop_cancelling()
+                    finally:
+                        await stop_cancelling()
                 raise
             wanted = protocol.send(ready)
     except StopIteration:
@@ -79,35 +80,29 @@ async def _until(fileno: int, wanted: Wait) -> Ready:
         return Ready.R
     # Sending: a socket asked for writing nearly always is, and a poll is far cheaper
     # than a turn of the event loop. A send that cannot finish also reads (Wait.RW), so
-    # that a server writing back while it reads never leaves both ends waiting.
-    ready = _poll(fileno, wanted)
-    if ready:
-        await trio.lowlevel.checkpoint()
-        return ready
-    if wanted == Wait.W:
-        await trio.lowlevel.wait_writable(fileno)
-        return Ready.W
-    return await _either(fileno)
+    # that a server writing back while it reads never leaves both ends waiting: while
+    # the socket cannot be written, it is polled again every millisecond for input.
+    while True:
+        ready = _poll(fileno, wanted)
+        if ready:
+            await trio.lowlevel.checkpoint()
+            return ready
+        if wanted == Wait.W:
+            await trio.lowlevel.wait_writable(fileno)
+            return Ready.W
+        with trio.move_on_after(_READ_CHECK):
+            await trio.lowlevel.wait_writable(fileno)
 
 
 def _poll(fileno: int, wanted: Wait) -> Ready:
-    readable, writable, _ = select.select(
-        [fileno] if wanted & Wait.R else [], [fileno] if wanted & Wait.W else [], [], 0
+    poller = select.poll()  # not select(): it refuses file descriptors past 1023
+    poller.register(
+        fileno, (select.POLLIN if wanted & Wait.R else 0) | (select.POLLOUT if wanted & Wait.W else 0)
     )
-    return Ready((Ready.R if readable else 0) | (Ready.W if writable else 0))
-
-
-async def _either(fileno: int) -> Ready:
-    """Wait until the socket can be read or written, whichever comes first."""
-    became = Ready.NONE
-
-    async def wait(waiter: Callable[[int], Any], ready: Ready, scope: trio.CancelScope) -> None:
-        nonlocal became
-        await waiter(fileno)
-        became = Ready(became | ready)
-        scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait, trio.lowlevel.wait_readable, Ready.R, nursery.cancel_scope)
-        nursery.start_soon(wait, trio.lowlevel.wait_writable, Ready.W, nursery.cancel_scope)
-    return became
+    became = 0
+    for _, events in poller.poll(0):
+        if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            became |= Ready.R
+        if events & select.POLLOUT:
+            became |= Ready.W
+    return Ready(became)

@@ -24,7 +24,7 @@ import select
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -279,7 +279,8 @@ class PostgresStore:
                 yield checkout
             finally:
                 if checkout.conn is not None:
-                    if self._closed:
+                    # Never pooled mid-statement or mid-transaction, whatever went wrong.
+                    if self._closed or _in_use(checkout.conn):
                         checkout.conn.close()
                     else:
                         self._idle.append(checkout.conn)
@@ -330,12 +331,25 @@ class PostgresStore:
                 raise errors(error) from error
             return [cursor.fetchall() if cursor.description is not None else []]
 
-    def _keep_cancelling(self, checkout: _Checkout) -> Callable[[], None]:
+    def _keep_cancelling(
+        self, checkout: _Checkout, ended: threading.Event | None = None
+    ) -> Callable[[], Awaitable[None]]:
         """Ask the server to cancel the checkout's query, from a thread of its own and
-        again every `_CANCEL_REPEAT` seconds, until the returned function is called."""
-        ended = threading.Event()
-        trio.lowlevel.start_thread_soon(lambda: self._cancel_until(checkout, ended), lambda _: None)
-        return ended.set
+        again every `_CANCEL_REPEAT` seconds, until `ended` is set. The function returned
+        sets it and waits for that thread: a cancel request still on its way once the
+        connection is back in the pool would cancel the next call's statement."""
+        ended = ended or threading.Event()
+        stopped = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        trio.lowlevel.start_thread_soon(
+            lambda: self._cancel_until(checkout, ended), lambda _: token.run_sync_soon(stopped.set)
+        )
+
+        async def stop() -> None:
+            ended.set()
+            await stopped.wait()
+
+        return stop
 
     async def _run_cancellable(
         self, checkout: _Checkout, work: Callable[[Connection], T], transaction: bool
@@ -354,12 +368,18 @@ class PostgresStore:
             # Wrapped: the call's own error must not pass before a cancellation does.
             token.run_sync_soon(trio.lowlevel.reschedule, task, CapturedValue(result))
 
+        cancelling: list[Callable[[], Awaitable[None]]] = []
+
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            trio.lowlevel.start_thread_soon(lambda: self._cancel_until(checkout, ended), lambda _: None)
+            if not cancelling:
+                cancelling.append(self._keep_cancelling(checkout, ended))
             return trio.lowlevel.Abort.FAILED  # keep waiting: the thread still holds the connection
 
         trio.lowlevel.start_thread_soon(lambda: self._call(checkout, work, transaction), deliver)
         result: Captured[T] = await trio.lowlevel.wait_task_rescheduled(abort)
+        if cancelling:
+            with trio.CancelScope(shield=True):
+                await cancelling[0]()
         await trio.lowlevel.checkpoint_if_cancelled()  # a call cancelled meanwhile raises here
         return result.unwrap()
 
@@ -1239,13 +1259,18 @@ def _pipelined(
         raise errors(error) from error
 
 
+def _in_use(conn: Connection) -> bool:
+    return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
 def _has_input(conn: Connection) -> bool:
     """Whether an idle connection's socket can be read: the server has closed it."""
+    poller = select.poll()  # not select(): it refuses file descriptors past 1023
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
         return True
-    return bool(readable)
 
 
 def _roll_back(checkout: _Checkout) -> None:
