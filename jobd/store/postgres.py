@@ -187,8 +187,6 @@ _INSERT_JOBS = _Positional.of(QUERIES["insert_jobs"])
 _INSERT_AND_CLAIM = _Positional.of(QUERIES["insert_and_claim_jobs"])
 _LOCK_QUEUE = _Positional.of(QUERIES["lock_queue"])
 _NOTIFY_UNCLAIMED = _Positional.of(QUERIES["notify_unclaimed"])
-_BEGIN_STEP = _Positional.of(_BEGIN)
-_COMMIT_STEP = _Positional.of("COMMIT")
 
 
 @dataclass(slots=True)
@@ -305,17 +303,17 @@ class PostgresStore:
         steps: Sequence[tuple[_Positional, Mapping[str, Any]]],
         errors: Callable[[psycopg.Error], Exception] = lambda error: _translate(error),
     ) -> list[list[tuple[Any, ...]]]:
-        """The rows of each statement of `steps`, run in order on one connection (several
-        make a transaction only if the first is BEGIN and the last COMMIT). A statement
-        alone runs on Trio's own I/O when psycopg allows it (`jobd.store.pgtrio`): no
-        thread hop. Several go in a worker thread, pipelined: one round trip, where
-        Trio would need one per statement."""
+        """The rows of each statement of `steps`, run in order on one connection, in one
+        transaction. A statement alone runs on Trio's own I/O when psycopg allows it
+        (`jobd.store.pgtrio`): no thread hop. Several go in a worker thread, inside
+        BEGIN … COMMIT and pipelined: one round trip, where Trio would need one per
+        statement."""
         if len(steps) > 1 or not pgtrio.AVAILABLE:
             return await self._run(lambda conn: _pipelined(conn, steps, errors), transaction=False)
         [(query, params)] = steps
         async with self._checkout() as checkout:
             conn = checkout.conn
-            if conn is None or conn.closed or conn.broken or _has_input(conn):
+            if conn is None or _dead(conn):
                 # Connecting blocks: in a thread, and to its end, as in `_call`.
                 conn = await trio.to_thread.run_sync(self._usable_connection, checkout)
             cursor = psycopg.RawCursor(conn)
@@ -413,8 +411,7 @@ class PostgresStore:
         the server (restarted, or its backend terminated). Nothing was sent on it, so a
         new connection may safely run the call.
         """
-        conn = checkout.conn
-        if conn is not None and (conn.closed or conn.broken or _has_input(conn)):
+        if checkout.conn is not None and _dead(checkout.conn):
             _discard(checkout)
         if checkout.conn is None:
             checkout.conn = self._connect()
@@ -465,8 +462,8 @@ class PostgresStore:
             claimed = await self._exchange([], claim, now)
             return InsertedAndClaimed(inserted, claimed.claimed, claimed.rate_held)
         created = [Inserted(new.inserted(), created=True) for new in jobs]
-        wanted = [slot for slot in claim.slots if slot.free > 0] if claim.limit > 0 else []
-        if not any(slot.global_limit is not None or slot.rate is not None for slot in wanted):
+        wanted = _wanted(claim)
+        if not _limited_queues(wanted):
             # One statement, on Trio's I/O (a single submit to a daemon with room).
             params = {**_insert_params(jobs), **_exchange_params([], wanted, claim, now)}
             rows = await self._statement(_INSERT_AND_CLAIM, params, _refusal(jobs))
@@ -535,7 +532,7 @@ class PostgresStore:
     ) -> CompletedAndClaimed:
         """Record `completions` and make `claim` (after inserting `inserting`, jobs whose
         keys the caller has ruled out) in one transaction."""
-        wanted = [slot for slot in claim.slots if slot.free > 0] if claim and claim.limit > 0 else []
+        wanted = _wanted(claim)
         # The first completion of each job goes in the statement that claims; a job named
         # again (two runs of it ended together) has each later completion applied after
         # it, as if it came alone: whichever still holds the fence applies.
@@ -554,9 +551,7 @@ class PostgresStore:
         # both fill the remaining room. Holding a per-queue lock until commit makes the
         # "count running (or read the bucket), then claim" of one daemon finish before
         # the next starts. Locks are taken in name order so two daemons never deadlock.
-        limited = sorted(
-            {slot.queue for slot in wanted if slot.global_limit is not None or slot.rate is not None}
-        )
+        limited = _limited_queues(wanted)
 
         # Whether other daemons must hear of the insert is known after the claim only when
         # the claim could take every job it inserts; otherwise the insert notifies itself,
@@ -575,15 +570,11 @@ class PostgresStore:
         # No global limit or rate among the claim's queues (a completion alone claims
         # nothing): the statement without the counting and the buckets.
         exchange = _COMPLETE_AND_CLAIM if limited else _COMPLETE_AND_CLAIM_UNLIMITED
+        claims = slice(len(steps), len(steps) + len(statements))
         steps += [(exchange, statements[0])]
         steps += [(_COMPLETE_AND_CLAIM_UNLIMITED, params) for params in statements[1:]]
         if decide_after_claim:
             steps.append((_NOTIFY_UNCLAIMED, {"ids": [new.id for new in inserting]}))
-        if len(steps) > 1:
-            steps = [(_BEGIN_STEP, {}), *steps, (_COMMIT_STEP, {})]
-            claims = slice(1 + (insert is not None) + len(limited), len(steps) - 1 - decide_after_claim)
-        else:
-            claims = slice(0, 1)
 
         results = (await self._statements(steps, _refusal(inserting)))[claims]
         applied_ids = [{row[1] for row in rows if row[0] is False} for rows in results]
@@ -1099,6 +1090,17 @@ class _TimeTexts:
         return text
 
 
+def _wanted(claim: ClaimRequest | None) -> list[QueueSlots]:
+    """The slots a claim may fill: none if it may take no job."""
+    return [slot for slot in claim.slots if slot.free > 0] if claim and claim.limit > 0 else []
+
+
+def _limited_queues(wanted: Sequence[QueueSlots]) -> list[str]:
+    """The queues among `wanted` whose claims must hold the queue's lock (a global limit
+    or a rate), in name order."""
+    return sorted({slot.queue for slot in wanted if slot.global_limit is not None or slot.rate is not None})
+
+
 def _refusal(jobs: Sequence[NewJob]) -> Callable[[psycopg.Error], Exception]:
     """What an error of a statement that inserts `jobs` means to the caller."""
 
@@ -1247,16 +1249,24 @@ def _pipelined(
     steps: Sequence[tuple[_Positional, Mapping[str, Any]]],
     errors: Callable[[psycopg.Error], Exception],
 ) -> list[list[tuple[Any, ...]]]:
-    """`PostgresStore._statements` in a worker thread: the steps in one round trip."""
+    """`PostgresStore._statements` in a worker thread: the steps in one round trip, and
+    several inside BEGIN … COMMIT."""
     try:
         if len(steps) == 1:
             cursors = [steps[0][0].execute(conn, steps[0][1])]
         else:
             with conn.pipeline():
+                conn.execute(_BEGIN)
                 cursors = [query.execute(conn, params) for query, params in steps]
+                conn.execute("COMMIT")
         return [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
     except psycopg.Error as error:
         raise errors(error) from error
+
+
+def _dead(conn: Connection) -> bool:
+    """Whether a pooled connection must be replaced before a call may use it."""
+    return conn.closed or conn.broken or _has_input(conn)
 
 
 def _in_use(conn: Connection) -> bool:
