@@ -4,9 +4,16 @@ One `WorkerPool` per daemon. Its nursery owns every running job. The dispatcher 
 to the store for the pool: each round records the attempts that ended since the last
 round (held by the `Completer`) and claims jobs for the free slots, in one store call.
 It runs in two lanes, so that while one lane's call is with the store, the jobs the
-other lane claimed run: the store and the handlers work at the same time. A lease
-keeper renews the leases of running jobs and stops any job this daemon no longer owns;
-a cancel watcher stops jobs cancelled elsewhere.
+other lane claimed run: the store and the handlers work at the same time.
+
+When jobs end faster than a store call returns, a free slot would sit idle for the
+round trip that refills it. So a queue whose jobs run shorter than a round may have a
+few more jobs claimed than slots: those wait in the pool, in claim order, and each
+starts the moment a slot frees. How many is what one round's time lets that queue's
+slots turn over (`_ahead_for`, at most `MAX_AHEAD` times its slots), so that a job
+claimed ahead waits about one round; none for queues with long jobs, a global limit or a
+rate. A lease keeper renews the leases of the jobs the pool holds and stops any this
+daemon no longer owns; a cancel watcher stops jobs cancelled elsewhere.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from jobd.errors import Fail, InvalidJob, Retry, StoreUnavailable
 from jobd.handlers import ATTEMPT_ERRORS, JobContext, check_result, clean_text
 from jobd.job import JSON, Job, JobState, Progress
 from jobd.metrics import Metrics
-from jobd.settings import LiveSettings
+from jobd.settings import LiveSettings, QueueLimits
 from jobd.store import ClaimRequest, Completion, Inserted, NewJob, Outcome, QueueSlots, RateHeld, Store
 from jobd.tracing import AttemptTracer
 from jobd.watch import JobWatch
@@ -43,6 +50,11 @@ MAX_RETRY_DELAY = 365 * 86400.0  # a longer back-off is a mistake: cap it
 SHUTDOWN_MARGIN = 10.0
 CANCEL_POLL_INTERVAL = 0.5
 LANES = 2  # store calls of the dispatcher in flight at once; each claims at most its share
+# Jobs claimed ahead are at most this many times the slots: rounds of more jobs cost less
+# per job in the store, and the pool runs through them while the next round is out.
+MAX_AHEAD = 2
+# Weight of the newest sample in the moving averages of round and run times.
+AVERAGE_WEIGHT = 0.1
 
 log = logging.getLogger("jobd.worker")
 
@@ -62,12 +74,16 @@ class _Running:
     parents: _ParentResults | None = None  # for a job with parents: where to read their results
     stop_reason: StopReason | None = None
     task: trio.lowlevel.Task | None = None  # once it runs
+    slot: trio.Event | None = None  # claimed ahead: set when a slot is free for it, or when stopped
+    executing: bool = False  # it holds a slot: its handler runs, or is about to
 
     def stop(self, reason: StopReason) -> None:
         # A user's cancel wins over a shutdown: the job must not come back as pending.
         if self.stop_reason is None or reason == StopReason.CANCELLED:
             self.stop_reason = reason
         self.scope.cancel()
+        if self.slot is not None:
+            self.slot.set()  # a job still waiting for its slot ends without starting
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +147,13 @@ class WorkerPool:
         self._clock = clock
         self._rng = rng or random.Random()
         self._tracer = tracer  # None: tracing is off, and costs one test per attempt
-        self._running: dict[uuid.UUID, _Running] = {}
-        self._busy_by_queue: collections.Counter[str] = collections.Counter()
+        self._running: dict[uuid.UUID, _Running] = {}  # every job the pool holds, started or not
+        self._held_by_queue: collections.Counter[str] = collections.Counter()
+        self._executing = 0  # jobs holding a slot
+        self._executing_by_queue: collections.Counter[str] = collections.Counter()
+        self._waiting: list[_Running] = []  # claimed ahead, in the order they start
+        self._round_time = 0.0  # moving average of a round's store call, seconds
+        self._run_time: dict[str, float] = {}  # moving average of a handler's run, per queue
         # Slots that claims in flight may fill: no lane claims them again meanwhile.
         self._claiming_by_queue: collections.Counter[str] = collections.Counter()
         self._claiming = 0
@@ -149,7 +170,8 @@ class WorkerPool:
 
     @property
     def busy(self) -> int:
-        return len(self._running)
+        """Jobs whose handlers run (not those claimed ahead, still waiting for a slot)."""
+        return self._executing
 
     @property
     def capacity(self) -> int:
@@ -292,6 +314,7 @@ class WorkerPool:
                 continue
             now = self._clock()
             self._reserve(claim, 1)
+            began = trio.current_time()
             try:
                 claimed = await self._record_and_claim(batch, claim, now)
             except StoreUnavailable as error:
@@ -304,6 +327,7 @@ class WorkerPool:
             finally:
                 self._reserve(claim, -1)
             outage.succeeded()
+            self._round_time += AVERAGE_WEIGHT * (trio.current_time() - began - self._round_time)
             self._start_all(jobs, claimed, now)
 
     def _drain(self, grace: Callable[[], float]) -> None:
@@ -313,24 +337,46 @@ class WorkerPool:
             self._give_up_at = self._drain_deadline + SHUTDOWN_MARGIN
         if self._immediately:
             self._drain_deadline = self._give_up_at = min(self._give_up_at, trio.current_time())
+        for waiting in self._waiting:  # not started: back to the queue at once
+            waiting.stop(StopReason.SHUTDOWN)
         if trio.current_time() >= self._drain_deadline:
             for running in list(self._running.values()):
                 running.stop(StopReason.SHUTDOWN)
 
     def _claim_request(self) -> ClaimRequest | None:
-        """Free slots, less those a claim in flight may fill; at most a lane's share."""
+        """Free slots and room ahead, less what the pool holds and what a claim in flight
+        may fill; at most a lane's share."""
         settings = self._live.current
         capacity = settings.config.workers.concurrency
-        limit = min(capacity - len(self._running) - self._claiming, math.ceil(capacity / LANES))
         slots = []
+        ahead = 0
         for name, limits in settings.queues.items():
-            free = limits.concurrency - self._busy_by_queue[name] - self._claiming_by_queue[name]
+            queue_ahead = self._ahead_for(name, limits)
+            ahead += queue_ahead
+            held = self._held_by_queue[name] + self._claiming_by_queue[name]
+            free = limits.concurrency + queue_ahead - held
             if free > 0:
                 slots.append(QueueSlots(name, free, limits.global_concurrency, limits.rate))
+        room = capacity + min(ahead, MAX_AHEAD * capacity)
+        limit = min(room - len(self._running) - self._claiming, math.ceil(room / LANES))
         if not slots or limit <= 0:
             return None
         lease_until = self._clock() + timedelta(seconds=settings.config.workers.lease)
         return ClaimRequest(self.owner, slots, limit, lease_until)
+
+    def _ahead_for(self, queue: str, limits: QueueLimits) -> int:
+        """How many of `queue`'s jobs may be claimed beyond its slots: as many as its
+        slots free during one round, at its jobs' average run time. None before a job of
+        it has ended here, and none for a queue whose claims are counted across daemons
+        (a global limit, a rate): jobs held ahead would count as running there."""
+        run_time = self._run_time.get(queue)
+        counted = limits.global_concurrency is not None or limits.rate is not None
+        if counted or run_time is None or self._round_time <= 0.0:
+            return 0
+        most = MAX_AHEAD * limits.concurrency
+        if run_time <= 0.0:
+            return most
+        return min(most, int(limits.concurrency * self._round_time / run_time))
 
     def _reserve(self, claim: ClaimRequest | None, sign: int) -> None:
         """Hold (+1) or release (-1) the slots `claim` may fill while it is in flight."""
@@ -412,20 +458,63 @@ class WorkerPool:
     def _start(self, jobs: trio.Nursery, job: Job, now: datetime, parents: _ParentResults | None) -> None:
         running = _Running(job, trio.CancelScope(), parents)
         self._running[job.id] = running
-        self._busy_by_queue[job.queue] += 1
-        self._metrics.job_started(job.queue, (now - job.run_at).total_seconds())
+        self._held_by_queue[job.queue] += 1
+        if self._has_slot(job.queue):
+            self._take_slot(running, now)
+        else:
+            running.slot = trio.Event()
+            self._waiting.append(running)
+            # A later claim may bring a job that goes first: keep the claim order.
+            if len(self._waiting) > 1 and _claim_order(self._waiting[-2].job) > _claim_order(job):
+                self._waiting.sort(key=lambda waiting: _claim_order(waiting.job))
         jobs.start_soon(self._run_job, running, name=job.type)
+
+    def _has_slot(self, queue: str) -> bool:
+        limits = self._live.current.queues.get(queue)
+        return self._executing < self.capacity and (
+            limits is None or self._executing_by_queue[queue] < limits.concurrency
+        )
+
+    def _take_slot(self, running: _Running, now: datetime) -> None:
+        job = running.job
+        running.executing = True
+        self._executing += 1
+        self._executing_by_queue[job.queue] += 1
+        self._metrics.job_started(job.queue, (now - job.run_at).total_seconds())
+
+    def _free_slot(self, queue: str) -> None:
+        """A handler ended: its slot goes to the first job waiting that may take it."""
+        self._executing -= 1
+        self._executing_by_queue[queue] -= 1
+        if not self._waiting or self._stopping:
+            return
+        now = self._clock()
+        for waiting in list(self._waiting):
+            if self._executing >= self.capacity:
+                break
+            if self._has_slot(waiting.job.queue):
+                self._waiting.remove(waiting)
+                self._take_slot(waiting, now)
+                assert waiting.slot is not None
+                waiting.slot.set()
 
     # -- running one job ----------------------------------------------------------------
 
     async def _run_job(self, running: _Running) -> None:
         job = running.job
         running.task = trio.lowlevel.current_task()
-        started = trio.current_time()
-        span = None if self._tracer is None else self._tracer.start(job)
+        span = None
         end = _LOST
+        started = trio.current_time()
         try:
-            end = await self._attempt(running)
+            if running.slot is not None:
+                await running.slot.wait()
+                started = trio.current_time()
+            if running.executing:
+                span = None if self._tracer is None else self._tracer.start(job)
+                end = await self._attempt(running)
+            else:  # stopped while it waited for a slot: its handler never ran
+                end = self._after_stop(running)
         finally:
             if span is not None:
                 span.finish(end.outcome.value if end.outcome else "lost", end.error)
@@ -433,9 +522,16 @@ class WorkerPool:
             # its old handler still unwinds): remove only this run's entry.
             if self._running.get(job.id) is running:
                 del self._running[job.id]
-            self._busy_by_queue[job.queue] -= 1
+            self._held_by_queue[job.queue] -= 1
+            if running.executing:
+                self._free_slot(job.queue)
+            elif running in self._waiting:
+                self._waiting.remove(running)
             self.wake()  # a slot is free, and this outcome waits to be recorded
         duration = trio.current_time() - started
+        if running.executing:
+            average = self._run_time.get(job.queue, duration)
+            self._run_time[job.queue] = average + AVERAGE_WEIGHT * (duration - average)
         if end.outcome is None:
             reason = running.stop_reason.value if running.stop_reason else "unknown"
             log.warning("job %s stopped: %s", job.id, reason, extra=job_log_fields(job, "lost", duration))
@@ -558,6 +654,11 @@ class WorkerPool:
                 continue
             for job_id in requested:
                 self.cancel_running(job_id)
+
+
+def _claim_order(job: Job) -> tuple[int, datetime]:
+    """The order claims take jobs in (a claim's own jobs come in it; ties keep it)."""
+    return (-job.priority, job.run_at)
 
 
 def _runs_on(task: trio.lowlevel.Task, frame_ids: frozenset[int]) -> bool:
