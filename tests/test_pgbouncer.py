@@ -183,7 +183,9 @@ def test_jobs_claims_global_limits_and_migrations_go_through_pgbouncer(
             timeout=10,
             what="the application's job to run",
         )
-    assert bouncer.transactions(database) > 100  # the daemons' store calls went through pgbouncer
+    # The daemons' store calls went through pgbouncer (connected directly, none would). With
+    # short jobs claimed ahead, rounds carry more jobs: about 100 transactions in all.
+    assert bouncer.transactions(database) > 50
     for daemon in daemons:
         errors = [entry for entry in log_entries(daemon) if entry.get("level") in ("error", "critical")]
         assert not errors, errors
