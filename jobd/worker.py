@@ -294,6 +294,7 @@ class WorkerPool:
                 # flight (a submit's may still bring jobs to run).
                 if not self._running and not self._completer.waiting and not self._claiming:
                     return
+            self._hand_slots()  # a reload may have added slots
             if trio.current_time() >= self._token_due:  # the tokens a queue waited for are there
                 self._token_due = math.inf
                 self._claimable = True
@@ -350,11 +351,14 @@ class WorkerPool:
         capacity = settings.config.workers.concurrency
         slots = []
         ahead = 0
+        unheld = capacity - len(self._running) - self._claiming  # workers no job holds
         for name, limits in settings.queues.items():
             queue_ahead = self._ahead_for(name, limits)
             ahead += queue_ahead
             held = self._held_by_queue[name] + self._claiming_by_queue[name]
             free = limits.concurrency + queue_ahead - held
+            if queue_ahead == 0:  # never claimed beyond a free worker
+                free = min(free, unheld)
             if free > 0:
                 slots.append(QueueSlots(name, free, limits.global_concurrency, limits.rate))
         room = capacity + min(ahead, MAX_AHEAD * capacity)
@@ -452,11 +456,24 @@ class WorkerPool:
     def _start_all(self, jobs: trio.Nursery, claimed: Sequence[Job], now: datetime) -> None:
         parents = list(dict.fromkeys(parent for job in claimed for parent in job.after))
         results = _ParentResults(self._store, parents) if parents else None
+        # Jobs of queues never claimed ahead were claimed for free workers only: they take
+        # them first, so that none of them waits here, counted as running, while another
+        # daemon could run it.
+        queues = self._live.current.queues
+        ahead = {
+            queue: queue in queues and self._ahead_for(queue, queues[queue]) > 0
+            for queue in {job.queue for job in claimed}
+        }
+        if len(set(ahead.values())) > 1:
+            claimed = sorted(claimed, key=lambda job: ahead[job.queue])
         for job in claimed:
             self._start(jobs, job, now, results if job.after else None)
 
     def _start(self, jobs: trio.Nursery, job: Job, now: datetime, parents: _ParentResults | None) -> None:
         running = _Running(job, trio.CancelScope(), parents)
+        old = self._running.get(job.id)
+        if old is not None:  # claimed again: the store gave its old attempt up
+            old.stop(StopReason.LEASE_LOST)
         self._running[job.id] = running
         self._held_by_queue[job.queue] += 1
         if self._has_slot(job.queue):
@@ -486,13 +503,18 @@ class WorkerPool:
         """A handler ended: its slot goes to the first job waiting that may take it."""
         self._executing -= 1
         self._executing_by_queue[queue] -= 1
+        self._hand_slots()
+
+    def _hand_slots(self) -> None:
+        """Free slots go to the jobs waiting ahead that may take them, in their order
+        (not to one stopped meanwhile: it ends without running)."""
         if not self._waiting or self._stopping:
             return
         now = self._clock()
         for waiting in list(self._waiting):
             if self._executing >= self.capacity:
                 break
-            if self._has_slot(waiting.job.queue):
+            if waiting.stop_reason is None and self._has_slot(waiting.job.queue):
                 self._waiting.remove(waiting)
                 self._take_slot(waiting, now)
                 assert waiting.slot is not None

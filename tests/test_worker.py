@@ -1042,3 +1042,147 @@ async def test_a_shutdown_requeues_jobs_waiting_ahead_at_once_and_keeps_their_at
     assert ran == [0.001] * 4 + [3.0]
     finished = await store.get_job(blocker.id)
     assert finished is not None and finished.state == JobState.COMPLETED
+
+
+async def test_a_job_stopped_while_it_waits_ahead_never_gets_the_slot_that_frees_with_it(
+    autojump: object,
+) -> None:
+    ran: list[float] = []
+    release = trio.Event()
+    cancel_when_released: list[uuid.UUID] = []
+
+    async def job_of(job: JobContext) -> None:
+        ran.append(job.payload)
+        if job.payload == 60.0:
+            await release.wait()
+            # The cancel lands in the very step in which this handler ends and frees its slot.
+            engine.pool.cancel_running(cancel_when_released[0])
+        else:
+            await trio.sleep(job.payload)
+
+    config = {"workers": {"concurrency": 1}}
+    async with running_engine(handler_of("t.job", job_of), config=config, store=RoundTripStore()) as engine:
+        blocker, behind = await warm_and_block(engine, 60.0)
+        cancel_when_released.append(behind.id)
+        release.set()
+        assert (await engine.wait(behind)).state == JobState.CANCELLED
+        assert (await engine.wait(blocker)).state == JobState.COMPLETED
+    assert ran == [0.001] * 4 + [60.0]
+
+
+@asynccontextmanager
+async def short_and_rate_limited(release: trio.Event, finished: list[str]) -> AsyncIterator[Engine]:
+    """Two workers; `t.short` jobs of the default queue (known to be short once the engine is
+    up: they may be claimed ahead) block until `release` when their payload is "block";
+    `t.limited` jobs go to a queue with a rate (never claimed ahead)."""
+
+    async def short(job: JobContext) -> None:
+        if job.payload == "block":
+            await release.wait()
+        else:
+            await trio.sleep(0.001)
+        finished.append(job.payload or "warm")
+
+    async def limited(job: JobContext) -> None:
+        finished.append("limited")
+
+    config = {
+        "workers": {"concurrency": 2},
+        "queues": {"default": {"concurrency": 2}, "limited": {"concurrency": 2, "rate": "100/s"}},
+    }
+    handlers = (handler_of("t.short", short), handler_of("t.limited", limited, queue="limited"))
+    async with running_engine(*handlers, config=config, store=RoundTripStore()) as engine:
+        await engine.service.pause("default")
+        await drain_timed(engine, [await engine.submit("t.short") for _ in range(4)])
+        yield engine
+
+
+async def test_a_queue_never_claimed_ahead_is_never_claimed_beyond_free_workers(autojump: object) -> None:
+    release = trio.Event()
+    async with short_and_rate_limited(release, []) as engine:
+        blockers = [await engine.submit("t.short", "block") for _ in range(2)]
+        await trio.sleep(0.5)
+        assert engine.pool.busy == 2  # every worker busy; default would take more ahead
+        held_back = await engine.submit("t.limited")
+        await trio.sleep(0.5)
+        # No worker free: it stays pending, for another daemon, and spends no token here.
+        assert (await engine.service.get(str(held_back.id))).state == JobState.PENDING
+        release.set()
+        for job in [*blockers, held_back]:
+            assert (await engine.wait(job)).state == JobState.COMPLETED
+
+
+async def test_jobs_waiting_ahead_start_when_a_reload_adds_slots(autojump: object) -> None:
+    ran: list[float] = []
+    async with one_slot_engine(RoundTripStore(), ran) as engine:
+        blocker, behind = await warm_and_block(engine, 60.0)
+        raw = {"store": {"url": "memory:"}, "workers": {"concurrency": 2}}
+        engine.live.current = build_settings(
+            parse_config(raw, env={}, uid=1000), engine.live.current.registry
+        )
+        engine.pool.wake()  # what a reload does
+        done = await engine.wait(behind, timeout=1)
+        assert done.state == JobState.COMPLETED  # not 60 s later, when the blocker ends
+        assert engine.pool.busy == 1
+        await engine.service.cancel(str(blocker.id))
+
+
+async def test_a_job_claimed_again_while_its_old_attempt_waits_ahead_runs_once(autojump: object) -> None:
+    release = trio.Event()
+    attempts: list[int] = []
+
+    async def job_of(job: JobContext) -> None:
+        if job.payload == "block":
+            await release.wait()
+        elif job.payload == "behind":
+            attempts.append(job.attempt)
+        else:
+            await trio.sleep(0.001)
+
+    store = RoundTripStore()
+    config = {"workers": {"concurrency": 2}}
+    async with running_engine(handler_of("t.job", job_of), config=config, store=store) as engine:
+        await engine.service.pause("default")
+        await drain_timed(engine, [await engine.submit("t.job") for _ in range(4)])
+        await engine.service.pause("default")
+        blockers = [await engine.submit("t.job", "block", priority=1) for _ in range(2)]
+        behind = await engine.submit("t.job", "behind")
+        await engine.service.resume("default")
+        await trio.sleep(0.5)
+        assert engine.pool.busy == 2 and (await engine.service.get(str(behind.id))).state == JobState.RUNNING
+        # Its lease runs out (the store was out of reach, say) and it is rescued, then
+        # claimed again by this daemon as attempt 2 while attempt 1 still waits here.
+        store._indexes.running[behind.id].lease_until = virtual_now() - timedelta(seconds=1)
+        await store.rescue_jobs(virtual_now())
+        engine.pool.wake()
+        await trio.sleep(0.5)
+        assert (await engine.service.get(str(behind.id))).attempts == 2
+        release.set()
+        for job in [*blockers, behind]:
+            assert (await engine.wait(job)).state == JobState.COMPLETED
+    assert attempts == [2]  # attempt 1, which the store gave up, never ran
+
+
+async def test_a_claim_gives_its_free_workers_to_the_queues_never_claimed_ahead_first(
+    autojump: object,
+) -> None:
+    release = trio.Event()
+    finished: list[str] = []
+    async with short_and_rate_limited(release, finished) as engine:
+        blocker = await engine.submit("t.short", "block")
+        await trio.sleep(0.5)
+        assert engine.pool.busy == 1  # one worker free
+        await engine.service.pause("default")
+        await engine.service.pause("limited")
+        # One claim takes both: the default queue's jobs first by priority, the limited
+        # queue's job for the free worker.
+        urgent = [await engine.submit("t.short", "block", priority=5) for _ in range(2)]
+        held_back = await engine.submit("t.limited")
+        await engine.service.resume("limited")
+        await engine.service.resume("default")
+        await trio.sleep(0.5)
+        assert "limited" in finished  # it took the free worker; the urgent jobs wait ahead
+        assert (await engine.service.get(str(held_back.id))).state == JobState.COMPLETED
+        release.set()
+        for job in [blocker, *urgent]:
+            assert (await engine.wait(job)).state == JobState.COMPLETED
