@@ -83,7 +83,7 @@ async def _until(fileno: int, wanted: Wait) -> Ready:
     # that a server writing back while it reads never leaves both ends waiting: while
     # the socket cannot be written, it is polled again every millisecond for input.
     while True:
-        ready = _poll(fileno, wanted)
+        ready = poll(fileno, wanted)
         if ready:
             await trio.lowlevel.checkpoint()
             return ready
@@ -94,14 +94,16 @@ async def _until(fileno: int, wanted: Wait) -> Ready:
             await trio.lowlevel.wait_writable(fileno)
 
 
-def _poll(fileno: int, wanted: Wait) -> Ready:
+def poll(fileno: int, wanted: Wait) -> Ready:
+    """What the socket `fileno` is ready for now, of `wanted`, without waiting. A socket
+    closed or in error reads as readable: reading it says what went wrong."""
     poller = select.poll()  # not select(): it refuses file descriptors past 1023
     poller.register(
         fileno, (select.POLLIN if wanted & Wait.R else 0) | (select.POLLOUT if wanted & Wait.W else 0)
     )
     became = 0
     for _, events in poller.poll(0):
-        if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+        if events & (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL):
             became |= Ready.R
         if events & select.POLLOUT:
             became |= Ready.W

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import re
-import select
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from outcome import Outcome as Captured
 from outcome import Value as CapturedValue
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.waiting import Wait
 
 from jobd import jsoncodec
 from jobd.backoff import StoreOutage
@@ -1275,10 +1275,8 @@ def _in_use(conn: Connection) -> bool:
 
 def _has_input(conn: Connection) -> bool:
     """Whether an idle connection's socket can be read: the server has closed it."""
-    poller = select.poll()  # not select(): it refuses file descriptors past 1023
     try:
-        poller.register(conn.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+        return bool(pgtrio.poll(conn.fileno(), Wait.R))
     except (OSError, ValueError, psycopg.Error):
         return True
 
