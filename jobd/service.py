@@ -195,6 +195,7 @@ class JobService:
             unique_for=_optional_seconds(body, "unique_for"),
             index=index,
             traceparent=body.get("traceparent", traceparent),
+            parsed=True,
         )
         return settings.new_job(asked, now, earlier=earlier)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from jobd.errors import InvalidJob
-from jobd.handlers import clean_text, storable_json_size
+from jobd.handlers import clean_text, parsed_json_size, storable_json_size
 from jobd.job import JSON, ParentFailure
 from jobd.traceparent import parse_traceparent
 
@@ -72,18 +72,20 @@ def check_submission(
     unique_for: object = None,
     index: int | None = None,
     traceparent: object = None,
+    parsed: bool = False,
 ) -> Submission:
     """Check each field of a submit; raise `InvalidJob` naming the first one at fault.
 
     `delay` is seconds from `now`, `run_at` an aware datetime; they exclude each other.
     `after` lists job ids (strings or UUIDs) and, for the item at `index` of a batch,
-    `"#N"` for an earlier item N. `unique_for` is seconds, and needs a `key`.
+    `"#N"` for an earlier item N. `unique_for` is seconds, and needs a `key`. `parsed`
+    says the payload was parsed from JSON text (see `parsed_json_size`).
     """
     checked_key = _key(key)
     return Submission(
         job_type=_name("type", job_type, required=True) or "",
         payload=payload,
-        payload_size=_payload_size(payload),
+        payload_size=_payload_size(payload, parsed),
         queue=_name("queue", queue),
         priority=_whole("priority", priority, -MAX_PRIORITY, MAX_PRIORITY) or 0,
         run_at=_run_at(delay, run_at, now),
@@ -117,8 +119,10 @@ def _storable_name(name: str) -> bool:
     return storable(name)  # cached: every job of a batch names the same few types and queues
 
 
-def _payload_size(payload: JSON) -> int:
+def _payload_size(payload: JSON, parsed: bool) -> int:
     try:
+        if parsed:
+            return parsed_json_size(payload)
         return storable_json_size(payload)
     except TypeError as error:
         raise InvalidJob(str(error).replace("the handler's result", "payload"), field="payload") from None

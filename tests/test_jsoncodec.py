@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from jobd import jsoncodec
+from jobd.handlers import parsed_json_size, storable_json_size
 from jobd.job import Job, JobState, ParentFailure, Progress
 
 BERLIN_WINTER = timezone(timedelta(hours=1))
@@ -83,3 +84,39 @@ def test_nan_on_the_standard_librarys_path_is_refused() -> None:
 def test_what_is_not_json_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="set"):
         jsoncodec.dumps({"payload": {1, 2}})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n": 1}',
+        '{"to": "ünïcødé ✉", "cc": [], "tags": {"a": [1.5, -2, 0.25, true, false]}}',
+        '{"maybe": null, "list": [null]}',
+        '"x\\"y\\\\z\\n"',
+        "18446744073709551616",  # beyond 64 bits: the standard library's path
+    ],
+)
+def test_a_parsed_payload_is_sized_as_the_standard_library_sizes_it(text: str) -> None:
+    value = json.loads(text)
+    expected = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    assert parsed_json_size(value) == storable_json_size(value) == expected
+
+
+def test_floats_are_sized_as_orjson_spells_them() -> None:
+    # 1e-05 or 0.00001: a float's spelling moves the size by a byte or two.
+    assert parsed_json_size(json.loads("[1e-05, 1e300]")) == len(b"[0.00001,1e+300]")
+
+
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [
+        ('{"x": 1e999}', "Out of range"),  # parses as infinity, which orjson writes as null
+        ("[-1e999, 18446744073709551616]", "Out of range"),
+        ('{"k": "a\\u0000"}', "NUL"),
+        ('{"k\\u0000": 1}', "NUL"),
+        ('"\\ud800"', "surrogates"),
+    ],
+)
+def test_a_parsed_payload_that_no_store_keeps_is_refused(text: str, fault: str) -> None:
+    with pytest.raises(TypeError, match=fault):
+        parsed_json_size(json.loads(text))
