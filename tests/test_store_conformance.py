@@ -959,6 +959,68 @@ async def test_count_jobs_per_queue_and_state(store: Store) -> None:
     }
 
 
+async def listed_counts(store: Store) -> dict[str, dict[JobState, int]]:
+    """Every stored job counted by queue and state, by listing them all."""
+    counts: dict[str, dict[JobState, int]] = {}
+    after = None
+    while True:
+        page = await store.list_jobs(JobFilter(), 1000, after)
+        for job in page.jobs:
+            per = counts.setdefault(job.queue, {})
+            per[job.state] = per.get(job.state, 0) + 1
+        if page.next is None:
+            return counts
+        after = page.next
+
+
+async def listed_jobs(store: Store) -> list[Job]:
+    return list((await store.list_jobs(JobFilter(), 1000, None)).jobs)
+
+
+async def test_counts_follow_every_move_a_job_makes(store: Store) -> None:
+    """count_jobs against the jobs themselves after each kind of write: insert, claim,
+    each outcome, cancel, retry, promotion, rescue, a parent's end settling its
+    children, and pruning."""
+
+    async def check() -> None:
+        assert nonzero(await store.count_jobs()) == await listed_counts(store)
+
+    parent = await insert(store, queue="a")
+    children = [replace(new_job(queue="b"), after=(parent.id,)) for _ in range(3)]
+    await store.insert_jobs(children)
+    for _ in range(4):
+        await insert(store, queue="a", run_at=at(10))
+    for _ in range(6):
+        await insert(store, queue="b")
+    await check()
+    claimed = await claim(store, "a") + await claim(store, "b", free=5)
+    await check()
+    by_id = {job.id: job for job in claimed}
+    outcomes = [Outcome.COMPLETED, Outcome.FAILED, Outcome.RETRIED, Outcome.CANCELLED, Outcome.REQUEUED]
+    completions = [
+        completion(job, outcome, error="e", run_at=at(5) if outcome == Outcome.RETRIED else None)
+        for job, outcome in zip([by_id[parent.id], *claimed[1:]], outcomes, strict=False)
+    ]
+    assert all(await store.complete_jobs(completions, at(1)))
+    await check()  # the parent completed: its children are pending now
+    failed = [job for job in claimed if (await current(store, job)).state == JobState.FAILED]
+    await store.retry_job(failed[0].id, at(2))
+    await check()
+    pending = [job for job in (await listed_jobs(store)) if job.state == JobState.PENDING]
+    await store.cancel_job(pending[0].id, at(2))
+    await check()
+    await store.promote_due_jobs(at(20))
+    await check()
+    await claim(store, "a", now=at(21))
+    await store.rescue_jobs(at(21) + LEASE * 2)
+    await check()
+    await store.prune_jobs(
+        {JobState.COMPLETED: at(100), JobState.FAILED: at(100), JobState.CANCELLED: at(100)}, 100, at(100)
+    )
+    await check()
+    assert JobState.COMPLETED not in (await listed_counts(store)).get("a", {})
+
+
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 

@@ -125,9 +125,10 @@ async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
         (5, "traceparent"),
         (6, "top"),
         (7, "counted_inserts"),
+        (8, "counted_moves"),
     ]
     assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
-    assert rows(db_path, "PRAGMA user_version") == [(7,)]
+    assert rows(db_path, "PRAGMA user_version") == [(8,)]
 
 
 async def test_jobs_are_read_by_the_column_order_of_the_schema(store: SQLiteStore, db_path: str) -> None:

@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -269,11 +269,7 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
     finally:
         if conn.in_transaction:  # else SQLite undid the whole transaction (a full disk)
             conn.execute("RELEASE insert_jobs")
-    counts = collections.Counter((row["queue"], row["state"]) for row in rows)
-    conn.executemany(
-        _Q["count_inserted"],
-        ({"queue": queue, "state": state, "jobs": jobs} for (queue, state), jobs in counts.items()),
-    )
+    _count_moves(conn, ((row["queue"], None, row["state"]) for row in rows))
     return _after_insert(conn, jobs, results)
 
 
@@ -359,6 +355,7 @@ def _settle(conn: sqlite3.Connection, job_ids: Sequence[uuid.UUID], now: datetim
                 "error": settled.error,
             }
             conn.execute(_Q["settle_job"], values)
+            _count_moves(conn, [(job.queue, JobState.WAITING, settled.state)])
             if settled.state.finished:
                 cancelled.append(str(job.id))
             else:
@@ -454,6 +451,7 @@ def _claim_rows(
         "seqs": jsoncodec.dumps_text(chosen),
     }
     rows = conn.execute(_Q["claim_jobs"], values).fetchall()
+    _count_moves(conn, ((row["queue"], JobState.PENDING, state) for row in rows))
     # RETURNING gives no order: put the batch back in claim order.
     rows.sort(key=lambda row: (-row["priority"], row["run_at"], row["seq"]))
     return [_job(row) for row in rows]
@@ -485,7 +483,9 @@ def _complete_jobs(conn: sqlite3.Connection, completions: Sequence[Completion], 
     results = [False] * len(batch)
     for indexes in (list(firsts.values()), *([index] for index in repeats)):
         values = {"now": _micros(now), "batch": jsoncodec.dumps_text([batch[index] for index in indexes])}
-        changed = {row[0] for row in conn.execute(_Q["complete_jobs"], values)}
+        moved = conn.execute(_Q["complete_jobs"], values).fetchall()
+        _count_moves(conn, ((queue, JobState.RUNNING, state) for _, queue, state in moved))
+        changed = {row[0] for row in moved}
         for index in indexes:
             results[index] = batch[index]["id"] in changed
     return results
@@ -523,6 +523,7 @@ def _cancel_job(conn: sqlite3.Connection, job_id: uuid.UUID, now: datetime) -> J
         "now": _micros(now),
         "error": "cancelled before it ran",
     }
+    _count_moves(conn, [(row["queue"], row["state"], state)])
     return _job(conn.execute(_Q["cancel_waiting_job"], values).fetchone())
 
 
@@ -533,12 +534,14 @@ def _retry_job(conn: sqlite3.Connection, job_id: uuid.UUID, now: datetime) -> Jo
     if key is not None and _live_job_with_key(conn, key) is not None:
         raise KeyInUse(str(job_id), key)
     values = {"id": str(job_id), "state": state.value, "now": _micros(now)}
+    _count_moves(conn, [(row["queue"], row["state"], state)])
     return _job(conn.execute(_Q["retry_job"], values).fetchone())
 
 
 def _promote_due_jobs(conn: sqlite3.Connection, now: datetime) -> datetime | None:
     state = next_state("scheduled jobs", JobState.SCHEDULED, Action.PROMOTE)
-    conn.execute(_Q["promote_due_jobs"], {"state": state.value, "now": _micros(now)})
+    promoted = conn.execute(_Q["promote_due_jobs"], {"state": state.value, "now": _micros(now)})
+    _count_moves(conn, ((queue, JobState.SCHEDULED, state) for (queue,) in promoted))
     return _optional_time(conn.execute(_Q["next_scheduled"]).fetchone()[0])
 
 
@@ -557,6 +560,7 @@ def _rescue_jobs(conn: sqlite3.Connection, now: datetime, all_running: bool) -> 
             "finished_at": _micros(now) if state.finished else None,
         }
         rescued.append(Rescued(_job(conn.execute(_Q["rescue_job"], values).fetchone()), owner))
+        _count_moves(conn, [(row["queue"], JobState.RUNNING, state)])
     return rescued
 
 
@@ -567,8 +571,31 @@ def _prune_jobs(
     deleted = 0
     for state, cutoff in before.items():
         values = {"state": state.value, "before": _micros(cutoff), "limit": limit, "now": _micros(now)}
-        deleted += conn.execute(_Q["prune_jobs"], values).rowcount
+        pruned = conn.execute(_Q["prune_jobs"], values).fetchall()
+        _count_moves(conn, ((queue, state, None) for (queue,) in pruned))
+        deleted += len(pruned)
     return deleted
+
+
+def _count_moves(conn: sqlite3.Connection, moves: Iterable[tuple[str, str | None, str | None]]) -> None:
+    """Keep job_counts, which no trigger keeps: each move takes a job of a queue out of
+    a state (None: it is new) into another (None: it is deleted). One upsert per queue
+    and state whose count changes, however many jobs moved."""
+    changes: collections.Counter[tuple[str, str]] = collections.Counter()
+    for queue_name, before, after in moves:
+        if before != after:
+            if before is not None:
+                changes[queue_name, before] -= 1
+            if after is not None:
+                changes[queue_name, after] += 1
+    conn.executemany(
+        _Q["count_moved"],
+        (
+            {"queue": queue, "state": str(state), "jobs": jobs}
+            for (queue, state), jobs in changes.items()
+            if jobs
+        ),
+    )
 
 
 def _count_jobs(conn: sqlite3.Connection) -> QueueCounts:

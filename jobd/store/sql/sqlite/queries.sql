@@ -8,8 +8,9 @@ INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeo
 VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
         :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for, :parents, :on_parent_failure, :traceparent);
 
--- name: count_inserted
--- Run once per queue and state of a batch just inserted (no trigger counts inserts).
+-- name: count_moved
+-- Run once per queue and state whose count a write changed, with the change (no
+-- trigger counts jobs: see `_count_moves`).
 INSERT INTO job_counts (queue, state, jobs) VALUES (:queue, :state, :jobs)
 ON CONFLICT (queue, state) DO UPDATE SET jobs = jobs + excluded.jobs;
 
@@ -80,7 +81,7 @@ FROM (
 -- "+jobs.state" keeps SQLite off the state index: each completion finds its row by id.
 WHERE jobs.id = c.id AND +jobs.state = 'running' AND jobs.owner = c.owner AND jobs.attempts = c.attempt
   AND (c.outcome <> 'requeued' OR jobs.cancel_requested = 0)
-RETURNING id;
+RETURNING id, queue, state;
 
 -- name: renew_lease
 UPDATE jobs SET lease_until = :lease_until
@@ -111,7 +112,8 @@ RETURNING *;
 
 -- name: promote_due_jobs
 UPDATE jobs INDEXED BY jobs_scheduled SET state = :state, updated_at = :now
-WHERE state = 'scheduled' AND run_at <= :now;
+WHERE state = 'scheduled' AND run_at <= :now
+RETURNING queue;
 
 -- name: next_scheduled
 SELECT min(run_at) FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled';
@@ -138,7 +140,8 @@ DELETE FROM jobs WHERE seq IN (
       AND NOT EXISTS (SELECT 1 FROM key_windows w WHERE w.job_id = jobs.id AND w.expires_at > :now)
     ORDER BY finished_at
     LIMIT :limit
-);
+)
+RETURNING queue;
 
 -- name: forget_closed_windows
 DELETE FROM key_windows WHERE expires_at <= :now;
