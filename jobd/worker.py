@@ -76,6 +76,7 @@ class _Running:
     task: trio.lowlevel.Task | None = None  # once it runs
     slot: trio.Event | None = None  # claimed ahead: set when a slot is free for it, or when stopped
     executing: bool = False  # it holds a slot: its handler runs, or is about to
+    began: trio.Event | None = None  # set when its task first runs, for a submit that waits for it
 
     def stop(self, reason: StopReason) -> None:
         # A user's cancel wins over a shutdown: the job must not come back as pending.
@@ -222,7 +223,23 @@ class WorkerPool:
         self._held_back_by_rate(result.rate_held)
         if self._jobs is not None:
             self._start_all(self._jobs, result.claimed, now)
+            await self._handlers_begun(result.claimed)
         return result.inserted
+
+    async def _handlers_begun(self, claimed: Sequence[Job]) -> None:
+        """Wait until the jobs of `claimed` that took a slot have begun: a submit that
+        started its own jobs answers after their handlers have started, not before.
+        They are committed already, and their start is what a submitter waits for; the
+        answer waits one scheduler pass. Shielded: the insert is done, whatever comes."""
+        begun = []
+        for job in claimed:
+            running = self._running.get(job.id)
+            if running is not None and running.executing and running.task is None:
+                running.began = trio.Event()
+                begun.append(running.began)
+        with trio.CancelScope(shield=True):
+            for event in begun:
+                await event.wait()
 
     def job_on_stack(self, frame_ids: frozenset[int]) -> Job | None:
         """The running job whose task, or a task it started, has a frame among `frame_ids`
@@ -525,6 +542,8 @@ class WorkerPool:
     async def _run_job(self, running: _Running) -> None:
         job = running.job
         running.task = trio.lowlevel.current_task()
+        if running.began is not None:
+            running.began.set()  # the submit waiting for it runs once this step yields
         span = None
         end = _LOST
         started = trio.current_time()

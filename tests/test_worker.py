@@ -750,6 +750,23 @@ async def test_submits_that_would_overflow_are_refused_by_field(autojump: object
         assert bad.value.field == "type"
 
 
+async def test_a_submit_that_starts_its_jobs_answers_once_their_handlers_began(autojump: object) -> None:
+    began: list[uuid.UUID] = []
+
+    async def record(job: JobContext) -> None:
+        began.append(job.id)
+        await trio.sleep(60)
+
+    config = {"workers": {"concurrency": 2}}
+    async with running_engine(handler_of("t.record", record), config=config) as engine:
+        job = await engine.submit("t.record")
+        assert began == [job.id]  # no scheduler pass between the answer and this line
+        batch = await engine.service.submit_batch({"jobs": [{"type": "t.record"} for _ in range(3)]})
+        # One slot was left: its job began before the answer; the third waits for a slot.
+        assert began == [job.id, batch[0].job.id]
+        engine.pool.request_stop()
+
+
 async def test_a_null_timeout_means_the_default(autojump: object) -> None:
     async def quick(job: JobContext) -> None:
         return None
