@@ -58,9 +58,13 @@ _STATUS_OF_ERROR: tuple[tuple[type[JobdError], int], ...] = (
 class Operations(Protocol):
     """What the routes need of the job service (`jobd.service.JobService` provides it)."""
 
-    async def submit(self, body: object, traceparent: str | None = None) -> Inserted: ...
+    async def submit(
+        self, body: object, traceparent: str | None = None, *, parsed: bool = False
+    ) -> Inserted: ...
 
-    async def submit_batch(self, body: object, traceparent: str | None = None) -> Sequence[Inserted]: ...
+    async def submit_batch(
+        self, body: object, traceparent: str | None = None, *, parsed: bool = False
+    ) -> Sequence[Inserted]: ...
 
     async def get(self, job_id: str) -> Job: ...
 
@@ -184,11 +188,11 @@ class ControlApi:
         return json_response(200 if health.ok else 503, health.body)
 
     async def _submit(self, request: Request, captured: tuple[str, ...]) -> Response:
-        inserted = await self._service.submit(_json_object(request), _traceparent(request))
+        inserted = await self._service.submit(_json_object(request), _traceparent(request), parsed=True)
         return json_response(201 if inserted.created else 200, inserted.job)
 
     async def _submit_batch(self, request: Request, captured: tuple[str, ...]) -> Response:
-        inserted = await self._service.submit_batch(_json_object(request), _traceparent(request))
+        inserted = await self._service.submit_batch(_json_object(request), _traceparent(request), parsed=True)
         return json_response(201, {"jobs": [item.job for item in inserted]})
 
     async def _list(self, request: Request, captured: tuple[str, ...]) -> Response:

@@ -117,16 +117,19 @@ class JobService:
 
     # -- submitting ---------------------------------------------------------------------
 
-    async def submit(self, body: object, traceparent: str | None = None) -> Inserted:
-        """`traceparent`: the request's header, for a job whose body names none."""
+    async def submit(self, body: object, traceparent: str | None = None, *, parsed: bool = False) -> Inserted:
+        """`traceparent`: the request's header, for a job whose body names none. `parsed`:
+        the body was parsed from JSON text, so it holds JSON's own types only."""
         self._check_running()
-        new = self._new_job(body, self._clock(), self._live.current, traceparent)
+        new = self._new_job(body, self._clock(), self._live.current, traceparent, parsed=parsed)
         await self._ready_store()
         [inserted] = await self._pool.insert_jobs([new])
         self._after_insert([inserted])
         return inserted
 
-    async def submit_batch(self, body: object, traceparent: str | None = None) -> list[Inserted]:
+    async def submit_batch(
+        self, body: object, traceparent: str | None = None, *, parsed: bool = False
+    ) -> list[Inserted]:
         self._check_running()
         if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
             raise InvalidJob('the body must be {"jobs": [...]}', field="jobs")
@@ -140,7 +143,9 @@ class JobService:
         ids: list[uuid.UUID] = []
         for index, item in enumerate(items):
             try:
-                new_jobs.append(self._new_job(item, now, settings, traceparent, index=index, earlier=ids))
+                new_jobs.append(
+                    self._new_job(item, now, settings, traceparent, index=index, earlier=ids, parsed=parsed)
+                )
                 ids.append(new_jobs[-1].id)
             except InvalidJob as error:
                 raise error.at_index(index) from None
@@ -171,6 +176,7 @@ class JobService:
         *,
         index: int | None = None,
         earlier: Sequence[uuid.UUID] = (),
+        parsed: bool = False,
     ) -> NewJob:
         if not isinstance(body, dict):
             raise InvalidJob("a job must be a JSON object")
@@ -195,7 +201,7 @@ class JobService:
             unique_for=_optional_seconds(body, "unique_for"),
             index=index,
             traceparent=body.get("traceparent", traceparent),
-            parsed=True,
+            parsed=parsed,
         )
         return settings.new_job(asked, now, earlier=earlier)
 

@@ -59,6 +59,7 @@ class FakeService:
         self.waited: list[tuple[str, str | None]] = []
         self.listed: list[dict[str, str]] = []
         self.traceparents: list[str | None] = []  # each submit's traceparent header, as the API read it
+        self.parsed: list[bool] = []  # each submit's word that its body came from JSON text
         self.schedule_states = {
             "nightly": ScheduleStatus(
                 "nightly",
@@ -113,15 +114,19 @@ class FakeService:
         self.jobs[str(job.id)] = job
         return Inserted(job, created=True)
 
-    async def submit(self, body: object, traceparent: str | None = None) -> Inserted:
+    async def submit(self, body: object, traceparent: str | None = None, *, parsed: bool = False) -> Inserted:
         self._check()
         self.traceparents.append(traceparent)
+        self.parsed.append(parsed)
         await trio.lowlevel.checkpoint()
         return self._new(body)
 
-    async def submit_batch(self, body: object, traceparent: str | None = None) -> list[Inserted]:
+    async def submit_batch(
+        self, body: object, traceparent: str | None = None, *, parsed: bool = False
+    ) -> list[Inserted]:
         self._check()
         self.traceparents.append(traceparent)
+        self.parsed.append(parsed)
         if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
             raise InvalidJob("jobs must be a list", field="jobs")
         results = []
@@ -352,6 +357,8 @@ async def test_a_submit_hands_on_its_traceparent_header_and_ignores_a_bad_one(
         assert (await call(api, "POST", path, body, headers=(("traceparent", header),))).status == 201
     assert (await call(api, "POST", path, body)).status == 201
     assert service.traceparents == [TRACEPARENT, TRACEPARENT, None, None, None, None]
+    # The body came from JSON text: the service may size payloads by orjson's pass alone.
+    assert service.parsed == [True] * 6
 
 
 async def test_submit_invalid_job_is_422_with_field(api: ControlApi) -> None:

@@ -912,8 +912,8 @@ class SQLiteStore:
                 f"SQLite database {self.path}: cannot use write-ahead logging (journal mode stays {mode!r})"
             )
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        # A statement that fires a trigger (a claim, a completion: the counters) keeps a
-        # statement journal, a copy of each page it changes, so that it can be undone
+        # A statement that fires a trigger (a completion: the recent-outcome ring) keeps
+        # a statement journal, a copy of each page it changes, so that it can be undone
         # alone. In a temporary file that is a write() per page; in memory a round's
         # claim and completion cost 20 % less. It is never the durable journal: that
         # stays the WAL.
