@@ -544,6 +544,14 @@ async def test_a_database_of_release_0_1_upgrades_with_every_job_as_it_was(db_pa
         done = Completion(ids[JobState.RUNNING], "old-daemon", 1, Outcome.COMPLETED, "ok")
         assert await store.complete_jobs([done], T0) == [True]
         assert (await store.retry_job(ids[JobState.FAILED], T0)).state == JobState.PENDING
+        # The counts the triggers kept until migration 8 go on from where they were.
+        counts = (await store.count_jobs())["default"]
+        assert {state: n for state, n in counts.items() if n} == {
+            JobState.SCHEDULED: 1,
+            JobState.PENDING: 3,
+            JobState.COMPLETED: 2,
+            JobState.CANCELLED: 1,
+        }
     finally:
         await store.close()
     applied = rows(db_path, "SELECT version FROM schema_migrations ORDER BY version")
