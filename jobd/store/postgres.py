@@ -1024,7 +1024,7 @@ def _insert_params(jobs: Sequence[NewJob], *, notify: bool = True) -> dict[str, 
     times = _TimeTexts()
     items = [
         {
-            "id": str(new.id),
+            "id": new.id,  # orjson writes a UUID as its text
             "type": new.type,
             "queue": new.queue,
             "payload": new.payload,
@@ -1044,7 +1044,7 @@ def _insert_params(jobs: Sequence[NewJob], *, notify: bool = True) -> dict[str, 
             item["schedule"] = new.schedule
             item["scheduled_for"] = times.text(new.scheduled_for)
         if new.after:
-            item["parents"] = [str(parent) for parent in new.after]
+            item["parents"] = list(new.after)
             item["on_parent_failure"] = new.on_parent_failure.value
         if new.traceparent is not None:
             item["traceparent"] = new.traceparent
@@ -1133,7 +1133,7 @@ def _exchange_params(
         state = next_state(c.job_id, JobState.RUNNING, c.outcome.action)
         done.append(
             {
-                "id": str(c.job_id),
+                "id": c.job_id,
                 "owner": c.owner,
                 "attempt": c.attempt,
                 "outcome": c.outcome.value,
