@@ -17,7 +17,7 @@ import trio
 import trio.lowlevel
 
 from jobd.errors import InvalidJob, StoreUnavailable
-from jobd.job import JobState
+from jobd.job import Job, JobState
 from jobd.store import ClaimRequest, Completion, JobFilter, NewJob, Outcome, QueueSlots, pgtrio
 from jobd.store.postgres import MIGRATIONS, PostgresStore
 
@@ -600,6 +600,66 @@ async def test_submits_claims_and_completions_make_no_thread_hop(
         assert len(submitted.claimed) == 2  # the one left pending, and the new one
         await store.ping()
         monkeypatch.undo()  # closing the pool is a thread's work
+
+
+async def test_a_batch_answer_is_made_while_the_server_inserts_it(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The insert waits for a table lock another session holds; the store turns the batch
+    # into its answer meanwhile, and only that releases the lock: were the answer made
+    # before the statement was sent, or after its rows came back, this would not end.
+    seen_waiting: list[bool] = []
+    inserted_of = NewJob.inserted
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        await store.ping()
+        with psycopg.connect(fresh_postgres_url) as blocker:
+            blocker.execute("LOCK TABLE jobd.live_jobs IN SHARE MODE")
+
+            def inserted_while_waiting(new: NewJob) -> Job:
+                if not seen_waiting:
+                    seen_waiting.append(store_waits_on_a_lock(fresh_postgres_url))
+                    blocker.rollback()
+                return inserted_of(new)
+
+            monkeypatch.setattr(NewJob, "inserted", inserted_while_waiting)
+            jobs = [new_job() for _ in range(3)]
+            with trio.fail_after(DEADLINE):
+                inserted = await store.insert_jobs(jobs)
+        assert seen_waiting == [True]
+        assert [item.job.id for item in inserted] == [job.id for job in jobs]
+        assert all(item.created and item.job.state == JobState.PENDING for item in inserted)
+
+
+async def test_an_error_of_the_answer_made_meanwhile_comes_after_the_statement_ended(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(new: NewJob) -> Job:
+        raise RuntimeError(f"no answer for {new.id}")
+
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        await store.ping()
+        before = jobd_backends(fresh_postgres_url)
+        monkeypatch.setattr(NewJob, "inserted", broken)
+        with pytest.raises(RuntimeError, match="no answer for"):
+            await store.insert_jobs([new_job(), new_job()])
+        monkeypatch.undo()
+        # The statement was followed to its end: committed, and its connection idle.
+        await store.ping()
+        assert jobd_backends(fresh_postgres_url) == before
+        assert (await store.count_jobs())["default"][JobState.PENDING] == 2
+
+
+def store_waits_on_a_lock(url: str) -> bool:
+    """Whether one of the store's backends waits for a lock within DEADLINE seconds."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if query(
+            url,
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'jobd' AND wait_event_type = 'Lock'",
+        ):
+            return True
+        time.sleep(0.01)
+    return False
 
 
 async def test_a_statement_larger_than_the_socket_buffers_goes_through(

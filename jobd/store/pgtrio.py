@@ -37,17 +37,27 @@ async def execute(
     params: Sequence[Any],
     *,
     on_cancel: Callable[[], Callable[[], Awaitable[None]]],
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
     """Run `query` on `cursor` (its rows are then read with `fetchall()`, which does no
     I/O). A cancellation does not leave the connection mid-statement: `on_cancel()`
     starts asking the server to cancel the query and returns what stops asking (and
     waits until it has); the statement is followed to its end, shielded, and only then
-    is `Cancelled` raised. The query may have committed by then, as in a worker thread."""
+    is `Cancelled` raised. The query may have committed by then, as in a worker thread.
+
+    `meanwhile`, if given, is called once the query is sent, while the server runs it:
+    work of the caller's that does not need the answer overlaps the server's. It is
+    called in any case before `execute` returns; an error of its own is raised once the
+    statement has ended."""
     protocol: _Protocol = cursor._execute_gen(query, params)  # private: see the module
     fileno = cursor.connection.pgconn.socket
+    failed: Exception | None = None
     try:
         wanted = next(protocol)
         while True:
+            if wanted == Wait.R and meanwhile is not None:  # all sent: the server is at work
+                work, meanwhile = meanwhile, None
+                failed = _attempt(work)
             try:
                 ready = await _until(fileno, wanted)
             except trio.Cancelled:
@@ -60,7 +70,20 @@ async def execute(
                 raise
             wanted = protocol.send(ready)
     except StopIteration:
-        return
+        pass
+    if meanwhile is not None:  # the answer was there before the server was waited for
+        meanwhile()
+    if failed is not None:
+        raise failed
+
+
+def _attempt(work: Callable[[], None]) -> Exception | None:
+    """Call `work`; its error, if any, to be raised once the statement has ended."""
+    try:
+        work()
+    except Exception as error:
+        return error
+    return None
 
 
 async def _finish(protocol: _Protocol, fileno: int, wanted: Wait) -> None:
