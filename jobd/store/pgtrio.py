@@ -45,17 +45,19 @@ async def execute(
     waits until it has); the statement is followed to its end, shielded, and only then
     is `Cancelled` raised. The query may have committed by then, as in a worker thread.
 
-    `meanwhile`, if given, is called once the query is sent, while the server runs it:
-    work of the caller's that does not need the answer overlaps the server's. It is
-    called in any case before `execute` returns; an error of its own is raised once the
-    statement has ended."""
+    `meanwhile`, if given, is called when psycopg first waits for an answer, while the
+    server works: work of the caller's that needs neither the answer nor the database
+    overlaps the server's. On an autocommit connection that is once the query is sent
+    (or, once per connection, when psycopg prepares it: once its PREPARE is sent). It is
+    called in any case before `execute` returns, unless the statement fails or is
+    cancelled; an error of its own is raised once the statement has ended."""
     protocol: _Protocol = cursor._execute_gen(query, params)  # private: see the module
     fileno = cursor.connection.pgconn.socket
     failed: Exception | None = None
     try:
         wanted = next(protocol)
         while True:
-            if wanted == Wait.R and meanwhile is not None:  # all sent: the server is at work
+            if wanted == Wait.R and meanwhile is not None:  # sent: the server is at work
                 work, meanwhile = meanwhile, None
                 failed = _attempt(work)
             try:

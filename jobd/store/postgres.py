@@ -294,11 +294,24 @@ class PostgresStore:
         query: _Positional,
         params: Mapping[str, Any],
         errors: Callable[[psycopg.Error], Exception] = lambda error: _translate(error),
-        *,
-        meanwhile: Callable[[], None] | None = None,
     ) -> list[tuple[Any, ...]]:
         """The rows of one statement sent alone (its own transaction)."""
-        return (await self._statements([(query, params)], errors, meanwhile=meanwhile))[0]
+        return (await self._statements([(query, params)], errors))[0]
+
+    async def _statement_and(
+        self,
+        query: _Positional,
+        params: Mapping[str, Any],
+        make: Callable[[], T],
+        errors: Callable[[psycopg.Error], Exception] = lambda error: _translate(error),
+    ) -> tuple[list[tuple[Any, ...]], T]:
+        """`_statement`, and what `make()` returns: work that needs neither the rows nor
+        the database, done while the server runs the statement (on Trio's I/O; in a
+        worker thread's stead, once the statement has ended). An error of `make` is
+        raised once the statement has ended: the statement may have committed."""
+        made: list[T] = []
+        rows = await self._statements([(query, params)], errors, meanwhile=lambda: made.append(make()))
+        return rows[0], made[0]
 
     async def _statements(
         self,
@@ -308,15 +321,15 @@ class PostgresStore:
         meanwhile: Callable[[], None] | None = None,
     ) -> list[list[tuple[Any, ...]]]:
         """The rows of each statement of `steps`, run in order on one connection, in one
-        transaction. A statement alone runs on Trio's own I/O when psycopg allows it
-        (`jobd.store.pgtrio`): no thread hop, and `meanwhile` (work that does not need
-        the rows) runs while the server does. Several go in a worker thread, inside
-        BEGIN … COMMIT and pipelined: one round trip, where Trio would need one per
-        statement."""
+        transaction, and `meanwhile` called (see `_statement_and`). A statement alone
+        runs on Trio's own I/O when psycopg allows it (`jobd.store.pgtrio`): no thread
+        hop. Several go in a worker thread, inside BEGIN … COMMIT and pipelined: one
+        round trip, where Trio would need one per statement."""
         if len(steps) > 1 or not pgtrio.AVAILABLE:
+            rows = await self._run(lambda conn: _pipelined(conn, steps, errors), transaction=False)
             if meanwhile is not None:
                 meanwhile()
-            return await self._run(lambda conn: _pipelined(conn, steps, errors), transaction=False)
+            return rows
         [(query, params)] = steps
         async with self._checkout() as checkout:
             conn = checkout.conn
@@ -458,9 +471,10 @@ class PostgresStore:
         if any(new.key is not None or new.after or new.unique_for is not None for new in jobs):
             return await self._run(lambda conn: insert_jobs_on(conn, jobs))
         # One statement, and every job is created: only a key could make it give way.
-        created = _Created(jobs)
-        await self._statement(_INSERT_JOBS, _insert_params(jobs), _refusal(jobs), meanwhile=created.make)
-        return created.jobs
+        _, created = await self._statement_and(
+            _INSERT_JOBS, _insert_params(jobs), lambda: _all_created(jobs), _refusal(jobs)
+        )
+        return created
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
@@ -470,18 +484,18 @@ class PostgresStore:
             inserted = await self.insert_jobs(jobs)
             claimed = await self._exchange([], claim, now)
             return InsertedAndClaimed(inserted, claimed.claimed, claimed.rate_held)
-        created = _Created(jobs)
         wanted = _wanted(claim)
         if not _limited_queues(wanted):
             # One statement, on Trio's I/O (a single submit to a daemon with room).
             params = {**_insert_params(jobs), **_exchange_params([], wanted, claim, now)}
-            rows = await self._statement(_INSERT_AND_CLAIM, params, _refusal(jobs), meanwhile=created.make)
-            return InsertedAndClaimed(created.jobs, _claimed_jobs(rows), {})
+            rows, created = await self._statement_and(
+                _INSERT_AND_CLAIM, params, lambda: _all_created(jobs), _refusal(jobs)
+            )
+            return InsertedAndClaimed(created, _claimed_jobs(rows), {})
         # A queue's lock first, then the insert and the claim, in one transaction: the
         # claim, a statement of its own after the insert, sees the rows just inserted.
         exchanged = await self._exchange([], claim, now, inserting=jobs)
-        created.make()
-        return InsertedAndClaimed(created.jobs, exchanged.claimed, exchanged.rate_held)
+        return InsertedAndClaimed(_all_created(jobs), exchanged.claimed, exchanged.rate_held)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
@@ -1030,17 +1044,10 @@ def _take_windows(
     return held
 
 
-class _Created:
-    """The answer for a batch of which every job is inserted, made by `make` while the
-    server inserts them (`meanwhile`): for 1,000 jobs, a few milliseconds of the daemon's
-    that need not wait for the server's."""
-
-    def __init__(self, jobs: Sequence[NewJob]) -> None:
-        self._new = jobs
-        self.jobs: list[Inserted] = []
-
-    def make(self) -> None:
-        self.jobs = [Inserted(new.inserted(), created=True) for new in self._new]
+def _all_created(jobs: Sequence[NewJob]) -> list[Inserted]:
+    """The answer for a batch of which every job was inserted: for 1,000 jobs a few
+    milliseconds of the daemon's, made while the server inserts them (`_statement_and`)."""
+    return [Inserted(new.inserted(), created=True) for new in jobs]
 
 
 def _insert_params(jobs: Sequence[NewJob], *, notify: bool = True) -> dict[str, Any]:
