@@ -11,6 +11,8 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -452,3 +454,47 @@ def test_a_json_number_too_long_to_convert_is_a_bad_request(start_daemon: StartD
     with daemon.http() as client:
         answer = client.post("/v1/jobs", content=b'{"type": "jobd.noop", "payload": ' + b"9" * 5000 + b"}")
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_request"
+
+
+COLLECTOR_AT_READINESS = textwrap.dedent(
+    """
+    import gc
+    import sys
+
+    import trio
+
+    import jobd.daemon
+    from jobd.config import parse_config
+    from jobd.plugins import PluginHost
+
+    raw = {"store": {"url": "memory:"}, "api": {"socket": sys.argv[1]}, "metrics": {"listen": ""}}
+    config = parse_config(raw)
+    host = PluginHost()
+    host.load([])
+    daemon = jobd.daemon.Daemon(config, host, None)
+    print(gc.get_threshold()[0], gc.get_freeze_count() > 0)
+    notify_ready = jobd.daemon.systemd.notify_ready
+
+
+    def ready(status):
+        notify_ready(status)
+        print(gc.get_threshold()[0], gc.get_freeze_count() > 0)
+        daemon.stop("the test")
+
+
+    jobd.daemon.systemd.notify_ready = ready
+    trio.run(daemon.run)
+    """
+)
+
+
+def test_a_ready_daemon_has_frozen_its_start_and_collects_young_objects_less_often(short_dir: Path) -> None:
+    """At 700 young objects (the default) a drain set off collections that freed nothing."""
+    result = subprocess.run(
+        [sys.executable, "-c", COLLECTOR_AT_READINESS, str(short_dir / "s")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["700 False", "20000 True"]
