@@ -6,6 +6,7 @@ store, so seconds of back-off and timeouts take microseconds and nothing depends
 
 from __future__ import annotations
 
+import gc
 import itertools
 import sys
 import uuid
@@ -1208,3 +1209,40 @@ async def test_a_claim_gives_its_free_workers_to_the_queues_never_claimed_ahead_
         release.set()
         for job in [blocker, *urgent]:
             assert (await engine.wait(job)).state == JobState.COMPLETED
+
+
+async def test_no_end_of_a_job_leaves_reference_cycles(autojump: object) -> None:
+    """A ready daemon runs the cyclic collector only every 20,000 new objects
+    (`settle_collector`): that costs nothing only while a job's own path leaves no
+    cycles for it to free, whether the job completes, fails, times out or is retried."""
+
+    async def fail(job: JobContext) -> None:
+        raise ValueError("boom")
+
+    async def hang(job: JobContext) -> None:
+        await trio.sleep_forever()
+
+    async def retry_once(job: JobContext) -> None:
+        if job.attempt == 1:
+            raise jobd.Retry("once", delay=1.0)
+
+    handlers = (
+        handler_of("t.fail", fail, max_attempts=1),
+        handler_of("t.hang", hang, max_attempts=1, timeout=1.0),
+        handler_of("t.retry", retry_once, max_attempts=2),
+    )
+    async with running_engine(*handlers) as engine:
+        gc.collect()
+        gc.disable()
+        try:
+            jobs = [
+                await engine.submit(job_type, {"i": i})
+                for job_type in ("jobd.noop", "t.fail", "t.hang", "t.retry")
+                for i in range(50)
+            ]
+            ends = [(await engine.wait(job)).state for job in jobs]
+            in_cycles = gc.collect()
+        finally:
+            gc.enable()
+    assert ends == [JobState.COMPLETED] * 50 + [JobState.FAILED] * 100 + [JobState.COMPLETED] * 50
+    assert in_cycles == 0
