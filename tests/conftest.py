@@ -309,3 +309,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by this interpreter in a process of its own, with `args` as its
+    `sys.argv[1:]`: its exit status and its output as text."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)

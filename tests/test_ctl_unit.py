@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_python
 from test_client_unit import JOB_ID, FakeDaemon, dead_socket, error_json, fake, job_json, short_tmp_dir
 
 from jobd import top
@@ -429,7 +430,7 @@ def test_importing_the_control_client_loads_neither_trio_nor_a_database_driver_n
         "import sys, jobd.ctl, jobd.client; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'trio', 'psycopg', 'sqlite3', 'pluggy'}))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

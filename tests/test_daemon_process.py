@@ -11,7 +11,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import textwrap
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import JOBD, JOBD_CTL, DaemonProcess, wait_until
+from conftest import JOBD, JOBD_CTL, DaemonProcess, run_python, wait_until
 
 pytestmark = pytest.mark.process
 StartDaemon = Callable[..., DaemonProcess]
@@ -490,11 +489,6 @@ COLLECTOR_AT_READINESS = textwrap.dedent(
 
 def test_a_ready_daemon_has_frozen_its_start_and_collects_young_objects_less_often(short_dir: Path) -> None:
     """At 700 young objects (the default) a drain set off collections that freed nothing."""
-    result = subprocess.run(
-        [sys.executable, "-c", COLLECTOR_AT_READINESS, str(short_dir / "s")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(COLLECTOR_AT_READINESS, str(short_dir / "s"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["700 False", "20000 True"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import DaemonProcess, wait_until
+from conftest import DaemonProcess, run_python, wait_until
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -209,12 +209,7 @@ DAEMON_WITHOUT_TRACING = textwrap.dedent(
 
 
 def test_a_daemon_without_tracing_imports_nothing_of_opentelemetry(short_dir: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", DAEMON_WITHOUT_TRACING, str(short_dir / "s")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(DAEMON_WITHOUT_TRACING, str(short_dir / "s"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
 
@@ -228,12 +223,7 @@ def test_tracing_without_the_extra_is_a_clear_config_error(tmp_path: Path, comma
     )
     # As if the extra were not installed: importing OpenTelemetry fails.
     code = "import sys; sys.modules['opentelemetry'] = None; from jobd.cli import main; sys.exit(main())"
-    result = subprocess.run(
-        [sys.executable, "-c", code, command, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(code, command, "--config", str(config))
     assert result.returncode == 1
     assert "tracing.enabled" in result.stderr and str(config) in result.stderr
     assert "pip install 'jobd[otel]'" in result.stderr
