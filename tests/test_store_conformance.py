@@ -613,6 +613,16 @@ async def test_insert_and_claim_claims_nothing_from_a_paused_queue_or_past_its_l
     assert nonzero(await store.count_jobs())["capped"] == {JobState.RUNNING: 1, JobState.PENDING: 1}
 
 
+async def test_an_id_already_taken_fails_the_whole_batch_naming_its_index(store: Store) -> None:
+    taken = await insert(store)
+    batch = [new_job(payload=0), new_job(payload=1), new_job(id=taken.id), new_job(payload=3)]
+    with pytest.raises(InvalidJob, match=f"a job with id {taken.id} already exists") as raised:
+        await store.insert_jobs(batch)
+    assert (raised.value.field, raised.value.index) == ("id", 2)
+    assert [await store.get_job(new.id) for new in batch[:2] + batch[3:]] == [None, None, None]
+    assert nonzero(await store.count_jobs()) == {"default": {JobState.PENDING: 1}}
+
+
 async def test_insert_and_claim_is_all_or_nothing_and_keeps_keys(store: Store) -> None:
     existing = await insert(store, key="held")
     request = ClaimRequest("daemon-1", [QueueSlots("default", 5)], 5, at(1) + LEASE)

@@ -67,6 +67,12 @@ class NewJob:
             return JobState.WAITING
         return JobState.SCHEDULED if self.run_at > self.created_at else JobState.PENDING
 
+    @property
+    def stands_alone(self) -> bool:
+        """Neither a key (a job holding it may be returned instead) nor parents (which may
+        settle it at once): once inserted, the job is `inserted()`, whatever the store holds."""
+        return self.key is None and not self.after and self.unique_for is None
+
     def inserted(self) -> Job:
         """The job as a store keeps it once inserted."""
         return Job(

@@ -2,11 +2,13 @@
 -- Target states come in as parameters, computed by jobd.job.next_state.
 
 -- name: insert_job
--- Run once per job (executemany); the job as stored is known to the caller.
+-- Run once per job (executemany); the job as stored is known to the caller. Its
+-- parameters come by position, in the order of `_JobRow` (jobd/store/sqlite.py):
+-- created_at (?10) is also the first updated_at.
 INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
                   run_at, created_at, updated_at, key, schedule, scheduled_for, parents, on_parent_failure, traceparent)
-VALUES (:id, :type, :queue, :payload, :state, :priority, :max_attempts, :timeout,
-        :run_at, :created_at, :created_at, :key, :schedule, :scheduled_for, :parents, :on_parent_failure, :traceparent);
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+        ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16);
 
 -- name: count_moved
 -- Run once per queue and state whose count a write changed, with the change (no
