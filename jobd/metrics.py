@@ -231,8 +231,9 @@ class Metrics:
         self._wait_by: dict[tuple[str, ...], Histogram] = {}
         self._rate_limited_by: dict[tuple[str, ...], Counter] = {}
 
-    def job_submitted(self, queue: str, job_type: str) -> None:
-        _child(self._submitted_by, self._submitted, queue, job_type).inc()
+    def job_submitted(self, queue: str, job_type: str, count: int = 1) -> None:
+        """`count` jobs of `job_type` were accepted into `queue`."""
+        _child(self._submitted_by, self._submitted, queue, job_type).inc(count)
 
     def job_started(self, queue: str, wait_seconds: float) -> None:
         """A ready job was claimed; `wait_seconds` is ready -> started."""

@@ -8,6 +8,7 @@ type, the queue, the payload's size and the handler's validation). A bad field i
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import uuid
@@ -160,8 +161,10 @@ class JobService:
 
     def _after_insert(self, inserted: Sequence[Inserted]) -> None:
         created = [item.job for item in inserted if item.created]
+        # Counted once per queue and type of a batch: an increment costs about 1 µs.
+        for (queue, job_type), count in collections.Counter((job.queue, job.type) for job in created).items():
+            self._metrics.job_submitted(queue, job_type, count)
         for job in created:
-            self._metrics.job_submitted(job.queue, job.type)
             if job.state == JobState.CANCELLED:  # a parent had failed already
                 self._metrics.job_finished(job.queue, job.type, job.state.value, None)
         if any(job.state == JobState.SCHEDULED for job in created):

@@ -631,6 +631,26 @@ async def test_store_calls_are_timed_once_per_call_not_per_job(autojump: object)
         assert before["complete"] < calls("complete") < before["complete"] + 50
 
 
+async def test_a_batch_counts_each_queue_and_type_it_created_jobs_of(autojump: object) -> None:
+    config = {"queues": {"default": {}, "mail": {}}}
+    async with running_engine(config=config) as engine:
+        await engine.service.submit({"type": "jobd.noop", "key": "held", "delay": 60})
+        batch = [
+            *({"type": "jobd.noop", "delay": 60} for _ in range(3)),
+            {"type": "jobd.noop", "queue": "mail", "delay": 60},
+            {"type": "jobd.sleep", "queue": "mail", "payload": {"seconds": 0}, "delay": 60},
+            {"type": "jobd.sleep", "queue": "mail", "payload": {"seconds": 0}, "delay": 60},
+            {"type": "jobd.noop", "key": "held", "delay": 60},  # returns the job that holds it
+        ]
+        await engine.service.submit_batch({"jobs": batch})
+
+        def submitted(queue: str, job_type: str) -> float | None:
+            return metric(engine, "jobd_jobs_submitted_total", queue=queue, type=job_type)
+
+        assert (submitted("default", "jobd.noop"), submitted("mail", "jobd.noop")) == (4, 1)
+        assert (submitted("mail", "jobd.sleep"), submitted("default", "jobd.sleep")) == (2, None)
+
+
 async def test_rescues_and_fenced_outcomes_are_counted(autojump: object) -> None:
     store = MemoryStore()
     now = virtual_now()
