@@ -61,6 +61,12 @@ JOB_FIELDS = frozenset(
     }
 )
 MAX_BATCH = 10_000
+# A batch's jobs are checked this many at a time, each chunk inserted while the next is
+# checked (on PostgreSQL): 125 and 250 took the same time for 1,000 jobs.
+CHECK_CHUNK = 250
+# The fields that may make a job other than it was asked for (a key held, parents):
+# a batch with any of them is checked whole, then inserted in one call.
+_ALONE_UNLESS = frozenset({"key", "after", "unique_for"})
 MAX_WAIT = 3600.0
 HEALTH_TIMEOUT = 2.0
 STORE_OPEN_WAIT = 5.0
@@ -139,21 +145,38 @@ class JobService:
             raise InvalidJob("the batch holds no jobs", field="jobs")
         if len(items) > MAX_BATCH:
             raise InvalidJob(f"a batch holds at most {MAX_BATCH} jobs, got {len(items)}", field="jobs")
-        now, settings = self._clock(), self._live.current
-        new_jobs: list[NewJob] = []
-        ids: list[uuid.UUID] = []
-        for index, item in enumerate(items):
-            try:
-                new_jobs.append(
-                    self._new_job(item, now, settings, traceparent, index=index, earlier=ids, parsed=parsed)
-                )
-                ids.append(new_jobs[-1].id)
-            except InvalidJob as error:
-                raise error.at_index(index) from None
-        await self._ready_store()
-        inserted = await self._pool.insert_jobs(new_jobs)
+        checked = self._checked_chunks(items, self._clock(), self._live.current, traceparent, parsed=parsed)
+        if len(items) > CHECK_CHUNK and not any(
+            isinstance(item, dict) and not _ALONE_UNLESS.isdisjoint(item) for item in items
+        ):
+            # Every job stands alone: the store may insert a chunk while the next is checked.
+            await self._ready_store()
+            inserted = await self._pool.insert_job_chunks(checked)
+        else:
+            new_jobs = [new for chunk in checked for new in chunk]
+            await self._ready_store()
+            inserted = await self._pool.insert_jobs(new_jobs)
         self._after_insert(inserted)
         return inserted
+
+    def _checked_chunks(
+        self, items: list[Any], now: datetime, settings: Settings, traceparent: str | None, *, parsed: bool
+    ) -> Iterator[list[NewJob]]:
+        """The jobs of a batch's `items`, checked `CHECK_CHUNK` at a time as they are
+        asked for; `InvalidJob` names the first item at fault."""
+        ids: list[uuid.UUID] = []  # of the items before: `after` may name them ("#N")
+        for start in range(0, len(items), CHECK_CHUNK):
+            chunk: list[NewJob] = []
+            for index in range(start, min(start + CHECK_CHUNK, len(items))):
+                try:
+                    new = self._new_job(
+                        items[index], now, settings, traceparent, index=index, earlier=ids, parsed=parsed
+                    )
+                except InvalidJob as error:
+                    raise error.at_index(index) from None
+                chunk.append(new)
+                ids.append(new.id)
+            yield chunk
 
     def _check_running(self) -> None:
         if self.stopping:

@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -203,9 +203,7 @@ class WorkerPool:
         if claim is None:
             with self._metrics.store_call("insert"):
                 inserted = await self._store.insert_jobs(jobs)
-            if any(item.created and item.job.state == JobState.PENDING for item in inserted):
-                self.wake()
-            return inserted
+            return self._woken_for(inserted)
         now = self._clock()
         self._reserve(claim, 1)
         try:
@@ -225,6 +223,19 @@ class WorkerPool:
             self._start_all(self._jobs, result.claimed, now)
             await self._handlers_begun(result.claimed)
         return result.inserted
+
+    async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
+        """Insert a batch checked chunk by chunk (`Store.insert_job_chunks`), its checking
+        overlapping the store's work: claimed by the lanes once woken, not in the call."""
+        with self._metrics.store_call("insert"):
+            inserted = await self._store.insert_job_chunks(chunks)
+        return self._woken_for(inserted)
+
+    def _woken_for(self, inserted: list[Inserted]) -> list[Inserted]:
+        """`inserted`, once the lanes are woken for any pending job it created."""
+        if any(item.created and item.job.state == JobState.PENDING for item in inserted):
+            self.wake()
+        return inserted
 
     async def _handlers_begun(self, claimed: Sequence[Job]) -> None:
         """Wait until the jobs of `claimed` that took a slot have begun: a submit that

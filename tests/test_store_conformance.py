@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -621,6 +621,49 @@ async def test_an_id_already_taken_fails_the_whole_batch_naming_its_index(store:
     assert (raised.value.field, raised.value.index) == ("id", 2)
     assert [await store.get_job(new.id) for new in batch[:2] + batch[3:]] == [None, None, None]
     assert nonzero(await store.count_jobs()) == {"default": {JobState.PENDING: 1}}
+
+
+async def test_chunks_are_inserted_in_order_and_answered_as_insert_jobs_answers(store: Store) -> None:
+    first = [new_job(payload=i, priority=i) for i in range(3)]
+    second = [new_job(payload=3, run_at=at(60)), new_job(payload=4)]
+    inserted = await store.insert_job_chunks(iter([first, second]))
+    assert [item.job.id for item in inserted] == [new.id for new in first + second]
+    assert all(item.created for item in inserted)
+    assert [item.job for item in inserted] == [await store.get_job(new.id) for new in first + second]
+    assert nonzero(await store.count_jobs())["default"] == {JobState.PENDING: 4, JobState.SCHEDULED: 1}
+    assert await store.insert_job_chunks(iter([])) == []
+
+
+async def test_an_error_while_the_chunks_are_made_leaves_none_of_them(store: Store) -> None:
+    first = [new_job(payload=i) for i in range(3)]
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield first
+        raise InvalidJob("payload refused", field="payload", index=4)
+
+    with pytest.raises(InvalidJob, match="payload refused") as raised:
+        await store.insert_job_chunks(chunks())
+    assert raised.value.index == 4
+    assert [await store.get_job(new.id) for new in first] == [None, None, None]
+    assert nonzero(await store.count_jobs()) == {}
+    assert (await insert(store)).state == JobState.PENDING  # the store is as usable as before
+
+
+async def test_a_taken_id_in_a_later_chunk_is_named_by_its_index_in_the_batch(store: Store) -> None:
+    taken = await insert(store)
+    chunks = [[new_job(), new_job()], [new_job(), new_job(id=taken.id)]]
+    with pytest.raises(InvalidJob, match=f"a job with id {taken.id} already exists") as raised:
+        await store.insert_job_chunks(iter(chunks))
+    assert (raised.value.field, raised.value.index) == ("id", 3)
+    assert nonzero(await store.count_jobs()) == {"default": {JobState.PENDING: 1}}
+
+
+async def test_chunks_take_only_jobs_that_stand_alone(store: Store) -> None:
+    plain = new_job()
+    for other in (new_job(key="k"), replace(new_job(), after=(plain.id,))):
+        with pytest.raises(ValueError, match="has a key or parents"):
+            await store.insert_job_chunks(iter([[plain], [other]]))
+    assert nonzero(await store.count_jobs()) == {}
 
 
 async def test_insert_and_claim_is_all_or_nothing_and_keeps_keys(store: Store) -> None:

@@ -743,3 +743,62 @@ async def test_the_statement_timeout_ends_a_stuck_statement(
         with live_rows_locked(fresh_postgres_url), pytest.raises(StoreUnavailable, match="cancel"):
             await store.complete_jobs([done], NOW)
         assert await store.complete_jobs([done], NOW) == [True]
+
+
+def inserts_waiting_on_a_lock(url: str) -> int:
+    rows = query(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobd'"
+        " AND wait_event_type = 'Lock' AND position('INSERT INTO jobd.live_jobs' in query) > 0",
+    )
+    return int(str(rows[0][0]))
+
+
+async def test_the_next_chunk_is_made_while_the_server_inserts_the_one_before(
+    fresh_postgres_url: str,
+) -> None:
+    first, second = [new_job() for _ in range(3)], [new_job() for _ in range(2)]
+    seen_waiting: list[int] = []
+    async with opened(fresh_postgres_url) as store:
+        await store.ping()  # the schema exists: it can be locked
+        with psycopg.connect(fresh_postgres_url) as blocker:
+            # Inserts wait while another session holds the table in SHARE mode.
+            blocker.execute("LOCK TABLE jobd.live_jobs IN SHARE MODE")
+
+            def chunks() -> Iterator[list[NewJob]]:
+                yield first
+                # Asked for the second chunk: the first one's INSERT is at the server.
+                deadline = time.monotonic() + 10
+                while not inserts_waiting_on_a_lock(fresh_postgres_url) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                seen_waiting.append(inserts_waiting_on_a_lock(fresh_postgres_url))
+                blocker.rollback()
+                yield second
+
+            inserted = await store.insert_job_chunks(chunks())
+        assert seen_waiting == [1]
+        assert [item.job.id for item in inserted] == [new.id for new in first + second]
+        assert (await store.count_jobs())["default"] == {JobState.PENDING: 5}
+
+
+async def test_a_batch_cancelled_between_its_chunks_leaves_nothing_and_a_usable_store(
+    fresh_postgres_url: str,
+) -> None:
+    first = [new_job() for _ in range(3)]
+    async with opened(fresh_postgres_url, pool_size=1) as store:
+        await store.ping()
+        with psycopg.connect(fresh_postgres_url) as blocker:
+            blocker.execute("LOCK TABLE jobd.live_jobs IN SHARE MODE")  # the second insert waits
+
+            def chunks() -> Iterator[list[NewJob]]:
+                yield first
+                yield [new_job()]
+
+            with trio.move_on_after(0.5) as scope:
+                await store.insert_job_chunks(chunks())
+            assert scope.cancelled_caught
+            blocker.rollback()
+        assert [await store.get_job(new.id) for new in first] == [None, None, None]
+        assert await store.count_jobs() == {}
+        [after] = await store.insert_jobs([new_job()])  # the one pooled connection, or a new one
+        assert after.created and (await store.count_jobs())["default"] == {JobState.PENDING: 1}

@@ -10,7 +10,7 @@ import gc
 import itertools
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,14 +25,15 @@ from jobd import builtins
 from jobd.completer import CANCELLED_AT_SHUTDOWN
 from jobd.config import parse_config
 from jobd.daemon import build_engine
+from jobd.errors import InvalidJob
 from jobd.handlers import Handler, JobContext
 from jobd.job import Job, JobState
 from jobd.maintenance import Maintenance
 from jobd.metrics import Metrics
 from jobd.plugins import Registry
-from jobd.service import JobService
+from jobd.service import CHECK_CHUNK, JobService
 from jobd.settings import LiveSettings, build_settings
-from jobd.store import CompletedAndClaimed, Completion, InsertedAndClaimed, NewJob, Outcome
+from jobd.store import CompletedAndClaimed, Completion, Inserted, InsertedAndClaimed, NewJob, Outcome
 from jobd.store.memory import MemoryStore
 from jobd.tracing import AttemptTracer
 from jobd.worker import WorkerPool
@@ -649,6 +650,50 @@ async def test_a_batch_counts_each_queue_and_type_it_created_jobs_of(autojump: o
 
         assert (submitted("default", "jobd.noop"), submitted("mail", "jobd.noop")) == (4, 1)
         assert (submitted("mail", "jobd.sleep"), submitted("default", "jobd.sleep")) == (2, None)
+
+
+async def test_a_batch_larger_than_a_chunk_is_inserted_whole_in_order_by_one_store_call(
+    autojump: object,
+) -> None:
+    size = CHECK_CHUNK * 2 + 100
+    async with running_engine() as engine:
+        calls: list[int] = []
+        insert_job_chunks = engine.store.insert_job_chunks
+
+        async def counted(chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
+            calls.append(1)
+            return await insert_job_chunks(chunks)
+
+        engine.store.insert_job_chunks = counted  # type: ignore[method-assign]
+        await engine.service.pause("default")
+        batch = [{"type": "jobd.noop", "payload": n} for n in range(size)]
+        inserted = await engine.service.submit_batch({"jobs": batch})
+        assert [item.job.payload for item in inserted] == list(range(size))
+        assert calls == [1]
+        assert (await engine.store.count_jobs())["default"] == {JobState.PENDING: size}
+        await engine.service.resume("default")
+        for item in inserted[-3:]:
+            assert (await engine.wait(item.job)).state == JobState.COMPLETED  # the lanes were woken
+
+
+async def test_a_bad_item_in_a_later_chunk_refuses_the_whole_batch_naming_it(autojump: object) -> None:
+    items: list[dict[str, Any]] = [{"type": "jobd.noop"} for _ in range(CHECK_CHUNK * 2 + 100)]
+    items[CHECK_CHUNK * 2 + 50] = {"type": "jobd.noop", "priority": "high"}
+    async with running_engine() as engine:
+        with pytest.raises(InvalidJob, match="priority must be a whole number") as raised:
+            await engine.service.submit_batch({"jobs": items})
+        assert raised.value.index == CHECK_CHUNK * 2 + 50
+        assert await engine.store.count_jobs() == {}
+
+
+async def test_a_large_batch_with_a_key_is_checked_whole_and_keeps_the_key_s_rule(autojump: object) -> None:
+    async with running_engine() as engine:
+        held = await engine.service.submit({"type": "jobd.noop", "key": "held", "delay": 60})
+        items: list[dict[str, Any]] = [{"type": "jobd.noop", "delay": 60} for _ in range(CHECK_CHUNK + 1)]
+        items.append({"type": "jobd.noop", "key": "held"})
+        inserted = await engine.service.submit_batch({"jobs": items})
+        assert (inserted[-1].created, inserted[-1].job.id) == (False, held.job.id)
+        assert sum(item.created for item in inserted) == CHECK_CHUNK + 1
 
 
 async def test_rescues_and_fenced_outcomes_are_counted(autojump: object) -> None:

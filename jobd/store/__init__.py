@@ -22,7 +22,7 @@ import dataclasses
 import enum
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -101,6 +101,19 @@ class NewJob:
 class Inserted:
     job: Job
     created: bool  # False: a live job with the same key was returned instead
+
+
+def standing_alone(chunk: Sequence[NewJob]) -> Sequence[NewJob]:
+    """`chunk`, whose jobs must each stand alone (`Store.insert_job_chunks`)."""
+    for new in chunk:
+        if not new.stands_alone:
+            raise ValueError(f"job {new.id} has a key or parents: insert it with insert_jobs")
+    return chunk
+
+
+def joined_chunks(chunks: Iterator[Sequence[NewJob]]) -> list[NewJob]:
+    """Every job of `chunks`, for a store that inserts them in one call (no overlap)."""
+    return [new for chunk in chunks for new in standing_alone(chunk)]
 
 
 class Outcome(enum.StrEnum):
@@ -485,6 +498,13 @@ class Store(Protocol):
         place); a job with parents is settled at once against those already finished.
         An unknown parent raises `InvalidJob` naming `after` and the item's index.
         """
+
+    async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
+        """`insert_jobs` of every job that `chunks` yields, in order, in one transaction:
+        all or none, whatever `next(chunks)` raises. Every job stands alone
+        (`NewJob.stands_alone`; `ValueError` otherwise). A store may take the next chunk
+        while the database inserts the one before: the caller checks a batch chunk by
+        chunk, and the checking overlaps the inserting."""
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime

@@ -15,7 +15,7 @@ import heapq
 import itertools
 import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,6 +45,7 @@ from jobd.store import (
     ScheduleRecord,
     WakeCallback,
     after_fire,
+    joined_chunks,
     paused_record,
     plan_fire,
     queue_activities,
@@ -302,6 +303,9 @@ class MemoryStore:
         dependants = self._dependants.get(job.id)
         if dependants:
             self._settle(dependants, now)
+
+    async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
+        return await self.insert_jobs(joined_chunks(chunks))
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime

@@ -16,6 +16,7 @@ claimed is rescued when its lease expires.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -72,6 +73,7 @@ from jobd.store import (
     ScheduleRecord,
     WakeCallback,
     after_fire,
+    joined_chunks,
     paused_record,
     pgtrio,
     plan_fire,
@@ -79,6 +81,7 @@ from jobd.store import (
     rate_window,
     refill_per_microsecond,
     rescue_decision,
+    standing_alone,
     synced_record,
 )
 from jobd.store.sqlfiles import load_migrations, load_queries
@@ -475,6 +478,57 @@ class PostgresStore:
             _INSERT_JOBS, _insert_params(jobs), lambda: _all_created(jobs), _refusal(jobs)
         )
         return created
+
+    async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
+        if not pgtrio.AVAILABLE:
+            return await self.insert_jobs(joined_chunks(chunks))
+        # BEGIN, an insert a chunk, COMMIT, on Trio's I/O. While the server works, the
+        # next chunk is checked (`next(chunks)`) and the answer for the one it inserts is
+        # made: a 1,000-job batch took a quarter less time than checked, then inserted.
+        inserted: list[Inserted] = []
+        chunk: list[NewJob] = []  # the next to insert, checked while the server works
+
+        def check_next() -> None:
+            chunk[:] = standing_alone(next(chunks, ()))
+
+        def answer_and_check_next(sent: Sequence[NewJob]) -> None:
+            inserted.extend(_all_created(sent))
+            check_next()
+
+        async with self._checkout() as checkout:
+            conn = checkout.conn
+            if conn is None or _dead(conn):
+                conn = await trio.to_thread.run_sync(self._usable_connection, checkout)
+            cursor = psycopg.RawCursor(conn)
+
+            def stop_cancelling() -> Callable[[], Awaitable[None]]:
+                return self._keep_cancelling(checkout)
+
+            try:
+                await pgtrio.execute(cursor, _BEGIN, [], on_cancel=stop_cancelling, meanwhile=check_next)
+                offset = 0  # the batch index of the chunk's first job
+                while chunk:
+                    sent = list(chunk)
+                    params = _insert_params(sent)
+                    try:
+                        await pgtrio.execute(
+                            cursor,
+                            _INSERT_JOBS.text,
+                            [params[name] for name in _INSERT_JOBS.names],
+                            on_cancel=stop_cancelling,
+                            meanwhile=functools.partial(answer_and_check_next, sent),
+                        )
+                    except psycopg.Error as error:
+                        raise _refusal(sent, offset=offset)(error) from error
+                    offset += len(sent)
+                await pgtrio.execute(cursor, "COMMIT", [], on_cancel=stop_cancelling)
+            except Exception:
+                # Failing that, the connection, still in the transaction, is closed, not
+                # pooled (`_checkout`): the server rolls back.
+                with contextlib.suppress(psycopg.Error):
+                    await pgtrio.execute(cursor, "ROLLBACK", [], on_cancel=stop_cancelling)
+                raise
+        return inserted
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
@@ -1131,23 +1185,24 @@ def _limited_queues(wanted: Sequence[QueueSlots]) -> list[str]:
     return sorted({slot.queue for slot in wanted if slot.global_limit is not None or slot.rate is not None})
 
 
-def _refusal(jobs: Sequence[NewJob]) -> Callable[[psycopg.Error], Exception]:
-    """What an error of a statement that inserts `jobs` means to the caller."""
+def _refusal(jobs: Sequence[NewJob], *, offset: int = 0) -> Callable[[psycopg.Error], Exception]:
+    """What an error of a statement that inserts `jobs` means to the caller; `offset`
+    is the index in the whole batch of the first of `jobs`."""
 
     def refused(error: psycopg.Error) -> Exception:
         taken_id = error.diag.constraint_name == "live_jobs_pkey"
         if taken_id and isinstance(error, psycopg.errors.UniqueViolation):
-            return _taken_id(jobs, error)
+            return _taken_id(jobs, error, offset)
         return _translate(error)
 
     return refused
 
 
-def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation) -> InvalidJob:
+def _taken_id(jobs: Sequence[NewJob], error: psycopg.errors.UniqueViolation, offset: int = 0) -> InvalidJob:
     """The batch item whose id is taken (by a stored job, or by an earlier item)."""
     detail = error.diag.message_detail or ""
     seen: set[uuid.UUID] = set()
-    for index, new in enumerate(jobs):
+    for index, new in enumerate(jobs, start=offset):
         if new.id in seen or str(new.id) in detail:
             return InvalidJob(f"a job with id {new.id} already exists", field="id", index=index)
         seen.add(new.id)

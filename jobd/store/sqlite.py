@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +58,7 @@ from jobd.store import (
     ScheduleRecord,
     WakeCallback,
     after_fire,
+    joined_chunks,
     paused_record,
     plan_fire,
     queue_activities,
@@ -993,6 +994,9 @@ class SQLiteStore:
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         return await self._write(lambda conn: _insert_jobs(conn, jobs))
+
+    async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
+        return await self.insert_jobs(joined_chunks(chunks))
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime
