@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import math
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -146,12 +147,16 @@ class JobService:
         if len(items) > MAX_BATCH:
             raise InvalidJob(f"a batch holds at most {MAX_BATCH} jobs, got {len(items)}", field="jobs")
         checked = self._checked_chunks(items, self._clock(), self._live.current, traceparent, parsed=parsed)
-        if len(items) > CHECK_CHUNK and not any(
-            isinstance(item, dict) and not _ALONE_UNLESS.isdisjoint(item) for item in items
+        if (
+            self._opened_store.chunked_inserts
+            and len(items) > CHECK_CHUNK
+            and not any(isinstance(item, dict) and not _ALONE_UNLESS.isdisjoint(item) for item in items)
         ):
-            # Every job stands alone: the store may insert a chunk while the next is checked.
+            # Every job stands alone: the store inserts a chunk while the next is checked.
+            # The first is checked before the store is asked for anything.
+            first = next(checked)
             await self._ready_store()
-            inserted = await self._pool.insert_job_chunks(checked)
+            inserted = await self._pool.insert_job_chunks(itertools.chain([first], checked))
         else:
             new_jobs = [new for chunk in checked for new in chunk]
             await self._ready_store()

@@ -626,7 +626,7 @@ async def test_an_id_already_taken_fails_the_whole_batch_naming_its_index(store:
 async def test_chunks_are_inserted_in_order_and_answered_as_insert_jobs_answers(store: Store) -> None:
     first = [new_job(payload=i, priority=i) for i in range(3)]
     second = [new_job(payload=3, run_at=at(60)), new_job(payload=4)]
-    inserted = await store.insert_job_chunks(iter([first, second]))
+    inserted = await store.insert_job_chunks(iter([first, [], second]))  # an empty chunk adds nothing
     assert [item.job.id for item in inserted] == [new.id for new in first + second]
     assert all(item.created for item in inserted)
     assert [item.job for item in inserted] == [await store.get_job(new.id) for new in first + second]

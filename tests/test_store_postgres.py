@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -697,7 +698,8 @@ async def test_a_cancelled_statement_is_cancelled_on_the_server_and_keeps_the_co
             # Nothing of the cancelled statement is left running on the server.
             assert not query(
                 fresh_postgres_url,
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'jobd' AND state = 'active'",
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'jobd' AND state = 'active'",
             )
         # The single pooled connection came back idle: the completion was not applied.
         assert (await store.get_job(done.job_id)).state == JobState.RUNNING  # type: ignore[union-attr]
@@ -748,8 +750,9 @@ async def test_the_statement_timeout_ends_a_stuck_statement(
 def inserts_waiting_on_a_lock(url: str) -> int:
     rows = query(
         url,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobd'"
-        " AND wait_event_type = 'Lock' AND position('INSERT INTO jobd.live_jobs' in query) > 0",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'jobd' AND wait_event_type = 'Lock'"
+        " AND position('INSERT INTO jobd.live_jobs' in query) > 0",
     )
     return int(str(rows[0][0]))
 
@@ -784,21 +787,43 @@ async def test_the_next_chunk_is_made_while_the_server_inserts_the_one_before(
 async def test_a_batch_cancelled_between_its_chunks_leaves_nothing_and_a_usable_store(
     fresh_postgres_url: str,
 ) -> None:
-    first = [new_job() for _ in range(3)]
+    first, second = [new_job() for _ in range(3)], [new_job() for _ in range(2)]
+    scope = trio.CancelScope()
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield first
+        yield second  # asked for once the first chunk's INSERT is sent, inside the transaction
+        scope.cancel()  # asked for a third while the second's INSERT runs
+
     async with opened(fresh_postgres_url, pool_size=1) as store:
-        await store.ping()
-        with psycopg.connect(fresh_postgres_url) as blocker:
-            blocker.execute("LOCK TABLE jobd.live_jobs IN SHARE MODE")  # the second insert waits
-
-            def chunks() -> Iterator[list[NewJob]]:
-                yield first
-                yield [new_job()]
-
-            with trio.move_on_after(0.5) as scope:
-                await store.insert_job_chunks(chunks())
-            assert scope.cancelled_caught
-            blocker.rollback()
-        assert [await store.get_job(new.id) for new in first] == [None, None, None]
-        assert await store.count_jobs() == {}
-        [after] = await store.insert_jobs([new_job()])  # the one pooled connection, or a new one
+        with scope:
+            await store.insert_job_chunks(chunks())
+        assert scope.cancelled_caught
+        assert [await store.get_job(new.id) for new in first + second] == [None] * 5
+        assert not query(
+            fresh_postgres_url,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'jobd' AND state LIKE 'idle in transaction%%'",
+        )
+        [after] = await store.insert_jobs([new_job()])  # on a new connection: that one was closed
         assert after.created and (await store.count_jobs())["default"] == {JobState.PENDING: 1}
+
+
+async def test_a_commit_that_fails_is_store_unavailable_and_keeps_nothing(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = pgtrio.execute
+
+    async def lost_at_commit(cursor: Any, query_text: str, params: Any, **options: Any) -> None:
+        if query_text == "COMMIT":
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        await execute(cursor, query_text, params, **options)
+
+    jobs = [new_job() for _ in range(3)]
+    async with opened(fresh_postgres_url) as store:
+        monkeypatch.setattr(pgtrio, "execute", lost_at_commit)
+        with pytest.raises(StoreUnavailable, match="PostgreSQL connection lost"):
+            await store.insert_job_chunks(iter([jobs[:2], jobs[2:]]))
+        monkeypatch.setattr(pgtrio, "execute", execute)
+        assert await store.count_jobs() == {}
+        assert (await store.insert_jobs([new_job()]))[0].created

@@ -652,11 +652,60 @@ async def test_a_batch_counts_each_queue_and_type_it_created_jobs_of(autojump: o
         assert (submitted("mail", "jobd.sleep"), submitted("default", "jobd.sleep")) == (2, None)
 
 
+class ChunkedMemoryStore(MemoryStore):
+    """A memory store that counts its chunked inserts, and asks for them as PostgreSQL's does."""
+
+    chunked_inserts = True  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunked_calls = 0
+
+    async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
+        self.chunked_calls += 1
+        return await super().insert_job_chunks(chunks)
+
+
 async def test_a_batch_larger_than_a_chunk_is_inserted_whole_in_order_by_one_store_call(
     autojump: object,
 ) -> None:
     size = CHECK_CHUNK * 2 + 100
-    async with running_engine() as engine:
+    store = ChunkedMemoryStore()
+    # No poll that would find the jobs: only the insert's wake-up starts them.
+    async with running_engine(store=store, config={"workers": {"poll_interval": "1h"}}) as engine:
+        batch = [{"type": "jobd.noop", "payload": n} for n in range(size)]
+        inserted = await engine.service.submit_batch({"jobs": batch})
+        assert [item.job.payload for item in inserted] == list(range(size))
+        assert store.chunked_calls == 1
+        with trio.fail_after(60):
+            for item in inserted:
+                assert (await engine.wait(item.job)).state == JobState.COMPLETED
+
+
+async def test_a_bad_item_in_a_later_chunk_refuses_the_whole_batch_naming_it(autojump: object) -> None:
+    items: list[dict[str, Any]] = [{"type": "jobd.noop"} for _ in range(CHECK_CHUNK * 2 + 100)]
+    items[CHECK_CHUNK * 2 + 50] = {"type": "jobd.noop", "priority": "high"}
+    store = ChunkedMemoryStore()
+    async with running_engine(store=store) as engine:
+        with pytest.raises(InvalidJob, match="priority must be a whole number") as raised:
+            await engine.service.submit_batch({"jobs": items})
+        assert raised.value.index == CHECK_CHUNK * 2 + 50
+        assert store.chunked_calls == 1
+        assert await engine.store.count_jobs() == {}
+
+
+async def test_a_large_batch_goes_whole_with_a_key_or_to_a_store_that_does_not_chunk(
+    autojump: object,
+) -> None:
+    items: list[dict[str, Any]] = [{"type": "jobd.noop", "delay": 60} for _ in range(CHECK_CHUNK + 1)]
+    chunking = ChunkedMemoryStore()
+    async with running_engine(store=chunking) as engine:
+        held = await engine.service.submit({"type": "jobd.noop", "key": "held", "delay": 60})
+        inserted = await engine.service.submit_batch({"jobs": [*items, {"type": "jobd.noop", "key": "held"}]})
+        assert (inserted[-1].created, inserted[-1].job.id) == (False, held.job.id)
+        assert sum(item.created for item in inserted) == CHECK_CHUNK + 1
+        assert chunking.chunked_calls == 0
+    async with running_engine() as engine:  # the memory store: nothing to overlap
         calls: list[int] = []
         insert_job_chunks = engine.store.insert_job_chunks
 
@@ -665,35 +714,8 @@ async def test_a_batch_larger_than_a_chunk_is_inserted_whole_in_order_by_one_sto
             return await insert_job_chunks(chunks)
 
         engine.store.insert_job_chunks = counted  # type: ignore[method-assign]
-        await engine.service.pause("default")
-        batch = [{"type": "jobd.noop", "payload": n} for n in range(size)]
-        inserted = await engine.service.submit_batch({"jobs": batch})
-        assert [item.job.payload for item in inserted] == list(range(size))
-        assert calls == [1]
-        assert (await engine.store.count_jobs())["default"] == {JobState.PENDING: size}
-        await engine.service.resume("default")
-        for item in inserted[-3:]:
-            assert (await engine.wait(item.job)).state == JobState.COMPLETED  # the lanes were woken
-
-
-async def test_a_bad_item_in_a_later_chunk_refuses_the_whole_batch_naming_it(autojump: object) -> None:
-    items: list[dict[str, Any]] = [{"type": "jobd.noop"} for _ in range(CHECK_CHUNK * 2 + 100)]
-    items[CHECK_CHUNK * 2 + 50] = {"type": "jobd.noop", "priority": "high"}
-    async with running_engine() as engine:
-        with pytest.raises(InvalidJob, match="priority must be a whole number") as raised:
-            await engine.service.submit_batch({"jobs": items})
-        assert raised.value.index == CHECK_CHUNK * 2 + 50
-        assert await engine.store.count_jobs() == {}
-
-
-async def test_a_large_batch_with_a_key_is_checked_whole_and_keeps_the_key_s_rule(autojump: object) -> None:
-    async with running_engine() as engine:
-        held = await engine.service.submit({"type": "jobd.noop", "key": "held", "delay": 60})
-        items: list[dict[str, Any]] = [{"type": "jobd.noop", "delay": 60} for _ in range(CHECK_CHUNK + 1)]
-        items.append({"type": "jobd.noop", "key": "held"})
-        inserted = await engine.service.submit_batch({"jobs": items})
-        assert (inserted[-1].created, inserted[-1].job.id) == (False, held.job.id)
-        assert sum(item.created for item in inserted) == CHECK_CHUNK + 1
+        assert len(await engine.service.submit_batch({"jobs": items})) == CHECK_CHUNK + 1
+        assert calls == []
 
 
 async def test_rescues_and_fenced_outcomes_are_counted(autojump: object) -> None:

@@ -478,6 +478,11 @@ class Store(Protocol):
     shared: bool
     """True when several daemons may use the store at once (their leases matter)."""
 
+    @property
+    def chunked_inserts(self) -> bool:
+        """True when `insert_job_chunks` takes a chunk while the database inserts the one
+        before: only then does a batch gain from being checked chunk by chunk."""
+
     async def open(self) -> None:
         """Connect and bring the schema up to date. Raises `StoreUnavailable`."""
 

@@ -181,6 +181,7 @@ class _Row:
 
 class MemoryStore:
     shared = False
+    chunked_inserts = False  # nothing to overlap: the store works on the loop
 
     def __init__(self) -> None:
         self._rows: dict[uuid.UUID, _Row] = {}

@@ -209,6 +209,10 @@ class _Checkout:
 class PostgresStore:
     shared = True
 
+    @property
+    def chunked_inserts(self) -> bool:
+        return pgtrio.AVAILABLE  # on Trio's I/O: a thread would hold the GIL against the check
+
     def __init__(
         self,
         url: str,
@@ -480,20 +484,23 @@ class PostgresStore:
         return created
 
     async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
-        if not pgtrio.AVAILABLE:
+        if not self.chunked_inserts:
             return await self.insert_jobs(joined_chunks(chunks))
         # BEGIN, an insert a chunk, COMMIT, on Trio's I/O. While the server works, the
         # next chunk is checked (`next(chunks)`) and the answer for the one it inserts is
         # made: a 1,000-job batch took a quarter less time than checked, then inserted.
         inserted: list[Inserted] = []
-        chunk: list[NewJob] = []  # the next to insert, checked while the server works
+        following: list[Sequence[NewJob] | None] = [None]  # the next chunk; None: no more
 
-        def check_next() -> None:
-            chunk[:] = standing_alone(next(chunks, ()))
+        def take_next() -> None:
+            chunk = next(chunks, None)
+            while chunk is not None and not chunk:  # an empty chunk adds nothing
+                chunk = next(chunks, None)
+            following[0] = None if chunk is None else standing_alone(chunk)
 
-        def answer_and_check_next(sent: Sequence[NewJob]) -> None:
+        def answer_and_take_next(sent: Sequence[NewJob]) -> None:
             inserted.extend(_all_created(sent))
-            check_next()
+            take_next()
 
         async with self._checkout() as checkout:
             conn = checkout.conn
@@ -505,28 +512,33 @@ class PostgresStore:
                 return self._keep_cancelling(checkout)
 
             try:
-                await pgtrio.execute(cursor, _BEGIN, [], on_cancel=stop_cancelling, meanwhile=check_next)
+                await pgtrio.execute(cursor, _BEGIN, [], on_cancel=stop_cancelling, meanwhile=take_next)
                 offset = 0  # the batch index of the chunk's first job
-                while chunk:
-                    sent = list(chunk)
-                    params = _insert_params(sent)
+                while (sent := following[0]) is not None:
+                    try:
+                        params = _insert_params(sent)
+                    except InvalidJob as error:
+                        error.index = offset + (error.index or 0)
+                        raise
                     try:
                         await pgtrio.execute(
                             cursor,
                             _INSERT_JOBS.text,
                             [params[name] for name in _INSERT_JOBS.names],
                             on_cancel=stop_cancelling,
-                            meanwhile=functools.partial(answer_and_check_next, sent),
+                            meanwhile=functools.partial(answer_and_take_next, sent),
                         )
                     except psycopg.Error as error:
                         raise _refusal(sent, offset=offset)(error) from error
                     offset += len(sent)
                 await pgtrio.execute(cursor, "COMMIT", [], on_cancel=stop_cancelling)
-            except Exception:
+            except Exception as error:
                 # Failing that, the connection, still in the transaction, is closed, not
                 # pooled (`_checkout`): the server rolls back.
                 with contextlib.suppress(psycopg.Error):
                     await pgtrio.execute(cursor, "ROLLBACK", [], on_cancel=stop_cancelling)
+                if isinstance(error, psycopg.Error):  # BEGIN's or COMMIT's
+                    raise _translate(error) from error
                 raise
         return inserted
 

@@ -761,6 +761,7 @@ class _Call:
 
 class SQLiteStore:
     shared = False
+    chunked_inserts = False  # the store's thread and the check share the GIL: they take turns
 
     def __init__(self, path: str, *, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
