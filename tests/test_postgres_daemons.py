@@ -568,8 +568,12 @@ def test_terminated_backends_lose_no_job_and_no_daemon(
             what="the job committed after the terminations to complete",
         )
     took = (final["started_at"] - final["created_at"]).total_seconds()
-    assert took < 1.0, f"a job committed after the terminations waited {took:.3f}s to start"
-    assert len(terminations) >= 2 and all(killed >= 2 for _done, killed in terminations), terminations
+    # Not the 30 s poll: the daemons listened again and looked (0.36 to 0.76 s on a slow machine).
+    assert took < 5.0, f"a job committed after the terminations waited {took:.3f}s to start"
+    # The first termination ends every connection both daemons opened; each later one ends
+    # those opened again since (how many depends on which daemon's rounds ran meanwhile).
+    assert len(terminations) >= 2 and terminations[0][1] >= 2, terminations
+    assert all(killed >= 1 for _done, killed in terminations), terminations
     for daemon in daemons:
         assert alive(daemon)
         assert health(daemon).status_code == 200
