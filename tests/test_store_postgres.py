@@ -827,3 +827,14 @@ async def test_a_commit_that_fails_is_store_unavailable_and_keeps_nothing(
         monkeypatch.setattr(pgtrio, "execute", execute)
         assert await store.count_jobs() == {}
         assert (await store.insert_jobs([new_job()]))[0].created
+
+
+async def test_a_payload_that_is_not_json_in_a_later_chunk_is_named_by_its_batch_index(
+    fresh_postgres_url: str,
+) -> None:
+    async with opened(fresh_postgres_url) as store:
+        chunks = [[new_job(), new_job()], [new_job(), new_job(payload={1, 2})]]
+        with pytest.raises(InvalidJob, match="payload is not JSON") as raised:
+            await store.insert_job_chunks(iter(chunks))
+        assert (raised.value.field, raised.value.index) == ("payload", 3)
+        assert await store.count_jobs() == {}

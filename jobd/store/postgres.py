@@ -518,7 +518,8 @@ class PostgresStore:
                     try:
                         params = _insert_params(sent)
                     except InvalidJob as error:
-                        error.index = offset + (error.index or 0)
+                        if error.index is not None:  # within the chunk: in the batch
+                            error.index += offset
                         raise
                     try:
                         await pgtrio.execute(
