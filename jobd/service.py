@@ -65,8 +65,9 @@ MAX_BATCH = 10_000
 # A batch's jobs are checked this many at a time, each chunk inserted while the next is
 # checked (on PostgreSQL): 125 and 250 took the same time for 1,000 jobs.
 CHECK_CHUNK = 250
-# The fields that may make a job other than it was asked for (a key held, parents):
-# a batch with any of them is checked whole, then inserted in one call.
+# The fields that may make a job other than it was asked for (a key held, parents), the
+# ones `NewJob.stands_alone` looks at: a batch with any of them is checked whole, then
+# inserted in one call.
 _ALONE_UNLESS = frozenset({"key", "after", "unique_for"})
 MAX_WAIT = 3600.0
 HEALTH_TIMEOUT = 2.0

@@ -653,12 +653,12 @@ async def test_a_batch_counts_each_queue_and_type_it_created_jobs_of(autojump: o
 
 
 class ChunkedMemoryStore(MemoryStore):
-    """A memory store that counts its chunked inserts, and asks for them as PostgreSQL's does."""
+    """A memory store that counts its chunked inserts, and asks for them as PostgreSQL's
+    does unless `chunked` is false (as the memory store itself: nothing to overlap)."""
 
-    chunked_inserts = True  # type: ignore[assignment]
-
-    def __init__(self) -> None:
+    def __init__(self, *, chunked: bool = True) -> None:
         super().__init__()
+        self.chunked_inserts = chunked  # type: ignore[misc]
         self.chunked_calls = 0
 
     async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
@@ -705,17 +705,10 @@ async def test_a_large_batch_goes_whole_with_a_key_or_to_a_store_that_does_not_c
         assert (inserted[-1].created, inserted[-1].job.id) == (False, held.job.id)
         assert sum(item.created for item in inserted) == CHECK_CHUNK + 1
         assert chunking.chunked_calls == 0
-    async with running_engine() as engine:  # the memory store: nothing to overlap
-        calls: list[int] = []
-        insert_job_chunks = engine.store.insert_job_chunks
-
-        async def counted(chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
-            calls.append(1)
-            return await insert_job_chunks(chunks)
-
-        engine.store.insert_job_chunks = counted  # type: ignore[method-assign]
+    plain = ChunkedMemoryStore(chunked=False)
+    async with running_engine(store=plain) as engine:
         assert len(await engine.service.submit_batch({"jobs": items})) == CHECK_CHUNK + 1
-        assert calls == []
+        assert plain.chunked_calls == 0
 
 
 async def test_rescues_and_fenced_outcomes_are_counted(autojump: object) -> None:

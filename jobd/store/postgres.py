@@ -339,11 +339,7 @@ class PostgresStore:
             return rows
         [(query, params)] = steps
         async with self._checkout() as checkout:
-            conn = checkout.conn
-            if conn is None or _dead(conn):
-                # Connecting blocks: in a thread, and to its end, as in `_call`.
-                conn = await trio.to_thread.run_sync(self._usable_connection, checkout)
-            cursor = psycopg.RawCursor(conn)
+            cursor = await self._trio_cursor(checkout)
             try:
                 await pgtrio.execute(
                     cursor,
@@ -356,6 +352,14 @@ class PostgresStore:
                 _roll_back(checkout)  # no I/O: a statement alone leaves no transaction open
                 raise errors(error) from error
             return [cursor.fetchall() if cursor.description is not None else []]
+
+    async def _trio_cursor(self, checkout: _Checkout) -> psycopg.RawCursor[tuple[Any, ...]]:
+        """A cursor on the checkout's connection, for statements on Trio's I/O. Connecting
+        blocks: in a thread, and to its end, as in `_call`."""
+        conn = checkout.conn
+        if conn is None or _dead(conn):
+            conn = await trio.to_thread.run_sync(self._usable_connection, checkout)
+        return psycopg.RawCursor(conn)
 
     def _keep_cancelling(
         self, checkout: _Checkout, ended: threading.Event | None = None
@@ -490,23 +494,18 @@ class PostgresStore:
         # next chunk is checked (`next(chunks)`) and the answer for the one it inserts is
         # made: a 1,000-job batch took a quarter less time than checked, then inserted.
         inserted: list[Inserted] = []
+        taken = (standing_alone(chunk) for chunk in chunks if chunk)  # an empty chunk adds nothing
         following: list[Sequence[NewJob] | None] = [None]  # the next chunk; None: no more
 
         def take_next() -> None:
-            chunk = next(chunks, None)
-            while chunk is not None and not chunk:  # an empty chunk adds nothing
-                chunk = next(chunks, None)
-            following[0] = None if chunk is None else standing_alone(chunk)
+            following[0] = next(taken, None)
 
         def answer_and_take_next(sent: Sequence[NewJob]) -> None:
             inserted.extend(_all_created(sent))
             take_next()
 
         async with self._checkout() as checkout:
-            conn = checkout.conn
-            if conn is None or _dead(conn):
-                conn = await trio.to_thread.run_sync(self._usable_connection, checkout)
-            cursor = psycopg.RawCursor(conn)
+            cursor = await self._trio_cursor(checkout)
 
             def stop_cancelling() -> Callable[[], Awaitable[None]]:
                 return self._keep_cancelling(checkout)
