@@ -737,3 +737,27 @@ def test_a_rate_of_20_per_second_holds_across_three_daemons(
         f"\n{total} starts in {took:.1f} s; busiest second: {busiest};"
         f" per daemon: {[int(found['started']) for found in seen]}"
     )
+
+
+def test_a_large_batch_is_all_or_nothing_through_the_api(
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
+    """A batch of more than 250 jobs is checked and inserted chunk by chunk on PostgreSQL:
+    one bad item late in it still refuses the whole batch, naming that item."""
+    daemon = start_jobd(config=store(fresh_postgres_url), name="d")
+    set_paused(daemon, "default", True)
+    jobs: list[dict[str, Any]] = [{"type": "jobd.noop", "payload": n} for n in range(600)]
+    with daemon.http() as client:
+        refused = client.post(
+            "/v1/jobs/batch", json={"jobs": [*jobs[:550], {"type": "no.such"}, *jobs[551:]]}
+        )
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["details"]) == ("invalid_job", {"field": "type", "index": 550})
+    assert "jobs[550]" in error["message"] and "unknown job type 'no.such'" in error["message"]
+    with connect(fresh_postgres_url) as conn:
+        assert counts_by_state(conn) == {}
+    accepted = submit_batch(daemon, jobs)
+    assert [job["payload"] for job in accepted] == list(range(600))
+    with connect(fresh_postgres_url) as conn:
+        assert counts_by_state(conn) == {"pending": 600}
