@@ -634,6 +634,22 @@ async def test_chunks_are_inserted_in_order_and_answered_as_insert_jobs_answers(
     assert await store.insert_job_chunks(iter([])) == []
 
 
+async def test_every_value_of_a_chunked_job_comes_back_as_it_went_in(store: Store) -> None:
+    odd = 'q "quoted" \\ back\tslash\u0001 ✓ 日本語 🎉'
+    jobs = [
+        replace(
+            new_job(type=odd, queue=odd, payload=payload, priority=-(2**31) + 1, timeout=1e-05),
+            schedule=odd,
+            scheduled_for=datetime(2031, 2, 3, 4, 5, 6, 999999, tzinfo=UTC),
+            traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        for payload in PAYLOADS
+    ]
+    inserted = await store.insert_job_chunks(iter([jobs[:3], jobs[3:]]))
+    assert [item.job for item in inserted] == [new.inserted() for new in jobs]
+    assert [await store.get_job(new.id) for new in jobs] == [new.inserted() for new in jobs]
+
+
 async def test_an_error_while_the_chunks_are_made_leaves_none_of_them(store: Store) -> None:
     first = [new_job(payload=i) for i in range(3)]
 

@@ -9,7 +9,7 @@ import stat
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -296,10 +296,11 @@ async def test_full_disk_is_store_unavailable_and_rolls_back(store: SQLiteStore)
     await store.ping()
 
 
-async def test_a_full_disk_fails_every_write_of_the_group_it_undid(store: SQLiteStore) -> None:
-    # Writes queued together share one transaction. An insert fires no trigger, so it
-    # has no statement journal, and a full disk makes SQLite undo the whole transaction:
-    # the write before it is undone too, and must fail, not report success.
+async def full_disk_beside_an_insert(
+    store: SQLiteStore, filling: Callable[[], Awaitable[object]]
+) -> list[str]:
+    """Queue a one-job insert and then `filling` so that they share one transaction, with
+    room for a few pages more in the file; the messages of the writes that failed."""
     await store.insert_jobs([new_job()])
     pages = await pragma(store, "page_count")
     await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
@@ -311,31 +312,148 @@ async def test_a_full_disk_fails_every_write_of_the_group_it_undid(store: SQLite
 
     failures: list[str] = []
 
-    async def insert(jobs: list[NewJob]) -> None:
+    async def write(call: Callable[[], Awaitable[object]]) -> None:
         try:
-            await store.insert_jobs(jobs)
+            await call()
         except StoreUnavailable as error:
             failures.append(error.message)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store._run, occupy_the_thread)
         assert await trio.to_thread.run_sync(entered.wait, 30)
-        nursery.start_soon(insert, [new_job()])
+        nursery.start_soon(write, lambda: store.insert_jobs([new_job()]))
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(insert, [new_job(payload="x" * 5000) for _ in range(50)])
+        nursery.start_soon(write, filling)
         await trio.testing.wait_all_tasks_blocked()
         release.set()
-    assert len(failures) == 2
     assert all("the disk is full" in message for message in failures)
+    return failures
+
+
+async def test_a_full_disk_that_undoes_the_transaction_fails_every_write_of_its_group(
+    store: SQLiteStore,
+) -> None:
+    # A one-row insert with no trigger keeps no statement journal: a full disk makes
+    # SQLite undo the whole transaction, so the write before it is undone too, and must
+    # fail, not report success.
+    def one_large_row(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, run_at, "
+            "created_at, updated_at) VALUES (?, 'noop', 'default', ?, 'pending', 0, 1, 0, 0, 0)",
+            (str(uuid.uuid4()), '"' + "x" * 250_000 + '"'),
+        )
+
+    failures = await full_disk_beside_an_insert(store, lambda: store._write(one_large_row))
+    assert len(failures) == 2
     assert await store.count_jobs() == {"default": {JobState.PENDING: 1}}
     assert rows(store.path, "SELECT count(*) FROM jobs") == [(1,)]
     await store.insert_jobs([new_job()])  # the store goes on once there is room
+
+
+async def test_a_batch_that_fills_the_disk_fails_alone_and_the_write_beside_it_is_kept(
+    store: SQLiteStore,
+) -> None:
+    # A batch is one statement over many rows, with a statement journal: SQLite undoes
+    # that statement alone.
+    large = [new_job(payload="x" * 5000) for _ in range(50)]
+    failures = await full_disk_beside_an_insert(store, lambda: store.insert_jobs(large))
+    assert len(failures) == 1
+    assert await store.count_jobs() == {"default": {JobState.PENDING: 2}}
+    assert rows(store.path, "SELECT count(*) FROM jobs") == [(2,)]
 
 
 async def test_payload_that_is_not_json(store: SQLiteStore) -> None:
     with pytest.raises(InvalidJob) as caught:
         await store.insert_jobs([new_job(), new_job(payload={1, 2})])
     assert (caught.value.field, caught.value.index) == ("payload", 1)
+    assert await store.count_jobs() == {}
+
+
+async def test_a_payload_that_is_not_json_in_a_later_chunk_is_named_by_its_batch_index(
+    store: SQLiteStore,
+) -> None:
+    chunks = [[new_job(), new_job()], [new_job(), new_job(payload={1, 2})]]
+    with pytest.raises(InvalidJob, match="payload is not JSON") as caught:
+        await store.insert_job_chunks(iter(chunks))
+    assert (caught.value.field, caught.value.index) == ("payload", 3)
+    assert await store.count_jobs() == {}
+
+
+def traced(
+    store: SQLiteStore, statements: list[str], seen: threading.Event, wanted: str
+) -> Awaitable[object]:
+    """Record each statement the store's thread runs; set `seen` once one holds `wanted`."""
+
+    def trace(statement: str) -> None:
+        statements.append(statement)
+        if wanted in statement:
+            seen.set()
+
+    return store._read(lambda conn: conn.set_trace_callback(trace))
+
+
+async def test_the_next_chunk_is_made_while_the_thread_inserts_the_one_before(store: SQLiteStore) -> None:
+    first, second = [new_job() for _ in range(3)], [new_job() for _ in range(2)]
+    inserting = threading.Event()
+    await traced(store, [], inserting, "json_each(")
+    seen: list[bool] = []
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield first
+        # Asked for the second chunk, on the loop, which waits here: the thread has the
+        # first one and inserts it meanwhile.
+        seen.append(inserting.wait(10))
+        yield second
+
+    inserted = await store.insert_job_chunks(chunks())
+    assert seen == [True]
+    assert [item.job.id for item in inserted] == [new.id for new in first + second]
+    assert (await store.count_jobs())["default"] == {JobState.PENDING: 5}
+
+
+async def test_a_batch_that_fails_once_its_first_chunk_is_inserting_is_undone(
+    store: SQLiteStore, db_path: str
+) -> None:
+    first = [new_job() for _ in range(3)]
+    inserting = threading.Event()
+    statements: list[str] = []
+    await traced(store, statements, inserting, "json_each(")
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield first
+        assert inserting.wait(10)  # the thread inserts the first chunk
+        raise InvalidJob("type refused", field="type", index=3)
+
+    with pytest.raises(InvalidJob, match="type refused"):
+        await store.insert_job_chunks(chunks())
+    assert "ROLLBACK TO call" in statements  # undone by the thread before the error was raised
+    assert [await store.get_job(new.id) for new in first] == [None, None, None]
+    assert await store.count_jobs() == {}
+    with sqlite3.connect(db_path, timeout=0) as other:  # the write lock is free
+        other.execute("BEGIN IMMEDIATE")
+        other.rollback()
+    assert (await store.insert_jobs([new_job()]))[0].created
+
+
+async def test_a_batch_that_fails_before_the_thread_takes_it_returns_at_once(store: SQLiteStore) -> None:
+    entered, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    def occupy_the_thread() -> None:
+        entered.set()
+        released.append(release.wait(10))
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield [new_job()]
+        raise InvalidJob("type refused", field="type", index=1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._run, occupy_the_thread)
+        assert await trio.to_thread.run_sync(entered.wait, 10)
+        with pytest.raises(InvalidJob, match="type refused"):
+            await store.insert_job_chunks(chunks())  # its call, still queued, is dropped
+        release.set()
+    assert released == [True]  # the batch did not wait for the thread
     assert await store.count_jobs() == {}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import enum
 import fcntl
 import json
 import os
@@ -58,7 +59,6 @@ from jobd.store import (
     ScheduleRecord,
     WakeCallback,
     after_fire,
-    joined_chunks,
     paused_record,
     plan_fire,
     queue_activities,
@@ -67,6 +67,7 @@ from jobd.store import (
     rescue_decision,
     settle_waiting,
     spend_tokens,
+    standing_alone,
     synced_record,
     within_window,
 )
@@ -204,26 +205,11 @@ def _row_of(conn: sqlite3.Connection, job_id: uuid.UUID) -> sqlite3.Row:
     return cast(sqlite3.Row, row)
 
 
-class _JobRow(NamedTuple):
-    """The values of `insert_job`, in the order of its parameters. Bound by position, an
-    `executemany` of 1,000 rows took 18 µs a row against 21 by name."""
-
-    id: str
-    type: str
-    queue: str
-    payload: str | None
-    state: str
-    priority: int
-    max_attempts: int
-    timeout: float | None
-    run_at: int
-    created_at: int
-    key: str | None
-    schedule: str | None
-    scheduled_for: int | None
-    parents: str | None
-    on_parent_failure: str | None
-    traceparent: str | None
+# A new job's values in the order of `insert_jobs`' columns (see its query).
+_JobRow = tuple[
+    str, str, str, str | None, str, int, int, float | None, int, int,
+    str | None, str | None, int | None, str | None, str | None, str | None,
+]  # fmt: skip
 
 
 def _job_row(new: NewJob, parents: tuple[uuid.UUID, ...], index: int) -> _JobRow:
@@ -233,7 +219,7 @@ def _job_row(new: NewJob, parents: tuple[uuid.UUID, ...], index: int) -> _JobRow
         payload = _dump(new.payload)
     except (TypeError, ValueError) as error:
         raise InvalidJob(f"payload is not JSON: {error}", field="payload", index=index) from None
-    return _JobRow(
+    return (
         str(new.id),
         new.type,
         new.queue,
@@ -251,6 +237,29 @@ def _job_row(new: NewJob, parents: tuple[uuid.UUID, ...], index: int) -> _JobRow
         new.on_parent_failure.value if parents else None,
         new.traceparent,
     )
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, rows: Sequence[_JobRow], text: str, positions: Sequence[int]
+) -> None:
+    """Insert `rows` (`text`: them as one JSON array) in one statement; a taken id
+    raises `InvalidJob` naming its row's position (its index in the batch)."""
+    try:
+        conn.execute(_Q["insert_jobs"], (text,))  # a row refused undoes the statement
+    except sqlite3.IntegrityError:
+        # Which row was refused: one at a time (the caller undoes those inserted).
+        for position, row in zip(positions, rows, strict=True):
+            try:
+                conn.execute(_Q["insert_jobs"], (jsoncodec.dumps_text([row]),))
+            except sqlite3.IntegrityError:
+                raise InvalidJob(
+                    f"a job with id {row[0]} already exists", field="id", index=position
+                ) from None
+        raise
+
+
+def _count_inserted(conn: sqlite3.Connection, jobs: Iterable[Job]) -> None:
+    _count_moves(conn, ((job.queue, None, job.state.value) for job in jobs))
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
@@ -280,23 +289,8 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
         rows.append(_job_row(new, job.after, index))
         positions.append(index)
         results.append(Inserted(job, created=True))
-    conn.execute("SAVEPOINT insert_jobs")
-    try:
-        conn.executemany(_Q["insert_job"], rows)  # one statement, stepped once per row, in C
-    except sqlite3.IntegrityError:
-        # Which row was refused: start again one row at a time (the caller undoes them all).
-        conn.execute("ROLLBACK TO insert_jobs")
-        for position, row in zip(positions, rows, strict=True):
-            try:
-                conn.execute(_Q["insert_job"], row)
-            except sqlite3.IntegrityError:
-                message = f"a job with id {jobs[position].id} already exists"
-                raise InvalidJob(message, field="id", index=position) from None
-        raise
-    finally:
-        if conn.in_transaction:  # else SQLite undid the whole transaction (a full disk)
-            conn.execute("RELEASE insert_jobs")
-    _count_moves(conn, ((row.queue, None, row.state) for row in rows))
+    _insert_rows(conn, rows, jsoncodec.dumps_text(rows), positions)
+    _count_inserted(conn, (item.job for item in results if item.created))
     return _after_insert(conn, jobs, results)
 
 
@@ -724,6 +718,23 @@ def _fire_schedules(conn: sqlite3.Connection, fires: Sequence[ScheduleFire], now
 # -- the database thread ----------------------------------------------------------------
 
 
+class _ChunkRows(NamedTuple):
+    """A chunk of a batch on its way to the thread (`SQLiteStore.insert_job_chunks`)."""
+
+    rows: list[_JobRow]
+    text: str  # `rows` as one JSON array, made on the loop
+    jobs: list[Job]  # as inserted: what the counts are kept of
+
+
+class _BatchEnd(enum.Enum):
+    COMPLETE = "complete"  # every chunk was handed over: keep them
+    ABANDONED = "abandoned"  # making a chunk failed: undo the batch
+
+
+class _Abandoned(Exception):
+    """Ends the thread's part of a batch whose caller failed to make a chunk."""
+
+
 @dataclass(eq=False)
 class _Call:
     """One queued call and the parked Trio task waiting for its result.
@@ -761,7 +772,7 @@ class _Call:
 
 class SQLiteStore:
     shared = False
-    chunked_inserts = False  # the store's thread and the check share the GIL: they take turns
+    chunked_inserts = True
 
     def __init__(self, path: str, *, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
@@ -894,11 +905,22 @@ class SQLiteStore:
         work: Callable[[], object] | None = None,
         transaction: Callable[[sqlite3.Connection], object] | None = None,
     ) -> object:
+        return await self._outcome(self._queue(work=work, transaction=transaction))
+
+    def _queue(
+        self,
+        *,
+        work: Callable[[], object] | None = None,
+        transaction: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> _Call:
+        """Hand a call to the thread; the task that queues it awaits its `_outcome`."""
         if self._thread is None:
             raise StoreUnavailable(f"SQLite database {self.path}: the store is not open")
         call = _Call(trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), work, transaction)
         self._calls.put(call)
+        return call
 
+    async def _outcome(self, call: _Call) -> object:
         def abort(_: object) -> trio.lowlevel.Abort:
             return trio.lowlevel.Abort.SUCCEEDED if call.abandon() else trio.lowlevel.Abort.FAILED
 
@@ -997,7 +1019,48 @@ class SQLiteStore:
         return await self._write(lambda conn: _insert_jobs(conn, jobs))
 
     async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
-        return await self.insert_jobs(joined_chunks(chunks))
+        # The loop makes a chunk's rows and hands them to the store's thread, whose
+        # insert of them runs in SQLite's C with the interpreter let go; meanwhile the
+        # loop checks the next chunk (`next(chunks)`) and makes the answers.
+        feed: queue.SimpleQueue[_ChunkRows | _BatchEnd] = queue.SimpleQueue()
+        stopped = threading.Event()  # the thread is done with the batch, or failed
+
+        def insert_fed(conn: sqlite3.Connection) -> None:
+            try:
+                inserted: list[Job] = []
+                while isinstance(chunk := feed.get(), _ChunkRows):
+                    first = len(inserted)  # the batch index of the chunk's first job
+                    _insert_rows(conn, chunk.rows, chunk.text, range(first, first + len(chunk.rows)))
+                    inserted += chunk.jobs
+                if chunk is _BatchEnd.ABANDONED:
+                    raise _Abandoned  # the batch's savepoint is rolled back
+                _count_inserted(conn, inserted)
+            finally:
+                stopped.set()
+
+        call = self._queue(transaction=insert_fed)
+        answers: list[Inserted] = []
+        end = _BatchEnd.ABANDONED
+        try:
+            for chunk in chunks:
+                if stopped.is_set():  # the insert failed: its error is the answer
+                    break
+                if not chunk:
+                    continue
+                jobs = [new.inserted() for new in standing_alone(chunk)]
+                rows = [_job_row(new, (), len(answers) + at) for at, new in enumerate(chunk)]
+                feed.put(_ChunkRows(rows, jsoncodec.dumps_text(rows), jobs))
+                answers += [Inserted(job, created=True) for job in jobs]
+            end = _BatchEnd.COMPLETE
+        finally:
+            feed.put(end)
+            if end is _BatchEnd.ABANDONED and not call.abandon():
+                # The batch's own error is the answer. The thread has begun it: wait,
+                # shielded, for it to undo what it inserted before this task moves on.
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._outcome(call)
+        await self._outcome(call)
+        return answers
 
     async def insert_and_claim_jobs(
         self, jobs: Sequence[NewJob], claim: ClaimRequest, now: datetime

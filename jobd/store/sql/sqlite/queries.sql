@@ -1,14 +1,21 @@
 -- Named queries of the SQLite store. Each starts with a "-- name: NAME" line.
 -- Target states come in as parameters, computed by jobd.job.next_state.
 
--- name: insert_job
--- Run once per job (executemany); the job as stored is known to the caller. Its
--- parameters come by position, in the order of `_JobRow` (jobd/store/sqlite.py):
--- created_at (?10) is also the first updated_at.
+-- name: insert_jobs
+-- ?1 is a JSON array of rows, each an array in the order of `_job_row`
+-- (jobd/store/sqlite.py); a row's created_at (its 10th value) is also its first
+-- updated_at. One statement for the whole batch, run in SQLite's C with the interpreter
+-- let go: a chunked batch is checked meanwhile (`SQLiteStore.insert_job_chunks`).
+-- `ORDER BY key` (the index in the array) makes `seq` follow the batch's order.
 INSERT INTO jobs (id, type, queue, payload, state, priority, max_attempts, timeout,
                   run_at, created_at, updated_at, key, schedule, scheduled_for, parents, on_parent_failure, traceparent)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-        ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16);
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'),
+       json_extract(value, '$[4]'), json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]'),
+       json_extract(value, '$[8]'), json_extract(value, '$[9]'), json_extract(value, '$[9]'), json_extract(value, '$[10]'),
+       json_extract(value, '$[11]'), json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'),
+       json_extract(value, '$[15]')
+FROM json_each(?1)
+ORDER BY key;
 
 -- name: count_moved
 -- Run once per queue and state whose count a write changed, with the change (no
