@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -58,6 +59,9 @@ from jobd.worker import SHUTDOWN_MARGIN, WorkerPool
 STATUS_INTERVAL = 5.0
 # Objects allocated, less those freed, before the collector looks for cycles among them.
 YOUNG_GENERATION = 20_000
+# Seconds a thread that wants the interpreter back waits for the one holding it before
+# asking it to let go (Python's default is 5 ms); see `settle_interpreter`.
+SWITCH_INTERVAL = 0.0005
 EXIT_ABANDONED = 70  # sysexits' EX_SOFTWARE: stopped, leaving handlers that would not stop
 HARD_EXIT_AFTER = 5.0  # seconds past the shutdown's deadline a blocked event loop is given
 STORE_WAIT_MARGIN = 30.0
@@ -264,7 +268,7 @@ class Daemon:
                     await engine.start(self._run_pool)
                     with contextlib.suppress(StoreUnavailable):  # the gauges can wait for the store
                         await self.maintenance.refresh_gauges()
-                    settle_collector()
+                    settle_interpreter()
                     systemd.notify_ready(self._status_line())
                     log.info(
                         "ready: %d handlers, concurrency %d",
@@ -406,8 +410,8 @@ class Daemon:
         systemd.notify_ready(self._status_line())
 
 
-def settle_collector() -> None:
-    """Tune the cyclic garbage collector for a running daemon, once it is ready.
+def settle_interpreter() -> None:
+    """Tune the interpreter for a running daemon, once it is ready.
 
     What was made to start (modules, plugins, config) lives as long as the daemon: frozen,
     out of the collector's sight, a full collection does not walk it again (one took 25
@@ -415,9 +419,15 @@ def settle_collector() -> None:
     from 700 objects to `YOUNG_GENERATION`: a round of jobs or a 1,000-job request holds
     thousands of objects at once, which reference counting frees, and at 700 each of them
     set off collections that found nothing to free (a second in a 100,000-job drain on the
-    memory store, whose older generations the store's jobs fill)."""
+    memory store, whose older generations the store's jobs fill).
+
+    The SQLite store's thread runs each statement in SQLite's C with the interpreter let
+    go, and must take it back from the event loop after each one; at the default switch
+    interval it waited up to 5 ms each time the loop was busy (checking the next chunk
+    of a batch, running jobs), at `SWITCH_INTERVAL` up to 0.5 ms."""
     gc.freeze()
     gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 @contextlib.asynccontextmanager
