@@ -24,7 +24,7 @@ import jobd
 from jobd import builtins
 from jobd.completer import CANCELLED_AT_SHUTDOWN
 from jobd.config import parse_config
-from jobd.daemon import SWITCH_INTERVAL, YOUNG_GENERATION, build_engine, settle_interpreter
+from jobd.daemon import build_engine
 from jobd.errors import InvalidJob
 from jobd.handlers import Handler, JobContext
 from jobd.job import Job, JobState
@@ -1289,18 +1289,6 @@ async def test_a_claim_gives_its_free_workers_to_the_queues_never_claimed_ahead_
         release.set()
         for job in [blocker, *urgent]:
             assert (await engine.wait(job)).state == JobState.COMPLETED
-
-
-def test_a_ready_daemon_raises_the_young_generation_and_shortens_the_switch_interval() -> None:
-    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
-    try:
-        settle_interpreter()
-        assert gc.get_threshold()[0] == YOUNG_GENERATION
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
-        sys.setswitchinterval(interval)
 
 
 async def test_no_end_of_a_job_leaves_reference_cycles(autojump: object) -> None:
