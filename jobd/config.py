@@ -28,7 +28,7 @@ from jobd.durations import format_duration, parse_duration
 from jobd.errors import ConfigError, InvalidJob
 from jobd.rates import MAX_COUNT, RateLimit, parse_rate
 from jobd.recurrence import MIN_EVERY, parse_cron, parse_zone
-from jobd.submission import Submission, check_submission
+from jobd.submission import Submission, check_submission, storable
 
 SYSTEM_CONFIG = Path("/etc/jobd/jobd.toml")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -381,8 +381,8 @@ def _schedule(name: str, table: Mapping[str, Any], where: str) -> ScheduleConfig
     the loaded handlers (the type, the queue, the payload's validation) is checked when
     the daemon's settings are built (`jobd.settings.build_settings`)."""
     prefix = f"schedules.{name}"
-    if not name or len(name) > 200 or any(ch.isspace() or ch == "/" for ch in name):
-        message = "a schedule name must be 1-200 characters without spaces or '/'"
+    if not _plain_name(name):
+        message = "a schedule name must be 1-200 characters without spaces, '/', NUL or a lone surrogate"
         raise ConfigError(message, key=prefix, file=where)
     schedule = _build(ScheduleConfig, prefix, _sourced(table, where))
 
@@ -731,6 +731,13 @@ def _check_rate(queue: QueueConfig, prefix: str, where: str) -> None:
         raise ConfigError(str(error), key=f"{prefix}.rate", file=where) from None
 
 
+def _plain_name(name: str) -> bool:
+    """1-200 characters, none of them a space or '/', and each store can keep it (no NUL,
+    no lone surrogate: SQLite's JSON would cut it short, PostgreSQL refuses it)."""
+    return 0 < len(name) <= 200 and not any(ch.isspace() or ch == "/" for ch in name) and storable(name)
+
+
 def _check_name(name: str, key: str, where: str) -> None:
-    if not name or len(name) > 200 or any(ch.isspace() or ch == "/" for ch in name):
-        raise ConfigError("a queue name must be 1-200 characters without spaces or '/'", key=key, file=where)
+    if not _plain_name(name):
+        message = "a queue name must be 1-200 characters without spaces, '/', NUL or a lone surrogate"
+        raise ConfigError(message, key=key, file=where)

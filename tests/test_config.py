@@ -143,6 +143,10 @@ def test_jobd_config_variable_names_the_file(tmp_path: Path) -> None:
         ("[queues.default]\nsize = 1\n", "queues.default.size", "unknown key"),
         ('[handlers."x"]\ntimeout = "forever"\n', 'handlers."x".timeout', "duration"),
         ("[queues]\ndefault = 3\n", "queues.default", "table"),
+        ('[queues."a b"]\n', "queues.a b", "without spaces"),
+        ('[queues."a\\u0000b"]\n', "queues.a\x00b", "NUL"),
+        ('[handlers."x"]\nqueue = "q\\u0000"\n', "queues.q\x00", "NUL"),
+        ('[schedules."a\\u0000b"]\nevery = "1m"\ntype = "x"\n', "schedules.a\x00b", "NUL"),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, key: str, reason: str) -> None:

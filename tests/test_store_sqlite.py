@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -435,7 +436,10 @@ async def test_a_batch_that_fails_once_its_first_chunk_is_inserting_is_undone(
     assert (await store.insert_jobs([new_job()]))[0].created
 
 
-async def test_a_batch_that_fails_before_the_thread_takes_it_returns_at_once(store: SQLiteStore) -> None:
+@contextlib.asynccontextmanager
+async def occupied(store: SQLiteStore) -> AsyncIterator[list[bool]]:
+    """The store's thread held by a call of the test's until the block ends; what it holds
+    is True once released by the block's end, False if it waited 10 s in vain."""
     entered, release = threading.Event(), threading.Event()
     released: list[bool] = []
 
@@ -443,18 +447,142 @@ async def test_a_batch_that_fails_before_the_thread_takes_it_returns_at_once(sto
         entered.set()
         released.append(release.wait(10))
 
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._run, occupy_the_thread)
+        assert await trio.to_thread.run_sync(entered.wait, 10)
+        try:
+            yield released
+        finally:
+            release.set()
+
+
+async def test_a_batch_that_fails_before_the_thread_takes_it_returns_at_once(store: SQLiteStore) -> None:
+    statements: list[str] = []
+    await traced(store, statements, threading.Event(), "")
+
     def chunks() -> Iterator[list[NewJob]]:
         yield [new_job()]
+        raise InvalidJob("type refused", field="type", index=1)
+
+    async with occupied(store) as released:
+        with pytest.raises(InvalidJob, match="type refused"):
+            await store.insert_job_chunks(chunks())  # its call, still queued, is dropped
+    assert released == [True]  # the batch did not wait for the thread
+    assert not any("json_each(" in statement or "SAVEPOINT" in statement for statement in statements)
+    assert await store.count_jobs() == {}
+
+
+async def test_a_chunked_batch_cancelled_while_queued_is_dropped_and_while_running_kept_whole(
+    store: SQLiteStore,
+) -> None:
+    queued = [new_job() for _ in range(3)]
+    async with occupied(store):
+        with trio.CancelScope() as scope:
+            scope.cancel()  # seen where the batch waits for its call, still queued
+            await store.insert_job_chunks(iter([queued[:2], queued[2:]]))
+    assert scope.cancelled_caught
+    assert await store.count_jobs() == {}
+
+    running = [new_job() for _ in range(3)]
+    inserting = threading.Event()
+    await traced(store, [], inserting, "json_each(")
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield running[:2]
+        assert inserting.wait(10)  # the thread has begun the batch
+        scope.cancel()
+        yield running[2:]
+
+    with trio.CancelScope() as scope:
+        inserted = await store.insert_job_chunks(chunks())  # a call begun runs to its end
+        await trio.lowlevel.checkpoint()  # where the cancellation is seen
+    assert scope.cancelled_caught
+    assert [item.job.id for item in inserted] == [new.id for new in running]
+    assert await store.count_jobs() == {"default": {JobState.PENDING: 3}}
+
+
+async def test_a_chunked_batch_is_checked_where_no_keyboard_interrupt_can_break_in(
+    store: SQLiteStore,
+) -> None:
+    # One would leave the thread waiting for the batch's end; it waits for the next
+    # checkpoint instead, where the call is dropped or awaited.
+    protected: list[bool] = []
+
+    def chunks() -> Iterator[list[NewJob]]:
+        protected.append(trio.lowlevel.currently_ki_protected())
+        yield [new_job()]
+
+    await store.insert_job_chunks(chunks())
+    assert protected == [True]
+
+
+async def test_a_batch_stops_asking_for_chunks_once_its_insert_has_failed(store: SQLiteStore) -> None:
+    taken = (await store.insert_jobs([new_job()]))[0].job
+    undone = threading.Event()
+    await traced(store, [], undone, "ROLLBACK TO call")
+    asked: list[int] = []
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield [new_job(), new_job(id=taken.id)]
+        assert undone.wait(10)  # the thread refused the first chunk, and undid the batch
+        asked.append(2)
+        yield [new_job()]
+        asked.append(3)
+        yield [new_job()]
+
+    with pytest.raises(InvalidJob, match="already exists") as caught:
+        await store.insert_job_chunks(chunks())
+    assert caught.value.index == 1
+    assert asked == [2]
+    assert await store.count_jobs() == {"default": {JobState.PENDING: 1}}
+
+
+async def test_a_write_sharing_the_transaction_of_a_batch_that_fails_is_kept(store: SQLiteStore) -> None:
+    beside, batch = new_job(), [new_job() for _ in range(2)]
+    inserts, both_inserted = [0], threading.Event()
+
+    def trace(statement: str) -> None:
+        if "json_each(" in statement:
+            inserts[0] += 1
+            if inserts[0] == 2:  # the write beside, then the batch's first chunk
+                both_inserted.set()
+
+    await store._read(lambda conn: conn.set_trace_callback(trace))
+    entered, release = threading.Event(), threading.Event()
+
+    def occupy_the_thread() -> None:
+        entered.set()
+        release.wait(10)
+
+    def chunks() -> Iterator[list[NewJob]]:
+        yield batch[:1]
+        # Both calls are queued now: let the thread go, and it takes them as one group.
+        release.set()
+        assert both_inserted.wait(10)
         raise InvalidJob("type refused", field="type", index=1)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store._run, occupy_the_thread)
         assert await trio.to_thread.run_sync(entered.wait, 10)
+        nursery.start_soon(store.insert_jobs, [beside])
+        await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(InvalidJob, match="type refused"):
-            await store.insert_job_chunks(chunks())  # its call, still queued, is dropped
-        release.set()
-    assert released == [True]  # the batch did not wait for the thread
-    assert await store.count_jobs() == {}
+            await store.insert_job_chunks(chunks())
+    assert await store.get_job(beside.id) is not None
+    assert await store.get_job(batch[0].id) is None
+    assert await store.count_jobs() == {"default": {JobState.PENDING: 1}}
+
+
+async def test_a_chunked_batch_that_fills_the_disk_is_undone(store: SQLiteStore) -> None:
+    await store.insert_jobs([new_job()])
+    pages = await pragma(store, "page_count")
+    await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    large = [new_job(payload="x" * 5000) for _ in range(50)]
+    with pytest.raises(StoreUnavailable, match="the disk is full"):
+        await store.insert_job_chunks(iter([large[:25], large[25:]]))
+    assert await store.count_jobs() == {"default": {JobState.PENDING: 1}}
+    await store._read(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    assert (await store.insert_job_chunks(iter([large[:25], large[25:]])))[49].created
 
 
 async def test_closed_store_is_unavailable(store: SQLiteStore) -> None:

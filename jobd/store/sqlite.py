@@ -7,6 +7,11 @@ pipeline instead of paying a thread hop each. A call still queued when its task 
 cancelled is dropped; one already running runs to its end, so the database is never
 left half-written (the task sees the cancellation at its next checkpoint).
 
+One call waits on the event loop: a chunked batch (`insert_job_chunks`), whose task
+hands the thread each chunk as it is checked and always ends the feed, with its last
+chunk or with word to undo the batch; it is protected from KeyboardInterrupt, which
+waits for its next checkpoint, so that no interruption leaves the thread waiting.
+
 Only one daemon may use a database file: `open()` takes an exclusive `flock` on
 `<db>.lock` beside it. SQL lives in `sql/sqlite/`: numbered migrations and `queries.sql`.
 """
@@ -737,7 +742,7 @@ class _Abandoned(Exception):
 
 @dataclass(eq=False)
 class _Call:
-    """One queued call and the parked Trio task waiting for its result.
+    """One queued call and the Trio task that awaits its result (`SQLiteStore._outcome`).
 
     A call holds either `work` (run as it is: opening, closing, reads) or
     `transaction` (a write, run inside a transaction the thread manages).
@@ -751,7 +756,8 @@ class _Call:
     status: Literal["queued", "running", "abandoned"] = "queued"
 
     def abandon(self) -> bool:
-        """Drop the call if it has not started (its task was cancelled)."""
+        """Drop the call if it has not started (its task was cancelled, or its batch
+        failed its check)."""
         with self.lock:
             if self.status == "queued":
                 self.status = "abandoned"
@@ -899,6 +905,7 @@ class SQLiteStore:
     async def _run(self, work: Callable[[], T]) -> T:
         return cast(T, await self._submit(work=work))
 
+    @trio.lowlevel.enable_ki_protection  # queued, the call must be awaited: see `_Call.finish`
     async def _submit(
         self,
         *,
@@ -1018,6 +1025,7 @@ class SQLiteStore:
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[Inserted]:
         return await self._write(lambda conn: _insert_jobs(conn, jobs))
 
+    @trio.lowlevel.enable_ki_protection  # the thread must be told the batch's end
     async def insert_job_chunks(self, chunks: Iterator[Sequence[NewJob]]) -> list[Inserted]:
         # The loop makes a chunk's rows and hands them to the store's thread, whose
         # insert of them runs in SQLite's C with the interpreter let go; meanwhile the
@@ -1042,9 +1050,8 @@ class SQLiteStore:
         answers: list[Inserted] = []
         end = _BatchEnd.ABANDONED
         try:
-            for chunk in chunks:
-                if stopped.is_set():  # the insert failed: its error is the answer
-                    break
+            # Once the insert has failed, its error is the answer: no more chunks.
+            while not stopped.is_set() and (chunk := next(chunks, None)) is not None:
                 if not chunk:
                     continue
                 jobs = [new.inserted() for new in standing_alone(chunk)]
