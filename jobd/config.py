@@ -93,7 +93,9 @@ class ApiConfig:
     socket_mode: str = "0660"
     socket_group: str = ""
     max_payload_bytes: int = count(1_048_576)
-    max_request_bytes: int = count(67_108_864)
+    # At most 256 MiB: a batch goes to a store as one JSON text, which SQLite and
+    # PostgreSQL each hold to 1 GB (its payloads escaped, it may be twice the body).
+    max_request_bytes: int = setting(67_108_864, minimum=1, maximum=268_435_456)
     accept_unknown_types: bool = False
     request_timeout: float = duration(30.0)
     max_connections: int = setting(256, minimum=2)  # at least one for a long poll, one for the rest

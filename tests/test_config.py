@@ -137,6 +137,7 @@ def test_jobd_config_variable_names_the_file(tmp_path: Path) -> None:
         ('[store]\nurl = "mysql://x"\n', "store.url", "expected"),
         ('[api]\nsocket_mode = "rw"\n', "api.socket_mode", "octal"),
         ("[api]\nmax_connections = 1\n", "api.max_connections", "at least 2"),
+        ("[api]\nmax_request_bytes = 268435457\n", "api.max_request_bytes", "at most 268435456"),
         ('[metrics]\nlisten = "9464"\n', "metrics.listen", "HOST:PORT"),
         ('[metrics]\nlisten = "127.0.0.1:0"\n', "metrics.listen", "port 1-65535"),
         ("[queues.default]\nconcurrency = -1\n", "queues.default.concurrency", "at least 1"),
