@@ -739,6 +739,51 @@ def test_a_rate_of_20_per_second_holds_across_three_daemons(
     )
 
 
+def test_concurrent_large_batches_to_two_daemons_some_refused_while_they_run(
+    start_jobd: StartDaemon, fresh_postgres_url: str
+) -> None:
+    """Batches checked chunk by chunk while PostgreSQL inserts them, from four clients
+    at once to two daemons that run their jobs meanwhile (a chunked batch is claimed by
+    no submit: the lanes are woken, and the other daemon by NOTIFY): each accepted job
+    runs once, and nothing of a refused batch is kept."""
+    config = store(fresh_postgres_url, concurrency=25)
+    daemons = [start_jobd(config=config, name=f"d{i}") for i in range(2)]
+
+    def send(client_number: int) -> tuple[list[str], list[int]]:
+        accepted: list[str] = []
+        refusals: list[int] = []
+        for number in range(6):
+            jobs: list[dict[str, Any]] = [
+                {"type": "jobd.noop", "payload": [client_number, number, i]} for i in range(600)
+            ]
+            if number % 3 == 2:
+                jobs[550] = {"type": "no.such"}
+            with daemons[(client_number + number) % 2].http() as client:
+                answer = client.post("/v1/jobs/batch", json={"jobs": jobs})
+            if number % 3 == 2:
+                refusals.append(answer.status_code)
+            else:
+                assert answer.status_code == 201, answer.text
+                accepted += [job["id"] for job in answer.json()["jobs"]]
+        return accepted, refusals
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(send, range(4)))
+    accepted = {job_id for ids, _ in results for job_id in ids}
+    assert len(accepted) == 4 * 4 * 600
+    assert [status for _, refusals in results for status in refusals] == [422] * 8
+    with connect(fresh_postgres_url) as conn:
+        wait_until(
+            lambda: counts_by_state(conn) == {"completed": len(accepted)},
+            timeout=90,
+            what="every accepted job completed",
+        )
+        rows = conn.execute("SELECT id, attempts FROM jobd.jobs").fetchall()
+    assert {str(row["id"]) for row in rows} == accepted
+    assert {row["attempts"] for row in rows} == {1}
+    assert all(alive(daemon) for daemon in daemons)
+
+
 def test_a_large_batch_is_all_or_nothing_through_the_api(
     start_jobd: StartDaemon, fresh_postgres_url: str
 ) -> None:
