@@ -12,7 +12,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -309,6 +310,40 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def send_batches_some_refused(
+    daemons: Sequence[DaemonProcess], clients: int = 4, batches: int = 6
+) -> set[str]:
+    """From `clients` threads at once, `batches` 600-job batches each, sent to `daemons`
+    in turn; every third names an unknown type at item 550 and must be refused whole
+    (422). The ids of the jobs the others created, every one of them distinct."""
+
+    def send(client_number: int) -> tuple[list[str], list[int]]:
+        accepted: list[str] = []
+        refusals: list[int] = []
+        for number in range(batches):
+            jobs: list[dict[str, Any]] = [
+                {"type": "jobd.noop", "payload": [client_number, number, i]} for i in range(600)
+            ]
+            if number % 3 == 2:
+                jobs[550] = {"type": "no.such"}
+            with daemons[(client_number + number) % len(daemons)].http() as client:
+                answer = client.post("/v1/jobs/batch", json={"jobs": jobs})
+            if number % 3 == 2:
+                refusals.append(answer.status_code)
+            else:
+                assert answer.status_code == 201, answer.text
+                accepted += [job["id"] for job in answer.json()["jobs"]]
+        return accepted, refusals
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = list(pool.map(send, range(clients)))
+    refused = clients * (batches // 3)
+    accepted = {job_id for ids, _ in results for job_id in ids}
+    assert len(accepted) == (clients * batches - refused) * 600
+    assert [status for _, refusals in results for status in refusals] == [422] * refused
+    return accepted
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import JOBD, JOBD_CTL, DaemonProcess, run_python, wait_until
+from conftest import JOBD, JOBD_CTL, DaemonProcess, run_python, send_batches_some_refused, wait_until
 
 pytestmark = pytest.mark.process
 StartDaemon = Callable[..., DaemonProcess]
@@ -372,30 +372,7 @@ def test_concurrent_large_batches_some_refused_while_jobs_run(start_daemon: Star
     clients at once, while the daemon runs their jobs: each accepted job runs once, and
     nothing of a refused batch is kept."""
     daemon = start_daemon()
-
-    def submit(client_number: int) -> tuple[list[str], list[int]]:
-        accepted: list[str] = []
-        refusals: list[int] = []
-        with daemon.http() as client:
-            for number in range(6):
-                jobs: list[dict[str, Any]] = [
-                    {"type": "jobd.noop", "payload": [client_number, number, i]} for i in range(600)
-                ]
-                if number % 3 == 2:
-                    jobs[550] = {"type": "no.such"}
-                answer = client.post("/v1/jobs/batch", json={"jobs": jobs})
-                if number % 3 == 2:
-                    refusals.append(answer.status_code)
-                else:
-                    assert answer.status_code == 201, answer.text
-                    accepted += [job["id"] for job in answer.json()["jobs"]]
-        return accepted, refusals
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(submit, range(4)))
-    accepted = {job_id for ids, _ in results for job_id in ids}
-    assert len(accepted) == 4 * 4 * 600
-    assert [status for _, refusals in results for status in refusals] == [422] * 8
+    accepted = send_batches_some_refused([daemon])
 
     def completed() -> int:
         return int(json.loads(daemon.ctl("--json", "stats").stdout)["queues"]["default"]["completed"])

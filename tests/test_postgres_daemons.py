@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
-from conftest import DaemonProcess, wait_until
+from conftest import DaemonProcess, send_batches_some_refused, wait_until
 from psycopg.rows import dict_row
 
 import jobd
@@ -748,30 +748,7 @@ def test_concurrent_large_batches_to_two_daemons_some_refused_while_they_run(
     runs once, and nothing of a refused batch is kept."""
     config = store(fresh_postgres_url, concurrency=25)
     daemons = [start_jobd(config=config, name=f"d{i}") for i in range(2)]
-
-    def send(client_number: int) -> tuple[list[str], list[int]]:
-        accepted: list[str] = []
-        refusals: list[int] = []
-        for number in range(6):
-            jobs: list[dict[str, Any]] = [
-                {"type": "jobd.noop", "payload": [client_number, number, i]} for i in range(600)
-            ]
-            if number % 3 == 2:
-                jobs[550] = {"type": "no.such"}
-            with daemons[(client_number + number) % 2].http() as client:
-                answer = client.post("/v1/jobs/batch", json={"jobs": jobs})
-            if number % 3 == 2:
-                refusals.append(answer.status_code)
-            else:
-                assert answer.status_code == 201, answer.text
-                accepted += [job["id"] for job in answer.json()["jobs"]]
-        return accepted, refusals
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(send, range(4)))
-    accepted = {job_id for ids, _ in results for job_id in ids}
-    assert len(accepted) == 4 * 4 * 600
-    assert [status for _, refusals in results for status in refusals] == [422] * 8
+    accepted = send_batches_some_refused(daemons)
     with connect(fresh_postgres_url) as conn:
         wait_until(
             lambda: counts_by_state(conn) == {"completed": len(accepted)},
