@@ -297,6 +297,26 @@ async def test_full_disk_is_store_unavailable_and_rolls_back(store: SQLiteStore)
     await store.ping()
 
 
+@contextlib.asynccontextmanager
+async def occupied(store: SQLiteStore) -> AsyncIterator[list[bool]]:
+    """The store's thread held by a call of the test's until the block ends; what it holds
+    is True once released by the block's end, False if it waited 10 s in vain."""
+    entered, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    def occupy_the_thread() -> None:
+        entered.set()
+        released.append(release.wait(10))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._run, occupy_the_thread)
+        assert await trio.to_thread.run_sync(entered.wait, 10)
+        try:
+            yield released
+        finally:
+            release.set()
+
+
 async def full_disk_beside_an_insert(
     store: SQLiteStore, filling: Callable[[], Awaitable[object]]
 ) -> list[str]:
@@ -305,12 +325,6 @@ async def full_disk_beside_an_insert(
     await store.insert_jobs([new_job()])
     pages = await pragma(store, "page_count")
     await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
-    entered, release = threading.Event(), threading.Event()
-
-    def occupy_the_thread() -> None:
-        entered.set()
-        release.wait(30)
-
     failures: list[str] = []
 
     async def write(call: Callable[[], Awaitable[object]]) -> None:
@@ -319,14 +333,12 @@ async def full_disk_beside_an_insert(
         except StoreUnavailable as error:
             failures.append(error.message)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store._run, occupy_the_thread)
-        assert await trio.to_thread.run_sync(entered.wait, 30)
+    # The writes queue up while the thread is held, and are let go together.
+    async with trio.open_nursery() as nursery, occupied(store):
         nursery.start_soon(write, lambda: store.insert_jobs([new_job()]))
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(write, filling)
         await trio.testing.wait_all_tasks_blocked()
-        release.set()
     assert all("the disk is full" in message for message in failures)
     return failures
 
@@ -434,26 +446,6 @@ async def test_a_batch_that_fails_once_its_first_chunk_is_inserting_is_undone(
         other.execute("BEGIN IMMEDIATE")
         other.rollback()
     assert (await store.insert_jobs([new_job()]))[0].created
-
-
-@contextlib.asynccontextmanager
-async def occupied(store: SQLiteStore) -> AsyncIterator[list[bool]]:
-    """The store's thread held by a call of the test's until the block ends; what it holds
-    is True once released by the block's end, False if it waited 10 s in vain."""
-    entered, release = threading.Event(), threading.Event()
-    released: list[bool] = []
-
-    def occupy_the_thread() -> None:
-        entered.set()
-        released.append(release.wait(10))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store._run, occupy_the_thread)
-        assert await trio.to_thread.run_sync(entered.wait, 10)
-        try:
-            yield released
-        finally:
-            release.set()
 
 
 async def test_a_batch_that_fails_before_the_thread_takes_it_returns_at_once(store: SQLiteStore) -> None:

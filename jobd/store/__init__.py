@@ -111,6 +111,12 @@ def standing_alone(chunk: Sequence[NewJob]) -> Sequence[NewJob]:
     return chunk
 
 
+def all_created(jobs: Sequence[NewJob]) -> list[Inserted]:
+    """The answer for jobs that each stand alone, all inserted: for 1,000 jobs a few
+    milliseconds of the daemon's, which a store makes while its database inserts them."""
+    return [Inserted(new.inserted(), created=True) for new in jobs]
+
+
 def joined_chunks(chunks: Iterator[Sequence[NewJob]]) -> list[NewJob]:
     """Every job of `chunks`, for a store that inserts them in one call (no overlap)."""
     return [new for chunk in chunks for new in standing_alone(chunk)]

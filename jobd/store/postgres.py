@@ -73,6 +73,7 @@ from jobd.store import (
     ScheduleRecord,
     WakeCallback,
     after_fire,
+    all_created,
     joined_chunks,
     paused_record,
     pgtrio,
@@ -483,7 +484,7 @@ class PostgresStore:
             return await self._run(lambda conn: insert_jobs_on(conn, jobs))
         # One statement, and every job is created: only a key could make it give way.
         _, created = await self._statement_and(
-            _INSERT_JOBS, _insert_params(jobs), lambda: _all_created(jobs), _refusal(jobs)
+            _INSERT_JOBS, _insert_params(jobs), lambda: all_created(jobs), _refusal(jobs)
         )
         return created
 
@@ -501,7 +502,7 @@ class PostgresStore:
             following[0] = next(taken, None)
 
         def answer_and_take_next(sent: Sequence[NewJob]) -> None:
-            inserted.extend(_all_created(sent))
+            inserted.extend(all_created(sent))
             take_next()
 
         async with self._checkout() as checkout:
@@ -555,13 +556,13 @@ class PostgresStore:
             # One statement, on Trio's I/O (a single submit to a daemon with room).
             params = {**_insert_params(jobs), **_exchange_params([], wanted, claim, now)}
             rows, created = await self._statement_and(
-                _INSERT_AND_CLAIM, params, lambda: _all_created(jobs), _refusal(jobs)
+                _INSERT_AND_CLAIM, params, lambda: all_created(jobs), _refusal(jobs)
             )
             return InsertedAndClaimed(created, _claimed_jobs(rows), {})
         # A queue's lock first, then the insert and the claim, in one transaction: the
         # claim, a statement of its own after the insert, sees the rows just inserted.
         exchanged = await self._exchange([], claim, now, inserting=jobs)
-        return InsertedAndClaimed(_all_created(jobs), exchanged.claimed, exchanged.rate_held)
+        return InsertedAndClaimed(all_created(jobs), exchanged.claimed, exchanged.rate_held)
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         row = await self._run(lambda conn: _fetch_one(conn, "get_job", {"id": job_id}), transaction=False)
@@ -1108,12 +1109,6 @@ def _take_windows(
         else:
             held[new.id] = Inserted(holder, created=False)
     return held
-
-
-def _all_created(jobs: Sequence[NewJob]) -> list[Inserted]:
-    """The answer for a batch of jobs that each stand alone, all inserted: for 1,000 jobs
-    a few milliseconds of the daemon's, made while the server inserts them (`_statement_and`)."""
-    return [Inserted(new.inserted(), created=True) for new in jobs]
 
 
 def _insert_params(jobs: Sequence[NewJob], *, notify: bool = True) -> dict[str, Any]:

@@ -64,6 +64,7 @@ from jobd.store import (
     ScheduleRecord,
     WakeCallback,
     after_fire,
+    all_created,
     paused_record,
     plan_fire,
     queue_activities,
@@ -263,8 +264,8 @@ def _insert_rows(
         raise
 
 
-def _count_inserted(conn: sqlite3.Connection, jobs: Iterable[Job]) -> None:
-    _count_moves(conn, ((job.queue, None, job.state.value) for job in jobs))
+def _count_inserted(conn: sqlite3.Connection, rows: Iterable[_JobRow]) -> None:
+    _count_moves(conn, ((row[2], None, row[4]) for row in rows))  # each row's queue and state
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inserted]:
@@ -295,7 +296,7 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Inser
         positions.append(index)
         results.append(Inserted(job, created=True))
     _insert_rows(conn, rows, jsoncodec.dumps_text(rows), positions)
-    _count_inserted(conn, (item.job for item in results if item.created))
+    _count_inserted(conn, rows)
     return _after_insert(conn, jobs, results)
 
 
@@ -728,7 +729,6 @@ class _ChunkRows(NamedTuple):
 
     rows: list[_JobRow]
     text: str  # `rows` as one JSON array, made on the loop
-    jobs: list[Job]  # as inserted: what the counts are kept of
 
 
 class _BatchEnd(enum.Enum):
@@ -1035,11 +1035,11 @@ class SQLiteStore:
 
         def insert_fed(conn: sqlite3.Connection) -> None:
             try:
-                inserted: list[Job] = []
+                inserted: list[_JobRow] = []
                 while isinstance(chunk := feed.get(), _ChunkRows):
                     first = len(inserted)  # the batch index of the chunk's first job
                     _insert_rows(conn, chunk.rows, chunk.text, range(first, first + len(chunk.rows)))
-                    inserted += chunk.jobs
+                    inserted += chunk.rows
                 if chunk is _BatchEnd.ABANDONED:
                     raise _Abandoned  # the batch's savepoint is rolled back
                 _count_inserted(conn, inserted)
@@ -1054,10 +1054,9 @@ class SQLiteStore:
             while not stopped.is_set() and (chunk := next(chunks, None)) is not None:
                 if not chunk:
                     continue
-                jobs = [new.inserted() for new in standing_alone(chunk)]
-                rows = [_job_row(new, (), len(answers) + at) for at, new in enumerate(chunk)]
-                feed.put(_ChunkRows(rows, jsoncodec.dumps_text(rows), jobs))
-                answers += [Inserted(job, created=True) for job in jobs]
+                rows = [_job_row(new, (), len(answers) + at) for at, new in enumerate(standing_alone(chunk))]
+                feed.put(_ChunkRows(rows, jsoncodec.dumps_text(rows)))
+                answers += all_created(chunk)
             end = _BatchEnd.COMPLETE
         finally:
             feed.put(end)
