@@ -446,6 +446,14 @@ seconds before the current one."""
 RATED_OUTCOMES = (Outcome.COMPLETED, Outcome.FAILED, Outcome.RETRIED)
 """The ends of attempts that `Store.queue_activity` counts."""
 
+ENDED_AS = {
+    JobState.COMPLETED: Outcome.COMPLETED,
+    JobState.FAILED: Outcome.FAILED,
+    JobState.SCHEDULED: Outcome.RETRIED,
+}
+"""The state a running job moves to when its attempt ends -> the outcome of
+RATED_OUTCOMES it counts as (a completion's, or a rescue's of a lapsed lease)."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueueActivity:
