@@ -1200,10 +1200,11 @@ async def test_queue_activity_keeps_sixteen_seconds_in_a_ring(store: Store) -> N
 
 async def test_queue_activity_counts_each_queue_and_outcome_of_one_write(store: Store) -> None:
     """One completion batch ends attempts of two queues with every outcome, and one rescue
-    two more: each counts under its queue and outcome; a later write in the same second
-    adds to them, one in a newer second starts the slot again from its own count, and a
-    late one for an older second is dropped."""
-    jobs_a = [await running(store, queue="a") for _ in range(12)]
+    two more (one fails, one goes back to pending): each end of a rated outcome counts
+    under its queue; a later write of two in the same second adds both, one in a newer
+    second starts the slot again from its own count, and a late one for an older second
+    is dropped."""
+    jobs_a = [await running(store, queue="a") for _ in range(13)]
     jobs_b = [await running(store, queue="b") for _ in range(2)]
     ends = [*[Outcome.COMPLETED] * 3, Outcome.FAILED, Outcome.RETRIED, Outcome.RETRIED]
     ends += [Outcome.CANCELLED, Outcome.REQUEUED]
@@ -1213,16 +1214,17 @@ async def test_queue_activity_counts_each_queue_and_outcome_of_one_write(store: 
     ]
     batch += [completion(job, Outcome.COMPLETED) for job in jobs_b]
     assert await store.complete_jobs(batch, at(-3)) == [True] * 10
-    assert await store.complete_jobs([completion(jobs_a[8], Outcome.COMPLETED)], at(-3)) == [True]
+    later = [completion(job, Outcome.COMPLETED) for job in jobs_a[8:10]]
+    assert await store.complete_jobs(later, at(-3)) == [True, True]
     lapsed = [await running(store, queue="b", max_attempts=attempts, now=at(-40)) for attempts in (1, 3)]
     assert {rescued.job.id for rescued in await store.rescue_jobs(at(-3))} == {job.id for job in lapsed}
     activity = await store.queue_activity(["a", "b"], at(0))
-    assert dict(activity["a"].ended) == {Outcome.COMPLETED: 4, Outcome.FAILED: 1, Outcome.RETRIED: 2}
+    assert dict(activity["a"].ended) == {Outcome.COMPLETED: 5, Outcome.FAILED: 1, Outcome.RETRIED: 2}
     assert dict(activity["b"].ended) == {Outcome.COMPLETED: 2, Outcome.FAILED: 1, Outcome.RETRIED: 0}
     # at(13) is 16 s after at(-3), at(-19) 16 s before it: all three share a slot.
-    newer = [completion(job, Outcome.COMPLETED) for job in jobs_a[9:11]]
+    newer = [completion(job, Outcome.COMPLETED) for job in jobs_a[10:12]]
     assert await store.complete_jobs(newer, at(13)) == [True, True]
-    assert await store.complete_jobs([completion(jobs_a[11], Outcome.COMPLETED)], at(-19)) == [True]
+    assert await store.complete_jobs([completion(jobs_a[12], Outcome.COMPLETED)], at(-19)) == [True]
     assert (await store.queue_activity(["a"], at(14)))["a"].ended[Outcome.COMPLETED] == 2
 
 

@@ -997,8 +997,9 @@ class SQLiteStore:
         # A statement that changes many rows and could fail part-way (a claim, a
         # completion) keeps a statement journal, a copy of each page it changes, so
         # that it can be undone alone. In a temporary file that is a write() per page;
-        # in memory a round's claim and completion cost 20 % less. It is never the
-        # durable journal: that stays the WAL.
+        # in memory a round's claim and completion cost 20 % less (measured while
+        # triggers still fired on them). It is never the durable journal: that stays
+        # the WAL.
         conn.execute("PRAGMA temp_store = MEMORY")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
