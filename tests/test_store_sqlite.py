@@ -127,10 +127,9 @@ async def test_migrations_are_recorded_and_run_once(db_path: str) -> None:
         (6, "top"),
         (7, "counted_inserts"),
         (8, "counted_moves"),
-        (9, "counted_outcomes"),
     ]
     assert rows(db_path, "SELECT count(*) FROM jobs") == [(2,)]
-    assert rows(db_path, "PRAGMA user_version") == [(9,)]
+    assert rows(db_path, "PRAGMA user_version") == [(8,)]
 
 
 async def test_jobs_are_read_by_the_column_order_of_the_schema(store: SQLiteStore, db_path: str) -> None:
@@ -162,13 +161,6 @@ async def test_pragmas_in_force(tmp_path: Path, synchronous: str, level: int) ->
         assert await pragma(opened, "temp_store") == 2  # memory
     finally:
         await opened.close()
-
-
-async def test_no_trigger_fires_as_jobs_are_inserted_or_move(store: SQLiteStore, db_path: str) -> None:
-    # The store counts jobs by state and the attempts that end itself (migrations 7, 8
-    # and 9): a trigger ran once for every row. Only a delete (a prune) fires one.
-    triggers = rows(db_path, "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'jobs'")
-    assert triggers == [("jobs_forget_dependants",)]
 
 
 def written_syscalls() -> int:
@@ -790,7 +782,7 @@ async def test_a_database_of_release_0_1_upgrades_with_every_job_as_it_was(db_pa
         assert (await store.list_jobs(JobFilter(), 1, None)).jobs[0].id == newest.job.id
         done = Completion(ids[JobState.RUNNING], "old-daemon", 1, Outcome.COMPLETED, "ok")
         assert await store.complete_jobs([done], T0) == [True]
-        # Counted by the store since migration 9, where a trigger counted it before.
+        # The recent-outcome ring counts it (the trigger of migration 6).
         activity = await store.queue_activity(["default"], T0 + timedelta(seconds=1))
         assert activity["default"].ended[Outcome.COMPLETED] == 1
         assert (await store.retry_job(ids[JobState.FAILED], T0)).state == JobState.PENDING

@@ -446,10 +446,6 @@ seconds before the current one."""
 RATED_OUTCOMES = (Outcome.COMPLETED, Outcome.FAILED, Outcome.RETRIED)
 """The ends of attempts that `Store.queue_activity` counts."""
 
-ENDED_AS: Mapping[JobState, Outcome] = {outcome.state: outcome for outcome in RATED_OUTCOMES}
-"""The state a running job moves to -> the outcome of RATED_OUTCOMES that move counts as,
-whichever write made it (a completion; a rescue of a lapsed lease, which may fail the job)."""
-
 
 @dataclass(frozen=True, slots=True)
 class QueueActivity:

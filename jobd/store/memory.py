@@ -26,7 +26,7 @@ from jobd.errors import InvalidJob, JobNotFound, KeyInUse
 from jobd.job import FINISHED_STATES, JSON, Action, Job, JobState, Progress, next_state
 from jobd.rates import RateLimit
 from jobd.store import (
-    ENDED_AS,
+    RATED_OUTCOMES,
     Bucket,
     ClaimRequest,
     CompletedAndClaimed,
@@ -61,6 +61,8 @@ from jobd.store import (
 
 _entries = itertools.count()  # ties between heap entries never compare rows
 _RING = 16  # one-second slots kept per queue and outcome, as the SQL stores keep them
+# A running job's next state -> the outcome of RATED_OUTCOMES it counts as.
+_ENDED_AS: Mapping[JobState, Outcome] = {outcome.state: outcome for outcome in RATED_OUTCOMES}
 
 
 class _Indexes:
@@ -114,9 +116,8 @@ class _Indexes:
         return heap[0][0] if heap else None
 
     def count_end(self, before: Job, after: Job) -> None:
-        """Count an attempt that ended, in the ring slot of its second (see `count_outcomes` in
-        sql/sqlite/queries.sql)."""
-        outcome = ENDED_AS.get(after.state)
+        """Count an attempt that ended, in the ring slot of its second (see sql/sqlite/0006_top.sql)."""
+        outcome = _ENDED_AS.get(after.state)
         if before.state != JobState.RUNNING or outcome is None:
             return
         second = math.floor(after.updated_at.timestamp())

@@ -45,7 +45,6 @@ from jobd.errors import InvalidJob, JobNotFound, KeyInUse, StoreUnavailable
 from jobd.job import JSON, STATE_OF, Action, Job, JobState, ParentFailure, Progress, next_state
 from jobd.rates import RateLimit
 from jobd.store import (
-    ENDED_AS,
     Bucket,
     ClaimRequest,
     CompletedAndClaimed,
@@ -513,7 +512,6 @@ def _complete_jobs(conn: sqlite3.Connection, completions: Sequence[Completion], 
         values = {"now": _micros(now), "batch": jsoncodec.dumps_text([batch[index] for index in indexes])}
         moved = conn.execute(_Q["complete_jobs"], values).fetchall()
         _count_moves(conn, ((queue, JobState.RUNNING, state) for _, queue, state in moved))
-        _count_outcomes(conn, ((queue, state) for _, queue, state in moved), now)
         changed = {row[0] for row in moved}
         for index in indexes:
             results[index] = batch[index]["id"] in changed
@@ -576,7 +574,6 @@ def _promote_due_jobs(conn: sqlite3.Connection, now: datetime) -> datetime | Non
 
 def _rescue_jobs(conn: sqlite3.Connection, now: datetime, all_running: bool) -> list[Rescued]:
     rescued = []
-    ended: list[tuple[str, JobState]] = []  # each rescued job's queue and new state
     rows = conn.execute(_Q["rescuable_jobs"], {"all_running": all_running, "now": _micros(now)}).fetchall()
     for row in rows:
         owner = row["owner"]
@@ -590,9 +587,7 @@ def _rescue_jobs(conn: sqlite3.Connection, now: datetime, all_running: bool) -> 
             "finished_at": _micros(now) if state.finished else None,
         }
         rescued.append(Rescued(_job(conn.execute(_Q["rescue_job"], values).fetchone()), owner))
-        ended.append((row["queue"], state))
-    _count_moves(conn, ((queue, JobState.RUNNING, state) for queue, state in ended))
-    _count_outcomes(conn, ended, now)
+        _count_moves(conn, [(row["queue"], JobState.RUNNING, state)])
     return rescued
 
 
@@ -626,26 +621,6 @@ def _count_moves(conn: sqlite3.Connection, moves: Iterable[tuple[str, str | None
             {"queue": queue, "state": str(state), "jobs": jobs}
             for (queue, state), jobs in changes.items()
             if jobs
-        ),
-    )
-
-
-def _count_outcomes(conn: sqlite3.Connection, ended: Iterable[tuple[str, str]], now: datetime) -> None:
-    """Add the attempts a write ended at `now` to the recent-outcome ring that
-    `queue_activity` reads, which no trigger keeps: `ended` holds each running job's
-    queue and the state it moved to, counted as its outcome by `ENDED_AS` (none: not
-    counted). One upsert per queue and outcome, however many jobs ended."""
-    outcomes = collections.Counter(
-        (queue_name, outcome)
-        for queue_name, state in ended
-        if (outcome := ENDED_AS.get(STATE_OF[state])) is not None
-    )
-    second = _micros(now) // 1_000_000
-    conn.executemany(
-        _Q["count_outcomes"],
-        (
-            {"queue": queue_name, "outcome": outcome.value, "second": second, "jobs": jobs}
-            for (queue_name, outcome), jobs in outcomes.items()
         ),
     )
 
@@ -994,12 +969,11 @@ class SQLiteStore:
                 f"SQLite database {self.path}: cannot use write-ahead logging (journal mode stays {mode!r})"
             )
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        # A statement that changes many rows and could fail part-way (a claim, a
-        # completion) keeps a statement journal, a copy of each page it changes, so
-        # that it can be undone alone. In a temporary file that is a write() per page;
-        # in memory a round's claim and completion cost 20 % less (measured while
-        # triggers still fired on them). It is never the durable journal: that stays
-        # the WAL.
+        # A statement that fires a trigger (a completion: the recent-outcome ring) keeps
+        # a statement journal, a copy of each page it changes, so that it can be undone
+        # alone. In a temporary file that is a write() per page; in memory a round's
+        # claim and completion cost 20 % less. It is never the durable journal: that
+        # stays the WAL.
         conn.execute("PRAGMA temp_store = MEMORY")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:

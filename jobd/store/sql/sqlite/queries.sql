@@ -23,20 +23,6 @@ ORDER BY key;
 INSERT INTO job_counts (queue, state, jobs) VALUES (:queue, :state, :jobs)
 ON CONFLICT (queue, state) DO UPDATE SET jobs = jobs + excluded.jobs;
 
--- name: count_outcomes
--- Run once per queue and outcome of a write that ended attempts (a completion or a
--- rescue), with how many ended at :second (no trigger counts them: see
--- `_count_outcomes`). A slot still holding an older second starts again from these; a
--- late count for a second older than the slot's is dropped (it is outside any window by
--- then).
-INSERT INTO recent_outcomes (queue, outcome, slot, second, jobs)
-VALUES (:queue, :outcome, :second % 16, :second, :jobs)
-ON CONFLICT (queue, outcome, slot) DO UPDATE SET
-    jobs = CASE WHEN second = excluded.second THEN jobs + excluded.jobs
-                WHEN second < excluded.second THEN excluded.jobs
-                ELSE jobs END,
-    second = max(second, excluded.second);
-
 -- name: live_job_with_key
 SELECT * FROM jobs
 WHERE key = :key AND state IN ('waiting', 'scheduled', 'pending', 'running');
