@@ -125,7 +125,10 @@ class Daemon:
 
 
 def store_parser(
-    doc: str | None, stores: list[str], default: str, url_help: str | None = None
+    doc: str | None,
+    stores: list[str],
+    default: str,
+    url_help: str = "a scratch database: the benchmark drops its jobd schema first",
 ) -> argparse.ArgumentParser:
     """The command line every benchmark here starts from: its docstring as the help,
     `--store` among `stores`, and `--postgres-url` ($JOBD_TEST_POSTGRES_URL, else the
