@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import trio
@@ -286,10 +286,15 @@ async def test_corrupt_file_gives_a_clear_error(db_path: str) -> None:
         assert "not a SQLite database" in caught.value.message
 
 
-async def test_full_disk_is_store_unavailable_and_rolls_back(store: SQLiteStore) -> None:
+async def one_job_and_room_for(store: SQLiteStore, pages: int) -> None:
+    """One job inserted, then the database file held to `pages` pages more than it has."""
     await store.insert_jobs([new_job()])
-    pages = await pragma(store, "page_count")
-    await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+    held = await pragma(store, "page_count") + pages
+    await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {held}"))
+
+
+async def test_full_disk_is_store_unavailable_and_rolls_back(store: SQLiteStore) -> None:
+    await one_job_and_room_for(store, 0)
     with pytest.raises(StoreUnavailable) as caught:
         await store.insert_jobs([new_job(payload="x" * 5000) for _ in range(50)])
     assert "the disk is full" in caught.value.message
@@ -298,24 +303,28 @@ async def test_full_disk_is_store_unavailable_and_rolls_back(store: SQLiteStore)
     await store.ping()
 
 
+class Held(NamedTuple):
+    release: threading.Event  # set: the thread goes on (at the block's end, if not before)
+    released: list[bool]  # True once released, False if it waited 10 s in vain
+
+
 @contextlib.asynccontextmanager
-async def occupied(store: SQLiteStore) -> AsyncIterator[list[bool]]:
-    """The store's thread held by a call of the test's until the block ends; what it holds
-    is True once released by the block's end, False if it waited 10 s in vain."""
-    entered, release = threading.Event(), threading.Event()
-    released: list[bool] = []
+async def occupied(store: SQLiteStore) -> AsyncIterator[Held]:
+    """The store's thread held by a call of the test's until the block ends, or until the
+    block sets `release`."""
+    held, entered = Held(threading.Event(), []), threading.Event()
 
     def occupy_the_thread() -> None:
         entered.set()
-        released.append(release.wait(10))
+        held.released.append(held.release.wait(10))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store._run, occupy_the_thread)
         assert await trio.to_thread.run_sync(entered.wait, 10)
         try:
-            yield released
+            yield held
         finally:
-            release.set()
+            held.release.set()
 
 
 async def full_disk_beside_an_insert(
@@ -323,9 +332,7 @@ async def full_disk_beside_an_insert(
 ) -> list[str]:
     """Queue a one-job insert and then `filling` so that they share one transaction, with
     room for a few pages more in the file; the messages of the writes that failed."""
-    await store.insert_jobs([new_job()])
-    pages = await pragma(store, "page_count")
-    await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    await one_job_and_room_for(store, 2)
     failures: list[str] = []
 
     async def write(call: Callable[[], Awaitable[object]]) -> None:
@@ -457,10 +464,10 @@ async def test_a_batch_that_fails_before_the_thread_takes_it_returns_at_once(sto
         yield [new_job()]
         raise InvalidJob("type refused", field="type", index=1)
 
-    async with occupied(store) as released:
+    async with occupied(store) as held:
         with pytest.raises(InvalidJob, match="type refused"):
             await store.insert_job_chunks(chunks())  # its call, still queued, is dropped
-    assert released == [True]  # the batch did not wait for the thread
+    assert held.released == [True]  # the batch did not wait for the thread
     assert not any("json_each(" in statement or "SAVEPOINT" in statement for statement in statements)
     assert await store.count_jobs() == {}
 
@@ -541,35 +548,28 @@ async def test_a_write_sharing_the_transaction_of_a_batch_that_fails_is_kept(sto
                 both_inserted.set()
 
     await store._read(lambda conn: conn.set_trace_callback(trace))
-    entered, release = threading.Event(), threading.Event()
 
-    def occupy_the_thread() -> None:
-        entered.set()
-        release.wait(10)
+    async with trio.open_nursery() as nursery, occupied(store) as held:
 
-    def chunks() -> Iterator[list[NewJob]]:
-        yield batch[:1]
-        # Both calls are queued now: let the thread go, and it takes them as one group.
-        release.set()
-        assert both_inserted.wait(10)
-        raise InvalidJob("type refused", field="type", index=1)
+        def chunks() -> Iterator[list[NewJob]]:
+            yield batch[:1]
+            # Both calls are queued now: let the thread go, and it takes them as one group.
+            held.release.set()
+            assert both_inserted.wait(10)
+            raise InvalidJob("type refused", field="type", index=1)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(store._run, occupy_the_thread)
-        assert await trio.to_thread.run_sync(entered.wait, 10)
         nursery.start_soon(store.insert_jobs, [beside])
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(InvalidJob, match="type refused"):
             await store.insert_job_chunks(chunks())
+    assert held.released == [True]
     assert await store.get_job(beside.id) is not None
     assert await store.get_job(batch[0].id) is None
     assert await store.count_jobs() == {"default": {JobState.PENDING: 1}}
 
 
 async def test_a_chunked_batch_that_fills_the_disk_is_undone(store: SQLiteStore) -> None:
-    await store.insert_jobs([new_job()])
-    pages = await pragma(store, "page_count")
-    await store._read(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    await one_job_and_room_for(store, 2)
     large = [new_job(payload="x" * 5000) for _ in range(50)]
     with pytest.raises(StoreUnavailable, match="the disk is full"):
         await store.insert_job_chunks(iter([large[:25], large[25:]]))
