@@ -91,9 +91,9 @@ class Meter:
 
     def lap(self) -> tuple[float, float, float]:
         now = self._read()
-        spent = tuple(after - before for after, before in zip(now, self._last, strict=True))
+        wall, cpu, server = (after - before for after, before in zip(now, self._last, strict=True))
         self._last = now
-        return spent[0], spent[1], spent[2]
+        return wall, cpu, server
 
 
 async def measure(url: str, jobs: int, round_size: int, postgres: bool) -> dict[str, float]:
